@@ -1,0 +1,1 @@
+//! Sticky cohorts: the versioned bucketing formula. (owned by the cohort helper)
