@@ -7,3 +7,6 @@
 
 pub mod cohort;
 pub mod evidence;
+pub mod plan;
+pub mod rollout;
+pub mod time;

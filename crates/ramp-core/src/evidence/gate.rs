@@ -1,0 +1,502 @@
+//! Verdicts: a criterion judged against evidence, `pass | fail | inconclusive`, each with the
+//! numbers behind it (observed value, confidence bound, sample size, threshold) and, when the
+//! evidence is not yet enough, how much more it needs.
+
+use super::stats;
+use super::window::{Evidence, ratio};
+use crate::plan::{Criterion, Metric, MetricKind, Op, Plan, Test};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The three possible verdicts. Only `Pass` ever promotes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The evidence proves the criterion at the plan's confidence.
+    Pass,
+    /// The evidence proves the criterion is violated.
+    Fail,
+    /// Not enough evidence either way.
+    Inconclusive,
+}
+
+impl Outcome {
+    /// Upper-case label for timelines.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Pass => "PASS",
+            Outcome::Fail => "FAIL",
+            Outcome::Inconclusive => "INCONCLUSIVE",
+        }
+    }
+}
+
+/// Which side a confidence bound is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BoundSide {
+    /// The value is at most this (with the plan's confidence).
+    Upper,
+    /// The value is at least this.
+    Lower,
+}
+
+/// A criterion's verdict with its explanation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// The criterion as written.
+    pub criterion: String,
+    /// The verdict.
+    pub outcome: Outcome,
+    /// The point estimate in the metric's unit (fraction, ms, count); for latency criteria the
+    /// share of requests slower than the threshold; for `not worse than stable` the difference.
+    pub observed: Option<f64>,
+    /// The confidence bound that decided (or would decide) the verdict.
+    pub bound: Option<f64>,
+    /// Which side `bound` is on.
+    pub bound_side: Option<BoundSide>,
+    /// Events counted (errors, slow requests, positive feedback, alerts...).
+    pub events: u64,
+    /// Sample size (requests, feedback, ...).
+    pub n: u64,
+    /// The threshold the bound was compared with, in the same unit as `observed`.
+    pub threshold: f64,
+    /// For inconclusive verdicts: how many more samples are needed at the current rate, when
+    /// the current rate could pass at all.
+    pub needed: Option<u64>,
+    /// A one-line explanation with the numbers.
+    pub explanation: String,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} — {}",
+            self.criterion,
+            self.outcome.label(),
+            self.explanation
+        )
+    }
+}
+
+/// Formats a fraction as a percentage with sensible precision.
+pub fn pct(x: f64) -> String {
+    let p = x * 100.0;
+    if p == 0.0 {
+        "0%".into()
+    } else if p.abs() < 0.01 {
+        format!("{p:.4}%")
+    } else if p.abs() < 1.0 {
+        format!("{p:.3}%")
+    } else {
+        format!("{p:.2}%")
+    }
+}
+
+/// Formats a count with thousands separators.
+pub fn count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn conf_label(confidence: f64) -> String {
+    let p = confidence * 100.0;
+    if (p - p.round()).abs() < 1e-9 {
+        format!("{p:.0}%")
+    } else {
+        format!("{p}%")
+    }
+}
+
+/// Judges a rate `x / n` against `op threshold` with one-sided exact bounds.
+/// Returns (outcome, bound, side, needed).
+fn judge_rate(x: u64, n: u64, op: Op, t: f64, c: f64) -> (Outcome, f64, BoundSide, Option<u64>) {
+    let p_hat = if n == 0 {
+        None
+    } else {
+        Some(x as f64 / n as f64)
+    };
+    match op {
+        Op::Lt | Op::Le => {
+            let pass = if op == Op::Lt {
+                stats::upper_below(x, n, t, c)
+            } else {
+                stats::upper_at_most(x, n, t, c)
+            };
+            let fail = n > 0
+                && if op == Op::Lt {
+                    stats::lower_at_least(x, n, t, c)
+                } else {
+                    stats::lower_above(x, n, t, c)
+                };
+            if fail {
+                return (
+                    Outcome::Fail,
+                    stats::cp_lower(x, n, c),
+                    BoundSide::Lower,
+                    None,
+                );
+            }
+            let upper = stats::cp_upper(x, n, c);
+            if pass {
+                return (Outcome::Pass, upper, BoundSide::Upper, None);
+            }
+            let needed = stats::min_n_upper_below(p_hat.unwrap_or(0.0), t, c)
+                .map(|m| m.saturating_sub(n).max(1));
+            (Outcome::Inconclusive, upper, BoundSide::Upper, needed)
+        }
+        Op::Gt | Op::Ge | Op::Eq => {
+            let pass = n > 0
+                && if op == Op::Gt {
+                    stats::lower_above(x, n, t, c)
+                } else {
+                    stats::lower_at_least(x, n, t, c)
+                };
+            let fail = n > 0
+                && if op == Op::Gt {
+                    stats::upper_at_most(x, n, t, c)
+                } else {
+                    stats::upper_below(x, n, t, c)
+                };
+            if fail {
+                return (
+                    Outcome::Fail,
+                    stats::cp_upper(x, n, c),
+                    BoundSide::Upper,
+                    None,
+                );
+            }
+            let lower = stats::cp_lower(x, n, c);
+            if pass {
+                return (Outcome::Pass, lower, BoundSide::Lower, None);
+            }
+            let needed = stats::min_n_lower_above(p_hat.unwrap_or(1.0), t, c)
+                .map(|m| m.saturating_sub(n).max(1));
+            (Outcome::Inconclusive, lower, BoundSide::Lower, needed)
+        }
+    }
+}
+
+/// Judges one success criterion against the phase's evidence.
+pub fn judge(plan: &Plan, criterion: &Criterion, ev: &Evidence) -> Verdict {
+    let c = plan.analysis.confidence;
+    let cl = conf_label(c);
+    let text = criterion.text.clone();
+    match (&criterion.test, criterion.metric.kind()) {
+        (Test::Compare { op, threshold, .. }, MetricKind::Rate) => {
+            let (x, n, unit) = match criterion.metric {
+                Metric::Satisfaction => (
+                    ev.signals.feedback_positive,
+                    ev.signals.feedback,
+                    "feedback",
+                ),
+                m => {
+                    let (x, n) = ev.canary.rate_counts(m).expect("rate metric");
+                    (x, n, "requests")
+                }
+            };
+            let (outcome, bound, side, needed) = judge_rate(x, n, *op, *threshold, c);
+            let side_word = if side == BoundSide::Upper {
+                "upper"
+            } else {
+                "lower"
+            };
+            let mut explanation = if n == 0 {
+                format!("no {unit} yet; {cl} {side_word} bound {}", pct(bound))
+            } else {
+                format!(
+                    "observed {} ({} of {} {unit}), {cl} {side_word} bound {} vs {}",
+                    pct(ratio(x, n)),
+                    count(x),
+                    count(n),
+                    pct(bound),
+                    pct(*threshold)
+                )
+            };
+            add_needed(&mut explanation, outcome, needed, unit);
+            Verdict {
+                criterion: text,
+                outcome,
+                observed: (n > 0).then(|| ratio(x, n)),
+                bound: Some(bound),
+                bound_side: Some(side),
+                events: x,
+                n,
+                threshold: *threshold,
+                needed,
+                explanation,
+            }
+        }
+        (Test::Compare { op, .. }, MetricKind::Latency) => {
+            let Metric::Latency(q) = criterion.metric else {
+                unreachable!()
+            };
+            let t_us = criterion.latency_threshold_us().expect("latency threshold");
+            let idx = plan.threshold_index(t_us);
+            let x = idx
+                .and_then(|i| ev.canary.slow.get(i).copied())
+                .unwrap_or(0);
+            let n = ev.canary.requests;
+            let share_limit = 1.0 - q as f64 / 1000.0;
+            let (outcome, bound, side, needed) = judge_rate(x, n, *op, share_limit, c);
+            let side_word = if side == BoundSide::Upper {
+                "upper"
+            } else {
+                "lower"
+            };
+            let t_ms = t_us as f64 / 1000.0;
+            let shown = ev
+                .canary
+                .quantile_ms(q as f64 / 1000.0)
+                .map(|v| format!("; p{} ≈ {}", q_name(q), ms(v)))
+                .unwrap_or_default();
+            let mut explanation = if n == 0 {
+                "no requests yet".to_string()
+            } else {
+                format!(
+                    "{} of {} requests slower than {} ({}), {cl} {side_word} bound {} vs {}{shown}",
+                    count(x),
+                    count(n),
+                    ms(t_ms),
+                    pct(ratio(x, n)),
+                    pct(bound),
+                    pct(share_limit)
+                )
+            };
+            add_needed(&mut explanation, outcome, needed, "requests");
+            Verdict {
+                criterion: text,
+                outcome,
+                observed: (n > 0).then(|| ratio(x, n)),
+                bound: Some(bound),
+                bound_side: Some(side),
+                events: x,
+                n,
+                threshold: share_limit,
+                needed,
+                explanation,
+            }
+        }
+        (Test::Compare { op, threshold, .. }, MetricKind::Count) => {
+            let k = ev.signals.count(criterion.metric).unwrap_or(0);
+            let holds = op.holds(k as f64, *threshold);
+            let outcome = if holds { Outcome::Pass } else { Outcome::Fail };
+            Verdict {
+                criterion: text,
+                outcome,
+                observed: Some(k as f64),
+                bound: None,
+                bound_side: None,
+                events: k,
+                n: k,
+                threshold: *threshold,
+                needed: None,
+                explanation: format!(
+                    "{} received in this phase (exact count), limit {} {}",
+                    count(k),
+                    op.symbol(),
+                    threshold
+                ),
+            }
+        }
+        (Test::Compare { op, threshold, .. }, MetricKind::Users) => {
+            let users = ev.canary.users.estimate();
+            let holds = op.holds(users as f64, *threshold);
+            let needed = (!holds)
+                .then(|| (*threshold as u64 + u64::from(*op == Op::Gt)).saturating_sub(users));
+            let outcome = if holds {
+                Outcome::Pass
+            } else {
+                Outcome::Inconclusive
+            };
+            let mut explanation = format!(
+                "≈{} distinct users reached the canary in this phase, need {} {}",
+                count(users),
+                op.symbol(),
+                threshold
+            );
+            add_needed(&mut explanation, outcome, needed, "users");
+            Verdict {
+                criterion: text,
+                outcome,
+                observed: Some(users as f64),
+                bound: None,
+                bound_side: None,
+                events: users,
+                n: users,
+                threshold: *threshold,
+                needed,
+                explanation,
+            }
+        }
+        (Test::NotWorseThanStable { margin }, _) => not_worse(plan, criterion, ev, *margin),
+    }
+}
+
+fn add_needed(explanation: &mut String, outcome: Outcome, needed: Option<u64>, unit: &str) {
+    if outcome != Outcome::Inconclusive {
+        return;
+    }
+    match needed {
+        Some(k) => explanation.push_str(&format!(
+            "; needs ≈{} more {unit} at the current rate",
+            count(k)
+        )),
+        None => explanation.push_str("; cannot pass at the current rate"),
+    }
+}
+
+fn q_name(q: u16) -> String {
+    if q.is_multiple_of(10) {
+        (q / 10).to_string()
+    } else {
+        q.to_string()
+    }
+}
+
+/// Formats milliseconds.
+pub fn ms(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.2}s", v / 1000.0)
+    } else if v >= 10.0 {
+        format!("{v:.0}ms")
+    } else {
+        format!("{v:.1}ms")
+    }
+}
+
+/// `metric not worse than stable`: canary's bad share minus stable's, bounded with exact
+/// per-variant bounds (Bonferroni), compared with the margin.
+fn not_worse(plan: &Plan, criterion: &Criterion, ev: &Evidence, margin: f64) -> Verdict {
+    let c = plan.analysis.confidence;
+    let metric = criterion.metric;
+    let bad = |v: &super::window::VariantStats| {
+        let (x, n) = v.rate_counts(metric).expect("rate metric");
+        if metric.higher_is_better() {
+            (n - x, n)
+        } else {
+            (x, n)
+        }
+    };
+    let (xc, nc) = bad(&ev.canary);
+    let (xs, ns) = bad(&ev.stable);
+    let (lo, hi) = if nc == 0 || ns == 0 {
+        (-1.0, 1.0)
+    } else {
+        stats::diff_bounds(xc, nc, xs, ns, c)
+    };
+    let outcome = if nc > 0 && ns > 0 && hi <= margin {
+        Outcome::Pass
+    } else if nc > 0 && ns > 0 && lo > margin {
+        Outcome::Fail
+    } else {
+        Outcome::Inconclusive
+    };
+    let diff = ratio(xc, nc) - ratio(xs, ns);
+    let needed = if outcome == Outcome::Inconclusive {
+        needed_for_difference(xc, nc, xs, ns, margin, c)
+    } else {
+        None
+    };
+    let what = if metric.higher_is_better() {
+        format!("non-{}", metric.name())
+    } else {
+        metric.name()
+    };
+    let mut explanation = if nc == 0 || ns == 0 {
+        "needs requests on both variants in the same window".to_string()
+    } else {
+        format!(
+            "{what} canary {} ({} of {}) vs stable {} ({} of {}): difference {}, {} upper bound {} vs margin {}",
+            pct(ratio(xc, nc)),
+            count(xc),
+            count(nc),
+            pct(ratio(xs, ns)),
+            count(xs),
+            count(ns),
+            pct(diff),
+            conf_label(c),
+            pct(hi),
+            pct(margin)
+        )
+    };
+    add_needed(&mut explanation, outcome, needed, "canary requests");
+    Verdict {
+        criterion: criterion.text.clone(),
+        outcome,
+        observed: (nc > 0 && ns > 0).then_some(diff),
+        bound: (nc > 0 && ns > 0).then_some(if outcome == Outcome::Fail { lo } else { hi }),
+        bound_side: Some(if outcome == Outcome::Fail {
+            BoundSide::Lower
+        } else {
+            BoundSide::Upper
+        }),
+        events: xc,
+        n: nc,
+        threshold: margin,
+        needed,
+        explanation,
+    }
+}
+
+/// More canary requests needed (traffic split unchanged, rates unchanged) before the
+/// difference's upper bound drops to the margin; `None` when the observed difference is
+/// already at or above the margin.
+fn needed_for_difference(xc: u64, nc: u64, xs: u64, ns: u64, margin: f64, c: f64) -> Option<u64> {
+    if nc == 0 || ns == 0 {
+        return None;
+    }
+    let (pc, ps) = (ratio(xc, nc), ratio(xs, ns));
+    if pc - ps >= margin {
+        return None;
+    }
+    let ok = |k: f64| {
+        let nc2 = (nc as f64 * k).round() as u64;
+        let ns2 = (ns as f64 * k).round() as u64;
+        let xc2 = (pc * nc2 as f64).floor() as u64;
+        let xs2 = (ps * ns2 as f64).ceil() as u64;
+        stats::diff_bounds(xc2, nc2, xs2.min(ns2), ns2, c).1 <= margin
+    };
+    let mut hi = 2.0;
+    while !ok(hi) {
+        hi *= 2.0;
+        if hi > 1e7 {
+            return None;
+        }
+    }
+    let mut lo = 1.0;
+    for _ in 0..40 {
+        let mid = (lo + hi) / 2.0;
+        if ok(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Some(((hi - 1.0) * nc as f64).ceil().max(1.0) as u64)
+}
+
+/// Judges every criterion of a phase.
+pub fn judge_all(plan: &Plan, criteria: &[Criterion], ev: &Evidence) -> Vec<Verdict> {
+    criteria.iter().map(|c| judge(plan, c, ev)).collect()
+}
+
+/// The combined verdict of a gate: fail if any fails, else inconclusive if any is, else pass.
+/// A gate with no criteria passes.
+pub fn combine(verdicts: &[Verdict]) -> Outcome {
+    if verdicts.iter().any(|v| v.outcome == Outcome::Fail) {
+        Outcome::Fail
+    } else if verdicts.iter().any(|v| v.outcome == Outcome::Inconclusive) {
+        Outcome::Inconclusive
+    } else {
+        Outcome::Pass
+    }
+}

@@ -1,0 +1,202 @@
+//! The rollout plan: what to roll out, in which phases, judged by which criteria, rolled back on
+//! which triggers, and who hears about it when. Parsed from TOML by [`parse_plan`], which
+//! reports every problem at once with its line and column.
+
+mod criterion;
+mod parse;
+
+pub use criterion::{
+    Criterion, METRIC_NAMES, Metric, MetricKind, Op, POSITIVE_FEEDBACK, RawCriterion, RawValue,
+    Severity, SyntaxError, Test, Unit, parse_raw,
+};
+pub use parse::{PlanError, PlanErrors, parse_plan};
+
+use crate::cohort::ShareBp;
+use crate::time::Millis;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A validated rollout plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The rollout's name (also the default cohort salt).
+    pub name: String,
+    /// Free text shown in reports.
+    pub description: Option<String>,
+    /// How users are assigned to the canary.
+    pub cohort: Cohort,
+    /// Where stable and canary traffic go (needed by `ramp serve`, not by `ramp simulate`).
+    pub upstreams: Option<Upstreams>,
+    /// How evidence is weighed.
+    pub analysis: Analysis,
+    /// Reference values that criteria can name as `baseline`.
+    pub baseline: Baseline,
+    /// The phases, in order, with rising traffic.
+    pub phases: Vec<Phase>,
+    /// Rollback triggers, checked continuously in every phase.
+    pub triggers: Vec<Criterion>,
+    /// The communication plan.
+    pub notify: Notify,
+}
+
+/// Where the cohort key comes from and how it is hashed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cohort {
+    /// Where the proxy finds the user's key.
+    pub key: CohortKey,
+    /// The bucketing salt (defaults to the plan name).
+    pub salt: String,
+    /// The bucketing formula version (see `docs/bucketing.md`).
+    pub formula: u32,
+    /// Where requests without any key go.
+    pub unkeyed: UnkeyedRoute,
+}
+
+/// Where the proxy finds the cohort key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "from", content = "name", rename_all = "snake_case")]
+pub enum CohortKey {
+    /// A request header, e.g. `x-user-id`.
+    Header(String),
+    /// A cookie.
+    Cookie(String),
+    /// The client address.
+    ClientIp,
+}
+
+/// Where requests with no cohort key go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnkeyedRoute {
+    /// Always to stable (default): unidentified traffic is never experimented on.
+    Stable,
+    /// Bucketed by client address.
+    ClientIp,
+}
+
+/// Upstream addresses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstreams {
+    /// The current version.
+    pub stable: String,
+    /// The new version.
+    pub canary: String,
+}
+
+/// What happens when a phase's deadline passes with its gates still inconclusive, or when a
+/// gate fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopAction {
+    /// Keep the current traffic share and wait for a person.
+    Hold,
+    /// Send all traffic back to stable.
+    Rollback,
+}
+
+impl StopAction {
+    /// The name used in plans.
+    pub fn name(self) -> &'static str {
+        match self {
+            StopAction::Hold => "hold",
+            StopAction::Rollback => "rollback",
+        }
+    }
+}
+
+/// How evidence is weighed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Analysis {
+    /// Confidence for every bound (0.95 = one-sided 95%).
+    pub confidence: f64,
+    /// How often metric windows are analysed and triggers checked.
+    pub interval: Millis,
+    /// Horizon (in canary observations) over which the sequential triggers keep their
+    /// false-alarm rate below `1 - confidence`.
+    pub trigger_horizon: u64,
+    /// Default allowed difference for `not worse than stable`.
+    pub stable_margin: f64,
+}
+
+/// Reference values from the plan's `[baseline]` table, keyed by metric name.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    /// Values: fractions for rates, milliseconds for latencies.
+    pub values: BTreeMap<String, f64>,
+}
+
+impl Baseline {
+    /// The baseline for a metric, if the plan gives one.
+    pub fn get(&self, metric: Metric) -> Option<f64> {
+        self.values.get(&metric.name()).copied()
+    }
+}
+
+/// One phase of the rollout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Phase {
+    /// Its name (`canary`, `expanded`, `full`).
+    pub name: String,
+    /// Share of users sent to the canary.
+    pub share: ShareBp,
+    /// How long the phase runs before its gates are judged.
+    pub duration: Millis,
+    /// Whether a person must approve before this phase starts.
+    pub approval: bool,
+    /// The success criteria, judged at the end of the phase.
+    pub criteria: Vec<Criterion>,
+    /// How long the phase may be extended while its gates are inconclusive.
+    pub max_extension: Millis,
+    /// What to do when the extension runs out with gates still inconclusive.
+    pub on_inconclusive: StopAction,
+    /// What to do when a gate fails.
+    pub on_failure: StopAction,
+}
+
+/// The communication plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notify {
+    /// Interval of scheduled status updates (`None`: off).
+    pub status_every: Option<Millis>,
+    /// Interval of summary reports (`None`: off). `daily_summary = true` means 24h.
+    pub summary_every: Option<Millis>,
+    /// Whether a final report is written when the rollout ends.
+    pub final_report: bool,
+    /// Whether critical events are notified at once.
+    pub critical_immediately: bool,
+}
+
+impl Plan {
+    /// Every latency threshold (µs) some criterion or trigger needs an exceedance counter for,
+    /// sorted and without duplicates. Metric windows carry one counter per entry, in this order.
+    pub fn latency_thresholds_us(&self) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .phases
+            .iter()
+            .flat_map(|p| p.criteria.iter())
+            .chain(self.triggers.iter())
+            .filter_map(Criterion::latency_threshold_us)
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Index of a latency threshold in [`Plan::latency_thresholds_us`].
+    pub fn threshold_index(&self, micros: u64) -> Option<usize> {
+        self.latency_thresholds_us().binary_search(&micros).ok()
+    }
+
+    /// Total planned duration (without extensions).
+    pub fn planned_duration(&self) -> Millis {
+        self.phases.iter().map(|p| p.duration).sum()
+    }
+
+    /// Longest possible duration: every phase extended to its limit.
+    pub fn max_duration(&self) -> Millis {
+        self.phases
+            .iter()
+            .map(|p| p.duration + p.max_extension)
+            .sum()
+    }
+}

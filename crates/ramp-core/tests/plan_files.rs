@@ -1,0 +1,219 @@
+//! The plan format, driven through the public parser: the shipped seed plan, and broken
+//! plans that must report every problem with its position.
+
+use ramp_core::cohort::ShareBp;
+use ramp_core::plan::{Metric, Op, Severity, StopAction, Test, parse_plan};
+use ramp_core::time::{DAY, HOUR, MINUTE};
+
+const SEED: &str = include_str!("../../../examples/payments-backend.toml");
+
+#[test]
+fn the_seed_plan_says_what_the_seed_says() {
+    let plan = parse_plan(SEED, "payments-backend.toml").expect("the example plan is valid");
+    assert_eq!(plan.name, "payments-backend");
+    let phases: Vec<(&str, u16, u64)> = plan
+        .phases
+        .iter()
+        .map(|p| (p.name.as_str(), p.share.bp(), p.duration))
+        .collect();
+    assert_eq!(
+        phases,
+        vec![
+            ("canary", 500, DAY),
+            ("expanded", 2000, DAY),
+            ("full", 10_000, DAY)
+        ]
+    );
+    assert_eq!(plan.baseline.get(Metric::ErrorRate), Some(0.001));
+    assert_eq!(plan.baseline.get(Metric::Latency(950)), Some(200.0));
+    assert_eq!(plan.baseline.get(Metric::SuccessRate), Some(0.99));
+    assert_eq!(plan.analysis.confidence, 0.95);
+    assert_eq!(plan.analysis.interval, MINUTE);
+    // Triggers: error rate > 1%, multiple PCI alerts, any critical security alert.
+    let t = &plan.triggers;
+    assert_eq!(t.len(), 3);
+    assert_eq!(t[0].metric, Metric::ErrorRate);
+    assert_eq!(
+        t[0].test,
+        Test::Compare {
+            op: Op::Gt,
+            threshold: 0.01,
+            from_baseline: false
+        }
+    );
+    assert_eq!(t[1].metric, Metric::PciAlerts);
+    assert_eq!(
+        t[1].test,
+        Test::Compare {
+            op: Op::Ge,
+            threshold: 2.0,
+            from_baseline: false
+        }
+    );
+    assert_eq!(t[2].metric, Metric::SecurityAlerts(Severity::Critical));
+    // "Response times within baseline" resolves to the baseline p95.
+    let canary = &plan.phases[0];
+    let p95 = canary
+        .criteria
+        .iter()
+        .find(|c| c.metric == Metric::Latency(950))
+        .unwrap();
+    assert_eq!(
+        p95.test,
+        Test::Compare {
+            op: Op::Le,
+            threshold: 200.0,
+            from_baseline: true
+        }
+    );
+    assert_eq!(canary.on_inconclusive, StopAction::Hold);
+    assert_eq!(canary.on_failure, StopAction::Rollback);
+    assert_eq!(canary.max_extension, 12 * HOUR);
+    // Communication plan.
+    assert_eq!(plan.notify.status_every, Some(4 * HOUR));
+    assert_eq!(plan.notify.summary_every, Some(DAY));
+    assert!(plan.notify.final_report && plan.notify.critical_immediately);
+    assert_eq!(plan.latency_thresholds_us(), vec![200_000]);
+    assert_eq!(plan.phases[2].share, ShareBp::FULL);
+}
+
+/// Finds the error at a line and returns its rendered text.
+fn error_at(errors: &ramp_core::plan::PlanErrors, line: usize) -> String {
+    errors
+        .errors
+        .iter()
+        .find(|e| e.line == line)
+        .map(|e| format!("{}:{}: {} {:?}", e.line, e.col, e.message, e.help))
+        .unwrap_or_else(|| panic!("no error on line {line}; errors: {errors}"))
+}
+
+#[test]
+fn a_broken_plan_gets_every_error_at_once_with_positions() {
+    let src = r#"name = "broken"
+[analysis]
+confidence = 1.5
+intervall = "1m"
+
+[[phase]]
+name = "canary"
+traffic = "20%"
+duration = "24 hours"
+success = ["eror_rate < 0.1%", "p95_latency <= 200", "pci_alerts == 0"]
+
+[[phase]]
+name = "expanded"
+traffic = "5%"
+duration = "24h"
+success = ["error_rate < 0.1%", "p95_latency <= baseline"]
+
+[rollback]
+triggers = ["error_rate < 1%", "security_alerts[urgent] >= 1"]
+"#;
+    let err = parse_plan(src, "broken.toml").unwrap_err();
+    let text = err.to_string();
+    assert!(err.errors.len() >= 8, "{text}");
+    assert!(error_at(&err, 3).contains("confidence"), "{text}");
+    let typo = error_at(&err, 4);
+    assert!(
+        typo.contains("unknown key `intervall`") && typo.contains("did you mean `interval`"),
+        "{typo}"
+    );
+    assert!(error_at(&err, 9).contains("bad unit"), "{text}");
+    // The misspelt metric is pointed at inside the string, with the near miss suggested.
+    let metric = err
+        .errors
+        .iter()
+        .find(|e| e.message.contains("eror_rate"))
+        .unwrap();
+    assert_eq!((metric.line, metric.col), (10, 13));
+    assert_eq!(metric.help.as_deref(), Some("did you mean `error_rate`?"));
+    assert!(text.contains("p95_latency needs a unit"), "{text}");
+    assert!(error_at(&err, 14).contains("traffic must rise"), "{text}");
+    assert!(error_at(&err, 16).contains("[baseline]"), "{text}");
+    let trig = error_at(&err, 19);
+    assert!(trig.contains("fires on bad news"), "{trig}");
+    assert!(
+        text.contains("severities are low, medium, high and critical"),
+        "{text}"
+    );
+    assert!(text.starts_with("broken.toml:"), "{text}");
+}
+
+#[test]
+fn structural_errors_are_reported() {
+    let table: &[(&str, &str)] = &[
+        ("", "no `name`"),
+        ("name = \"x\"", "no phases"),
+        (
+            "name = \"x\"\n[[phase]]\nname = \"a\"\ntraffic = \"0%\"\nduration = \"1h\"",
+            "(0%, 100%]",
+        ),
+        (
+            "name = \"x\"\n[[phase]]\nname = \"a\"\ntraffic = \"150%\"\nduration = \"1h\"",
+            "(0%, 100%]",
+        ),
+        (
+            "name = \"x\"\n[[phase]]\nname = \"a\"\ntraffic = \"5%\"",
+            "no `duration`",
+        ),
+        (
+            "name = \"x\"\n[[phase]]\nname = \"a\"\ntraffic = \"5%\"\nduration = \"1h\"\n[[phase]]\nname = \"a\"\ntraffic = \"50%\"\nduration = \"1h\"",
+            "two phases are named",
+        ),
+        (
+            "name = \"x\"\n[[phase]]\nname = \"a\"\ntraffic = \"100%\"\nduration = \"1h\"\nsuccess = [\"error_rate not worse than stable\"]",
+            "no stable traffic",
+        ),
+        (
+            "name = \"x\"\n[[phase]]\nname = \"a\"\ntraffic = \"5%\"\nduration = \"1h\"\nsuccess = [\"error_rate < 0%\"]",
+            "strictly between",
+        ),
+        (
+            "name = \"x\"\n[[phase]]\nname = \"a\"\ntraffic = \"5%\"\nduration = \"1h\"\nsuccess = [\"pci_alerts >= 1\"]",
+            "uses ==, <, <=",
+        ),
+        (
+            "name = \"x\"\n[[phase]]\nname = \"a\"\ntraffic = \"5%\"\nduration = \"1h\"\nsuccess = [\"error_rate < 1\"]",
+            "percentage",
+        ),
+        (
+            "name = \"x\"\n[[phase]]\nname = \"a\"\ntraffic = \"5%\"\nduration = \"1h\"\non_inconclusive = \"wait\"",
+            "\"hold\" or \"rollback\"",
+        ),
+        (
+            "name = \"x\"\n[cohort]\nkey = \"query:id\"\n[[phase]]\nname = \"a\"\ntraffic = \"5%\"\nduration = \"1h\"",
+            "not a key source",
+        ),
+        (
+            "name = \"x\"\n[upstreams]\nstable = \"127.0.0.1:80\"\ncanary = \"http://127.0.0.1:81\"\n[[phase]]\nname = \"a\"\ntraffic = \"5%\"\nduration = \"1h\"",
+            "http:// URL",
+        ),
+        ("name = \"x\" [", "invalid TOML"),
+        (
+            "name = \"x\"\n[rollback]\ntriggers = [\"active_users > 3\"]\n[[phase]]\nname = \"a\"\ntraffic = \"5%\"\nduration = \"1h\"",
+            "cannot be a rollback trigger",
+        ),
+    ];
+    for (src, want) in table {
+        let err = parse_plan(src, "t.toml").unwrap_err().to_string();
+        assert!(
+            err.contains(want),
+            "plan {src:?}\nwanted {want:?} in:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn errors_never_panic_on_odd_input() {
+    for src in [
+        "\u{feff}name = 1",
+        "[[phase]]\n[[phase]]",
+        "phase = 3",
+        "phase = [1, 2]",
+        "name = \"é\"\n[[phase]]\nsuccess = [\"é < 1%\"]",
+        "[baseline]\nerror_rate = \"x%\"",
+        "[notify]\nstatus_every = \"1s\"",
+    ] {
+        let _ = parse_plan(src, "odd.toml");
+    }
+}

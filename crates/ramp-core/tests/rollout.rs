@@ -1,0 +1,568 @@
+//! The state machine driven one input at a time on an injected clock.
+
+use proptest::prelude::*;
+use ramp_core::cohort::ShareBp;
+use ramp_core::evidence::{MetricWindow, Outcome, Signal};
+use ramp_core::plan::{Plan, Severity, parse_plan};
+use ramp_core::rollout::{
+    Cause, Command, Effect, EventKind, Input, NotifyKind, ReportKind, State, Status, step,
+};
+use ramp_core::time::{HOUR, MINUTE, Millis};
+
+const SEED: &str = include_str!("../../../examples/payments-backend.toml");
+
+fn seed_plan() -> Plan {
+    parse_plan(SEED, "seed").unwrap()
+}
+
+/// A window of `n` canary and `4n` stable requests with the given canary errors and slow
+/// requests, all successes otherwise.
+fn window(
+    plan: &Plan,
+    canary_n: u64,
+    canary_errors: u64,
+    canary_slow: u64,
+    stable_n: u64,
+) -> MetricWindow {
+    let mut w = MetricWindow::new(plan.latency_thresholds_us().len());
+    w.canary.requests = canary_n;
+    w.canary.errors = canary_errors;
+    w.canary.successes = canary_n - canary_errors;
+    for s in w.canary.slow.iter_mut() {
+        *s = canary_slow;
+    }
+    for u in 0..canary_n.min(200) {
+        w.canary
+            .users
+            .insert_hash(u.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    }
+    w.stable.requests = stable_n;
+    w.stable.successes = stable_n;
+    w
+}
+
+struct Driver {
+    plan: Plan,
+    state: Option<State>,
+    now: Millis,
+    log: Vec<Effect>,
+}
+
+impl Driver {
+    fn new(plan: Plan) -> Self {
+        let state = State::new(&plan);
+        let mut d = Driver {
+            plan,
+            state: Some(state),
+            now: 0,
+            log: Vec::new(),
+        };
+        d.input(Input::Start);
+        d
+    }
+    fn input(&mut self, input: Input) -> Vec<Effect> {
+        let (s, fx) = step(&self.plan, self.state.take().unwrap(), input, self.now);
+        self.state = Some(s);
+        self.log.extend(fx.clone());
+        fx
+    }
+    fn state(&self) -> &State {
+        self.state.as_ref().unwrap()
+    }
+    /// Advances by whole minutes, one window per minute.
+    fn run_minutes(&mut self, minutes: u64, mut w: impl FnMut(&Plan, &State) -> MetricWindow) {
+        for _ in 0..minutes {
+            self.now += MINUTE;
+            let win = w(&self.plan, self.state());
+            self.input(Input::Window(win));
+            if self.state().status.is_terminal() || self.state().status == Status::Holding {
+                return;
+            }
+        }
+    }
+    fn events(&self) -> Vec<&EventKind> {
+        self.log
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Journal(ev) => Some(&ev.kind),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn healthy(plan: &Plan, s: &State) -> MetricWindow {
+    // 200 rps in total, canary gets its share; no errors, 1% slow.
+    let total = 12_000u64;
+    let c = total * s.share.bp() as u64 / 10_000;
+    window(plan, c, 0, c / 100, total - c)
+}
+
+fn feedback(d: &mut Driver, n: usize) {
+    for _ in 0..n {
+        d.input(Input::Signal(Signal::Feedback {
+            score: 0.9,
+            note: String::new(),
+        }));
+    }
+}
+
+#[test]
+fn a_healthy_rollout_completes_in_three_days() {
+    let mut d = Driver::new(seed_plan());
+    assert_eq!(d.state().share, ShareBp::new(500).unwrap());
+    d.run_minutes(24 * 60, healthy);
+    assert_eq!(d.state().phase, 1, "promoted to expanded after 24h");
+    assert_eq!(d.state().share.bp(), 2000);
+    feedback(&mut d, 60);
+    d.run_minutes(24 * 60, healthy);
+    assert_eq!(d.state().phase, 2, "{:?}", d.state().verdicts);
+    d.run_minutes(24 * 60 + 1, healthy);
+    assert_eq!(d.state().status, Status::Completed);
+    assert_eq!(d.state().share, ShareBp::FULL);
+    assert!(d.log.contains(&Effect::Report {
+        report: ReportKind::Final
+    }));
+    // Status every 4h over 72h, summaries daily.
+    let status = d.log.iter().filter(|e| matches!(e, Effect::Notify(n) if n.kind == NotifyKind::Status && n.headline.starts_with("running"))).count();
+    let summaries = d
+        .log
+        .iter()
+        .filter(|e| matches!(e, Effect::Notify(n) if n.kind == NotifyKind::Summary))
+        .count();
+    assert_eq!(
+        (status, summaries),
+        (17, 2),
+        "4h updates at 4..68h, summaries at 24h and 48h"
+    );
+}
+
+#[test]
+fn not_enough_evidence_extends_then_holds_and_never_promotes() {
+    let mut d = Driver::new(seed_plan());
+    // 1 canary request a minute: 1,440 in 24h, 2,160 in 36h; "< 0.1%" needs 2,995.
+    d.run_minutes(36 * 60 + 1, |p, _| window(p, 1, 0, 0, 19));
+    assert_eq!(d.state().status, Status::Holding);
+    assert_eq!(d.state().phase, 0);
+    assert_eq!(d.state().share.bp(), 500);
+    let ev = d.events();
+    assert!(ev.iter().any(|e| matches!(e, EventKind::Extended { .. })));
+    assert!(!ev.iter().any(|e| matches!(e, EventKind::Promoted { .. })));
+    let v = d
+        .state()
+        .verdicts
+        .iter()
+        .find(|v| v.criterion == "error_rate < 0.1%")
+        .unwrap();
+    assert_eq!(v.outcome, Outcome::Inconclusive);
+    assert_eq!(v.n, 2160);
+    assert_eq!(
+        v.needed,
+        Some(2995 - 2160),
+        "says how much more evidence it needs"
+    );
+    assert!(
+        v.explanation.contains("needs ≈835 more requests"),
+        "{}",
+        v.explanation
+    );
+}
+
+#[test]
+fn a_failed_gate_rolls_back_as_the_plan_says() {
+    let mut d = Driver::new(seed_plan());
+    // p95 regression: 20% of canary requests slower than 200ms.
+    d.run_minutes(24 * 60, |p, s| {
+        let c = 12_000 * s.share.bp() as u64 / 10_000;
+        window(p, c, 0, c / 5, 12_000 - c)
+    });
+    assert_eq!(d.state().status, Status::RolledBack);
+    assert_eq!(d.state().share, ShareBp::ZERO);
+    let rb = d.events().into_iter().find_map(|e| match e {
+        EventKind::RolledBack { cause, .. } => Some(*cause),
+        _ => None,
+    });
+    assert_eq!(rb, Some(Cause::GateFailed));
+}
+
+#[test]
+fn a_trigger_rolls_back_in_the_same_step_traffic_first() {
+    let mut d = Driver::new(seed_plan());
+    d.run_minutes(60, healthy);
+    // 10% errors on the canary: the sequential test fires within a few windows.
+    let mut fired_effects = Vec::new();
+    for _ in 0..10 {
+        d.now += MINUTE;
+        let w = {
+            let p = &d.plan;
+            window(p, 600, 60, 0, 11_400)
+        };
+        let fx = d.input(Input::Window(w));
+        if d.state().status == Status::RolledBack {
+            fired_effects = fx;
+            break;
+        }
+    }
+    assert_eq!(
+        d.state().status,
+        Status::RolledBack,
+        "rolled back within 10 windows of 600 requests"
+    );
+    // Order: journal the trigger and the rollback, then traffic to stable, then notify, then the review.
+    let kinds: Vec<&str> = fired_effects
+        .iter()
+        .map(|e| match e {
+            Effect::Journal(ev) => match ev.kind {
+                EventKind::TriggerFired { .. } => "journal:trigger",
+                EventKind::RolledBack { .. } => "journal:rollback",
+                _ => "journal:other",
+            },
+            Effect::SetShare { share } if *share == ShareBp::ZERO => "share:0",
+            Effect::SetShare { .. } => "share:other",
+            Effect::Notify(n) if n.kind == NotifyKind::Critical => "notify:critical",
+            Effect::Notify(_) => "notify:other",
+            Effect::Report {
+                report: ReportKind::IncidentReview,
+            } => "report:incident",
+            Effect::Report { .. } => "report:final",
+            Effect::Rejected(_) => "rejected",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "journal:trigger",
+            "journal:rollback",
+            "share:0",
+            "notify:critical",
+            "report:incident",
+            "report:final"
+        ]
+    );
+    let explanation = d
+        .events()
+        .into_iter()
+        .find_map(|e| match e {
+            EventKind::TriggerFired { explanation, .. } => Some(explanation.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(explanation.contains("lower bound"), "{explanation}");
+}
+
+#[test]
+fn one_error_in_ten_requests_is_not_evidence() {
+    let mut d = Driver::new(seed_plan());
+    d.now += MINUTE;
+    d.input(Input::Window(window(&d.plan.clone(), 10, 1, 0, 190)));
+    assert_eq!(d.state().status, Status::Running);
+}
+
+#[test]
+fn signals_fire_count_triggers_at_once() {
+    let mut d = Driver::new(seed_plan());
+    d.now += 10 * HOUR;
+    d.input(Input::Signal(Signal::PciAlert { note: "one".into() }));
+    assert_eq!(
+        d.state().status,
+        Status::Running,
+        "one PCI alert is not 'multiple'"
+    );
+    d.now += HOUR;
+    d.input(Input::Signal(Signal::PciAlert { note: "two".into() }));
+    assert_eq!(d.state().status, Status::RolledBack);
+
+    let mut d = Driver::new(seed_plan());
+    d.input(Input::Signal(Signal::SecurityAlert {
+        severity: Severity::High,
+        note: String::new(),
+    }));
+    assert_eq!(d.state().status, Status::Running);
+    d.input(Input::Signal(Signal::SecurityAlert {
+        severity: Severity::Critical,
+        note: String::new(),
+    }));
+    assert_eq!(d.state().status, Status::RolledBack);
+}
+
+#[test]
+fn pause_stops_the_phase_clock_but_not_the_triggers() {
+    let mut d = Driver::new(seed_plan());
+    d.run_minutes(60, healthy);
+    d.input(Input::Command(Command::Pause {
+        by: "ana".into(),
+        reason: "investigating".into(),
+    }));
+    assert_eq!(d.state().status, Status::Paused);
+    let elapsed = d.state().phase_elapsed;
+    d.run_minutes(48 * 60, healthy);
+    assert_eq!(
+        d.state().phase_elapsed,
+        elapsed,
+        "no phase time passes while paused"
+    );
+    assert_eq!(d.state().phase, 0);
+    d.input(Input::Signal(Signal::SecurityAlert {
+        severity: Severity::Critical,
+        note: String::new(),
+    }));
+    assert_eq!(
+        d.state().status,
+        Status::RolledBack,
+        "triggers fire while paused"
+    );
+}
+
+#[test]
+fn promote_needs_proof_or_force_with_a_reason() {
+    let mut d = Driver::new(seed_plan());
+    // Two minutes: 1,200 clean canary requests, not yet proof of "< 0.1%" (that takes 2,995).
+    d.run_minutes(2, healthy);
+    let fx = d.input(Input::Command(Command::Promote {
+        by: "ana".into(),
+        force: false,
+        reason: String::new(),
+    }));
+    assert!(
+        matches!(&fx[..], [Effect::Rejected(r)] if r.reason.contains("not proven")),
+        "{fx:?}"
+    );
+    let fx = d.input(Input::Command(Command::Promote {
+        by: "ana".into(),
+        force: true,
+        reason: " ".into(),
+    }));
+    assert!(
+        matches!(&fx[..], [Effect::Rejected(r)] if r.reason.contains("reason")),
+        "{fx:?}"
+    );
+    assert_eq!(d.state().phase, 0);
+    d.input(Input::Command(Command::Promote {
+        by: "ana".into(),
+        force: true,
+        reason: "vendor deadline".into(),
+    }));
+    assert_eq!(d.state().phase, 1);
+    let forced = d.events().into_iter().any(|e| matches!(e, EventKind::Promoted { forced: true, reason: Some(r), .. } if r == "vendor deadline"));
+    assert!(forced, "journaled as forced, with the reason");
+    assert_eq!(d.state().history[0].result, "forced");
+}
+
+#[test]
+fn approval_waits_for_a_person() {
+    let src = SEED.replace(
+        "name = \"expanded\"\n",
+        "name = \"expanded\"\napproval = true\n",
+    );
+    let mut d = Driver::new(parse_plan(&src, "p").unwrap());
+    d.run_minutes(24 * 60 + 5, healthy);
+    assert_eq!(d.state().status, Status::AwaitingApproval);
+    assert_eq!(d.state().share.bp(), 500, "share unchanged until approved");
+    let fx = d.input(Input::Command(Command::Resume { by: "bo".into() }));
+    assert!(matches!(&fx[..], [Effect::Rejected(_)]));
+    d.input(Input::Command(Command::Approve { by: "bo".into() }));
+    assert_eq!(
+        (d.state().status, d.state().phase, d.state().share.bp()),
+        (Status::Running, 1, 2000)
+    );
+}
+
+#[test]
+fn terminal_states_reject_commands_but_keep_signals() {
+    let mut d = Driver::new(seed_plan());
+    d.input(Input::Command(Command::Rollback {
+        by: "ana".into(),
+        reason: "test".into(),
+    }));
+    assert_eq!(d.state().status, Status::RolledBack);
+    for cmd in [
+        Command::Pause {
+            by: "a".into(),
+            reason: String::new(),
+        },
+        Command::Resume { by: "a".into() },
+        Command::Approve { by: "a".into() },
+        Command::Promote {
+            by: "a".into(),
+            force: true,
+            reason: "x".into(),
+        },
+        Command::Rollback {
+            by: "a".into(),
+            reason: "again".into(),
+        },
+    ] {
+        let fx = d.input(Input::Command(cmd));
+        assert!(matches!(&fx[..], [Effect::Rejected(_)]), "{fx:?}");
+    }
+    let fx = d.input(Input::Signal(Signal::BugReport {
+        note: "late".into(),
+    }));
+    assert!(
+        matches!(&fx[..], [Effect::Journal(_)]),
+        "a late signal is still journaled"
+    );
+}
+
+// ---- properties ----
+
+#[derive(Clone, Debug)]
+enum Op {
+    Window {
+        minutes: u64,
+        canary: u64,
+        errors: u64,
+        slow: u64,
+    },
+    Signal(u8),
+    Pause,
+    Resume,
+    Approve,
+    Promote(bool),
+    Rollback,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (1u64..600, 0u64..3000, 0u64..40, 0u64..200).prop_map(|(minutes, canary, errors, slow)| Op::Window {
+            minutes,
+            canary,
+            errors: errors.min(canary),
+            slow: slow.min(canary),
+        }),
+        1 => (0u8..5).prop_map(Op::Signal),
+        1 => Just(Op::Pause),
+        1 => Just(Op::Resume),
+        1 => Just(Op::Approve),
+        1 => any::<bool>().prop_map(Op::Promote),
+        1 => Just(Op::Rollback),
+    ]
+}
+
+fn drive(ops: &[Op], rollback_last: bool) -> (Plan, Vec<(Status, ShareBp)>, Vec<Effect>) {
+    let src = SEED.replace("name = \"full\"\n", "name = \"full\"\napproval = true\n");
+    let plan = parse_plan(&src, "p").unwrap();
+    let mut d = Driver::new(plan.clone());
+    let mut trace = vec![(d.state().status, d.state().share)];
+    let mut all = d.log.clone();
+    let mut ops = ops.to_vec();
+    if rollback_last {
+        ops.push(Op::Rollback);
+    }
+    for o in ops {
+        let input = match o {
+            Op::Window {
+                minutes,
+                canary,
+                errors,
+                slow,
+            } => {
+                d.now += minutes * MINUTE;
+                Input::Window(window(&plan, canary, errors, slow, canary * 4))
+            }
+            Op::Signal(k) => Input::Signal(match k {
+                0 => Signal::PciAlert {
+                    note: String::new(),
+                },
+                1 => Signal::SecurityAlert {
+                    severity: Severity::Medium,
+                    note: String::new(),
+                },
+                2 => Signal::SecurityAlert {
+                    severity: Severity::Critical,
+                    note: String::new(),
+                },
+                3 => Signal::BugReport {
+                    note: String::new(),
+                },
+                _ => Signal::Feedback {
+                    score: 0.9,
+                    note: String::new(),
+                },
+            }),
+            Op::Pause => Input::Command(Command::Pause {
+                by: "p".into(),
+                reason: String::new(),
+            }),
+            Op::Resume => Input::Command(Command::Resume { by: "p".into() }),
+            Op::Approve => Input::Command(Command::Approve { by: "p".into() }),
+            Op::Promote(force) => Input::Command(Command::Promote {
+                by: "p".into(),
+                force,
+                reason: "r".into(),
+            }),
+            Op::Rollback => Input::Command(Command::Rollback {
+                by: "p".into(),
+                reason: "r".into(),
+            }),
+        };
+        let fx = d.input(input);
+        all.extend(fx);
+        trace.push((d.state().status, d.state().share));
+    }
+    (plan, trace, all)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Weights only grow, except the rollback to 0, after which they stay 0.
+    #[test]
+    fn shares_only_rise_until_a_rollback(ops in prop::collection::vec(op(), 1..40)) {
+        let (_, trace, _) = drive(&ops, false);
+        let mut prev = ShareBp::ZERO;
+        let mut rolled_back = false;
+        for (status, share) in trace {
+            if rolled_back {
+                prop_assert_eq!(share, ShareBp::ZERO);
+            } else if status == Status::RolledBack {
+                rolled_back = true;
+                prop_assert_eq!(share, ShareBp::ZERO);
+            } else {
+                prop_assert!(share >= prev, "share fell from {} to {}", prev, share);
+                prev = share;
+            }
+        }
+    }
+
+    /// From any reachable state an operator rollback ends with all traffic on stable.
+    #[test]
+    fn rollback_is_always_reachable(ops in prop::collection::vec(op(), 0..40)) {
+        let (_, trace, effects) = drive(&ops, true);
+        let (status, share) = *trace.last().unwrap();
+        if status == Status::Completed {
+            // A completed rollout rejects a rollback: undoing it is a new rollout.
+            let rejected = matches!(effects.last(), Some(Effect::Rejected(_)));
+            prop_assert!(rejected);
+        } else {
+            prop_assert_eq!(status, Status::RolledBack);
+            prop_assert_eq!(share, ShareBp::ZERO);
+        }
+    }
+
+    /// Inconclusive never promotes: every unforced promotion follows a passing gate check.
+    #[test]
+    fn only_passing_gates_promote(ops in prop::collection::vec(op(), 1..40)) {
+        let (_, _, effects) = drive(&ops, false);
+        let mut last_gate: Option<Outcome> = None;
+        for e in &effects {
+            if let Effect::Journal(ev) = e {
+                match &ev.kind {
+                    EventKind::GateChecked { outcome, .. } => last_gate = Some(*outcome),
+                    EventKind::Promoted { forced: false, by, .. } if by.is_none() => {
+                        prop_assert_eq!(last_gate, Some(Outcome::Pass));
+                    }
+                    EventKind::Promoted { forced: false, by: Some(_), .. } => {
+                        // Approvals promote after a pass recorded earlier; operator promotes re-judge.
+                        prop_assert!(last_gate == Some(Outcome::Pass));
+                    }
+                    EventKind::Completed => {
+                        let forced = effects.iter().any(|e| matches!(e, Effect::Journal(ev) if matches!(ev.kind, EventKind::Promoted { forced: true, .. })));
+                        prop_assert!(last_gate == Some(Outcome::Pass) || forced);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}

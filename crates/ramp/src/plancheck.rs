@@ -1,0 +1,333 @@
+//! `ramp plan check`: the plan as a readable table, and with `--rps` how much traffic and time
+//! each gate needs before it could pass.
+
+use ramp_core::evidence::gate::{count, ms, pct};
+use ramp_core::evidence::stats;
+use ramp_core::plan::{Criterion, Metric, MetricKind, Op, Plan, Test};
+use ramp_core::rollout::trigger_stream;
+use ramp_core::time::{Human, Millis};
+use std::fmt::Write;
+
+/// What one gate needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Need {
+    /// Samples needed in the best case (no bad events at all).
+    pub best: Option<u64>,
+    /// Samples needed when the truth sits halfway between perfect and the threshold.
+    pub typical: Option<u64>,
+    /// What the samples are.
+    pub unit: &'static str,
+}
+
+/// Samples a criterion needs before it could pass; `None` for exact counts.
+pub fn need(plan: &Plan, c: &Criterion) -> Option<Need> {
+    let conf = plan.analysis.confidence;
+    match (&c.test, c.metric.kind()) {
+        (Test::Compare { op, threshold, .. }, MetricKind::Rate | MetricKind::Latency) => {
+            let (t, upper, unit) = match c.metric {
+                Metric::Latency(q) => (1.0 - q as f64 / 1000.0, true, "requests"),
+                Metric::Satisfaction => (*threshold, op.is_upper_limit(), "feedback"),
+                _ => (*threshold, op.is_upper_limit(), "requests"),
+            };
+            let (best, typical) = if upper {
+                (
+                    stats::min_n_upper_below(0.0, t, conf),
+                    stats::min_n_upper_below(t / 2.0, t, conf),
+                )
+            } else {
+                (
+                    stats::min_n_lower_above(1.0, t, conf),
+                    stats::min_n_lower_above((1.0 + t) / 2.0, t, conf),
+                )
+            };
+            Some(Need {
+                best,
+                typical,
+                unit,
+            })
+        }
+        (Test::NotWorseThanStable { margin }, _) => {
+            // Both variants perfect: the canary's upper bound (at the Bonferroni-split
+            // confidence) must drop to the margin.
+            let split = 1.0 - (1.0 - conf) / 2.0;
+            let best = stats::min_n_upper_below(0.0, *margin, split);
+            let typical = stats::min_n_upper_below(margin / 2.0, *margin, split);
+            Some(Need {
+                best,
+                typical,
+                unit: "canary requests",
+            })
+        }
+        (Test::Compare { op, threshold, .. }, MetricKind::Users) => Some(Need {
+            best: Some(*threshold as u64 + u64::from(*op == Op::Gt)),
+            typical: None,
+            unit: "users",
+        }),
+        _ => None,
+    }
+}
+
+fn time_for(samples: u64, per_second: f64) -> Millis {
+    if per_second <= 0.0 {
+        return Millis::MAX;
+    }
+    ((samples as f64 / per_second) * 1000.0).ceil() as Millis
+}
+
+fn human_time(ms: Millis) -> String {
+    if ms == Millis::MAX {
+        "never".into()
+    } else {
+        Human(ms.max(1000)).to_string()
+    }
+}
+
+/// Renders the plan, with traffic planning when `rps` is given. Returns the text and the
+/// warnings.
+pub fn render(plan: &Plan, rps: Option<f64>) -> (String, Vec<String>) {
+    let mut out = String::new();
+    let mut warnings = Vec::new();
+    let conf = plan.analysis.confidence;
+    let _ = writeln!(
+        out,
+        "plan {}: {} phases, {} planned, at most {} with every extension",
+        plan.name,
+        plan.phases.len(),
+        Human(plan.planned_duration()),
+        Human(plan.max_duration())
+    );
+    if let Some(d) = &plan.description {
+        let _ = writeln!(out, "  {d}");
+    }
+    let key = match &plan.cohort.key {
+        ramp_core::plan::CohortKey::Header(h) => format!("header {h}"),
+        ramp_core::plan::CohortKey::Cookie(c) => format!("cookie {c}"),
+        ramp_core::plan::CohortKey::ClientIp => "client address".into(),
+    };
+    let _ = writeln!(
+        out,
+        "cohort: sticky by {key}, salt {:?}, bucketing {}; requests without a key go to {}",
+        plan.cohort.salt,
+        ramp_core::cohort::FORMULA_NAME,
+        match plan.cohort.unkeyed {
+            ramp_core::plan::UnkeyedRoute::Stable => "stable",
+            ramp_core::plan::UnkeyedRoute::ClientIp => "a bucket by client address",
+        }
+    );
+    let _ = writeln!(
+        out,
+        "analysis: one-sided {:.0}% exact bounds; windows every {}; not-worse-than-stable margin {}",
+        conf * 100.0,
+        Human(plan.analysis.interval),
+        pct(plan.analysis.stable_margin)
+    );
+    if !plan.baseline.values.is_empty() {
+        let parts: Vec<String> = plan
+            .baseline
+            .values
+            .iter()
+            .map(|(k, v)| {
+                if k.ends_with("_latency") {
+                    format!("{k} {}", ms(*v))
+                } else {
+                    format!("{k} {}", pct(*v))
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "baseline: {}", parts.join(", "));
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<10} {:>7} {:>8} {:>8} {:<13} {:<10} success criteria",
+        "PHASE", "TRAFFIC", "DURATION", "EXTEND", "INCONCLUSIVE", "ON FAIL"
+    );
+    for p in &plan.phases {
+        let first = p
+            .criteria
+            .first()
+            .map(|c| c.text.clone())
+            .unwrap_or_else(|| "(none: passes when its time is up)".into());
+        let _ = writeln!(
+            out,
+            "{:<10} {:>7} {:>8} {:>8} {:<13} {:<10} {}{}",
+            p.name,
+            p.share.to_string(),
+            Human(p.duration).to_string(),
+            format!("+{}", Human(p.max_extension)),
+            p.on_inconclusive.name(),
+            p.on_failure.name(),
+            first,
+            if p.approval {
+                "   [needs approval to start]"
+            } else {
+                ""
+            }
+        );
+        for c in p.criteria.iter().skip(1) {
+            let _ = writeln!(out, "{:<62}{}", "", c.text);
+        }
+    }
+    let _ = writeln!(out);
+    if plan.triggers.is_empty() {
+        let _ = writeln!(out, "rollback triggers: none");
+        warnings.push(
+            "the plan has no rollback triggers: only failed gates and operators can roll back"
+                .into(),
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "rollback triggers (checked every {} in every phase, and at once on signals):",
+            Human(plan.analysis.interval)
+        );
+        for t in &plan.triggers {
+            let how = match trigger_stream(plan, t) {
+                Some((_, p0)) => {
+                    let c = stats::Cusum::new(p0, 1.0 - conf, plan.analysis.trigger_horizon);
+                    format!(
+                        "sequential test: H0 {} vs H1 {}, boundary {:.1}; false alarm <= {:.0}% over {} canary observations",
+                        pct(c.p0),
+                        pct(c.p1),
+                        c.h,
+                        (1.0 - conf) * 100.0,
+                        count(plan.analysis.trigger_horizon)
+                    )
+                }
+                None => "exact count since the rollout started".into(),
+            };
+            let _ = writeln!(out, "  {:<34} {how}", t.text);
+        }
+    }
+    let n = &plan.notify;
+    let mut parts = Vec::new();
+    if let Some(e) = n.status_every {
+        parts.push(format!("status every {}", Human(e)));
+    }
+    if let Some(e) = n.summary_every {
+        parts.push(format!("summary every {}", Human(e)));
+    }
+    if n.critical_immediately {
+        parts.push("critical events immediately".into());
+    }
+    if n.final_report {
+        parts.push("final report".into());
+    }
+    let _ = writeln!(
+        out,
+        "notifications: {}",
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(", ")
+        }
+    );
+    if plan.phases.last().map(|p| p.share.bp()) != Some(10_000) {
+        warnings.push("the last phase sends less than 100% of users to the canary: `completed` will leave the rest on stable".into());
+    }
+
+    if let Some(rps) = rps {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "traffic planning at {rps} requests/s in total (canary gets its share of users' requests):"
+        );
+        for p in &plan.phases {
+            let canary_rps = rps * p.share.percent() / 100.0;
+            let _ = writeln!(
+                out,
+                "  phase {} ({}, ≈{:.2} canary requests/s, {} canary requests in {}):",
+                p.name,
+                p.share,
+                canary_rps,
+                count((canary_rps * p.duration as f64 / 1000.0) as u64),
+                Human(p.duration)
+            );
+            for c in &p.criteria {
+                let Some(need) = need(plan, c) else {
+                    let _ = writeln!(out, "    {:<34} exact count, no minimum sample", c.text);
+                    continue;
+                };
+                let rate = match need.unit {
+                    "requests" | "canary requests" => Some(canary_rps),
+                    _ => None,
+                };
+                let best = match (need.best, rate) {
+                    (Some(b), Some(r)) => format!(
+                        "≥ {} {} ({})",
+                        count(b),
+                        need.unit,
+                        human_time(time_for(b, r))
+                    ),
+                    (Some(b), None) => format!("≥ {} {}", count(b), need.unit),
+                    (None, _) => "cannot be proven".into(),
+                };
+                let typical = match (need.typical, rate) {
+                    (Some(b), Some(r)) => format!(
+                        "; ≈ {} ({}) if the truth is halfway to the threshold",
+                        count(b),
+                        human_time(time_for(b, r))
+                    ),
+                    (Some(b), None) => {
+                        format!("; ≈ {} if the truth is halfway to the threshold", count(b))
+                    }
+                    (None, _) => String::new(),
+                };
+                let _ = writeln!(out, "    {:<34} {best}{typical}", c.text);
+                if let (Some(b), Some(r)) = (need.best, rate) {
+                    let t = time_for(b, r);
+                    if t > p.duration + p.max_extension {
+                        warnings.push(format!(
+                            "phase {}: `{}` can never pass at {rps} requests/s: even with no bad events it needs {} canary requests ({}), longer than the phase and its extension ({})",
+                            p.name, c.text, count(b), human_time(t), Human(p.duration + p.max_extension)
+                        ));
+                    } else if let Some(ty) = need.typical {
+                        let tt = time_for(ty, r);
+                        if tt > p.duration + p.max_extension {
+                            warnings.push(format!(
+                                "phase {}: `{}` needs {} to pass if the true value is halfway to its threshold, longer than the phase and its extension ({}); expect a hold",
+                                p.name, c.text, human_time(tt), Human(p.duration + p.max_extension)
+                            ));
+                        }
+                    }
+                } else if need.unit == "feedback"
+                    && let Some(b) = need.best
+                {
+                    warnings.push(format!(
+                        "phase {}: `{}` needs at least {} pieces of feedback before it can pass",
+                        p.name,
+                        c.text,
+                        count(b)
+                    ));
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "  rollback triggers (expected detection time when the canary is at 3× the trigger's rate):"
+        );
+        for t in &plan.triggers {
+            let Some((_, p0)) = trigger_stream(plan, t) else {
+                continue;
+            };
+            let c = stats::Cusum::new(p0, 1.0 - conf, plan.analysis.trigger_horizon);
+            let q = (3.0 * p0).min(0.99);
+            let drift = q * (c.p1 / c.p0).ln() + (1.0 - q) * ((1.0 - c.p1) / (1.0 - c.p0)).ln();
+            let obs = (c.h / drift).ceil() as u64;
+            let first = plan
+                .phases
+                .first()
+                .map(|p| rps * p.share.percent() / 100.0)
+                .unwrap_or(rps);
+            let _ = writeln!(
+                out,
+                "    {:<34} ≈ {} canary observations ({} in phase {})",
+                t.text,
+                count(obs),
+                human_time(time_for(obs, first)),
+                plan.phases.first().map(|p| p.name.as_str()).unwrap_or("")
+            );
+        }
+    }
+    (out, warnings)
+}

@@ -1,0 +1,260 @@
+//! Human and JSON output for `ramp simulate`.
+
+use crate::simulate::{Run, TimelineEntry, secs};
+use ramp_core::evidence::gate::{count, ms, pct};
+use ramp_core::plan::Plan;
+use ramp_core::rollout::{Cause, EventKind, NotifyKind};
+use ramp_core::time::{Human, Millis};
+use serde_json::{Value, json};
+use std::fmt::Write;
+
+fn clock(at: Millis) -> String {
+    let s = at / 1000;
+    format!("{:>3}h{:02}m{:02}s", s / 3600, (s / 60) % 60, s % 60)
+}
+
+/// The human timeline.
+pub fn timeline(plan: &Plan, run: &Run, scenario_name: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "ramp simulate: plan {} ({} phases, {} planned) against scenario {} (seed {})\n",
+        plan.name,
+        plan.phases.len(),
+        Human(plan.planned_duration()),
+        scenario_name,
+        run.seed
+    );
+    let mut scheduled = (0u32, 0u32);
+    for entry in &run.timeline {
+        let at = clock(entry.at());
+        match entry {
+            TimelineEntry::Change { description, .. } => {
+                let _ = writeln!(out, "{at}  ~ scenario: {description}");
+            }
+            TimelineEntry::Notify { notification, .. } => match notification.kind {
+                NotifyKind::Critical => {
+                    let _ = writeln!(out, "{at}  ! notify (critical): {}", notification.headline);
+                }
+                NotifyKind::Status
+                    if notification.headline.starts_with("phase")
+                        || notification.headline.starts_with("rollout") => {}
+                NotifyKind::Status => scheduled.0 += 1,
+                NotifyKind::Summary => scheduled.1 += 1,
+            },
+            TimelineEntry::Report { report, .. } => {
+                let _ = writeln!(
+                    out,
+                    "{at}  ✎ report written: {}",
+                    serde_json::to_value(report)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default()
+                        .replace('_', " ")
+                );
+            }
+            TimelineEntry::Journal(e) => match &e.kind {
+                EventKind::Started => {
+                    let _ = writeln!(out, "{at}  ▶ rollout started");
+                }
+                EventKind::PhaseStarted { share } => {
+                    let _ = writeln!(
+                        out,
+                        "{at}  ▶ phase {} started: {share} of users on the canary",
+                        e.phase
+                    );
+                }
+                EventKind::GateChecked { outcome, verdicts } => {
+                    let _ = writeln!(out, "{at}  ◆ gate {}: {}", e.phase, outcome.label());
+                    for v in verdicts {
+                        let _ = writeln!(
+                            out,
+                            "               {:<12} {} — {}",
+                            v.outcome.label(),
+                            v.criterion,
+                            v.explanation
+                        );
+                    }
+                }
+                EventKind::Extended { until } => {
+                    let _ = writeln!(
+                        out,
+                        "{at}  … phase {} extended until {} to collect evidence",
+                        e.phase,
+                        clock(*until).trim()
+                    );
+                }
+                EventKind::Promoted {
+                    from,
+                    to,
+                    forced,
+                    by,
+                    reason,
+                } => {
+                    let how = match (forced, by) {
+                        (true, Some(b)) => {
+                            format!(" (FORCED by {b}: {})", reason.clone().unwrap_or_default())
+                        }
+                        (false, Some(b)) => format!(" (by {b})"),
+                        _ => String::new(),
+                    };
+                    let _ = writeln!(out, "{at}  ↑ promoted {from} → {to}{how}");
+                }
+                EventKind::AwaitingApproval { next } => {
+                    let _ = writeln!(out, "{at}  ? phase {next} waits for approval");
+                }
+                EventKind::Approved { by } => {
+                    let _ = writeln!(out, "{at}  ✓ approved by {by}");
+                }
+                EventKind::Paused { by, reason } => {
+                    let _ = writeln!(out, "{at}  ‖ paused by {by}: {reason}");
+                }
+                EventKind::Resumed { by } => {
+                    let _ = writeln!(out, "{at}  ▶ resumed by {by}");
+                }
+                EventKind::SignalReceived { signal } => {
+                    if signal.kind() != "feedback" {
+                        let _ = writeln!(out, "{at}  ⚑ signal: {}", signal.describe());
+                    }
+                }
+                EventKind::TriggerFired {
+                    trigger,
+                    explanation,
+                } => {
+                    let _ = writeln!(out, "{at}  ✖ trigger {trigger} FIRED — {explanation}");
+                }
+                EventKind::RolledBack {
+                    cause,
+                    share_before,
+                    ..
+                } => {
+                    let why = match cause {
+                        Cause::Trigger => "rollback trigger",
+                        Cause::GateFailed => "failed gate",
+                        Cause::Deadline => "gates inconclusive past the deadline",
+                        Cause::Operator => "operator",
+                    };
+                    let _ = writeln!(
+                        out,
+                        "{at}  ↓ ROLLED BACK ({why}): canary share {share_before} → 0%, all users on stable"
+                    );
+                }
+                EventKind::Held { reason } => {
+                    let _ = writeln!(
+                        out,
+                        "{at}  ■ HOLDING at the current share, waiting for a person: {reason}"
+                    );
+                }
+                EventKind::Completed => {
+                    let _ = writeln!(out, "{at}  ✓ rollout completed");
+                }
+            },
+        }
+    }
+    let feedback = run.state.totals.signals.feedback;
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "outcome: {} in phase {} after {}",
+        run.outcome.replace('_', " "),
+        final_phase(plan, run),
+        Human(run.ended_at)
+    );
+    let c = &run.canary_total;
+    let s = &run.stable_total;
+    let _ = writeln!(
+        out,
+        "traffic: {} requests simulated; canary {} (errors {}, p95 {}), stable {} (errors {}, p95 {}); {} feedback",
+        count(run.requests),
+        count(c.requests),
+        pct(c.error_rate()),
+        c.quantile_ms(0.95).map(ms).unwrap_or("-".into()),
+        count(s.requests),
+        pct(s.error_rate()),
+        s.quantile_ms(0.95).map(ms).unwrap_or("-".into()),
+        count(feedback),
+    );
+    let b = run.blast_radius;
+    match run.harm_started_at {
+        Some(h) => {
+            let _ = writeln!(
+                out,
+                "blast radius (from the first harmful change at {} to {}): {} canary requests, {} failed, {} distinct users",
+                clock(h).trim(),
+                if run.outcome == "rolled_back" {
+                    "the rollback"
+                } else {
+                    "the end of the run"
+                },
+                count(b.requests),
+                count(b.failed_requests),
+                count(b.users)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "blast radius: none (nothing harmful happened to the canary)"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "notifications: {} scheduled status updates, {} summaries",
+        scheduled.0, scheduled.1
+    );
+    out
+}
+
+fn final_phase(plan: &Plan, run: &Run) -> String {
+    plan.phases
+        .get(run.state.phase)
+        .map(|p| p.name.clone())
+        .unwrap_or_default()
+}
+
+/// The JSON document.
+pub fn json(plan: &Plan, run: &Run) -> Value {
+    let events: Vec<Value> = run
+        .timeline
+        .iter()
+        .map(|e| {
+            let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("at".into(), json!(secs(e.at())));
+            }
+            v
+        })
+        .collect();
+    json!({
+        "plan": plan.name,
+        "seed": run.seed,
+        "outcome": run.outcome,
+        "final_phase": final_phase(plan, run),
+        "ended_at": secs(run.ended_at),
+        "share": run.state.share,
+        "reason": run.state.reason,
+        "harm_started_at": run.harm_started_at.map(secs),
+        "blast_radius": run.blast_radius,
+        "requests": run.requests,
+        "canary": variant_json(&run.canary_total),
+        "stable": variant_json(&run.stable_total),
+        "phases": run.state.history,
+        "events": events,
+    })
+}
+
+fn variant_json(v: &ramp_core::evidence::VariantStats) -> Value {
+    json!({
+        "requests": v.requests,
+        "errors": v.errors,
+        "error_rate": v.error_rate(),
+        "success_rate": v.success_rate(),
+        "rate_limit_rate": v.rate_limit_rate(),
+        "auth_failure_rate": v.auth_failure_rate(),
+        "p50_latency_ms": v.quantile_ms(0.5),
+        "p95_latency_ms": v.quantile_ms(0.95),
+        "p99_latency_ms": v.quantile_ms(0.99),
+        "active_users": v.users.estimate(),
+    })
+}

@@ -1,0 +1,257 @@
+//! The real `ramp` binary, as a user runs it.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn ramp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ramp"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run ramp")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+const PLAN: &str = "examples/payments-backend.toml";
+
+fn simulate_json(scenario: &str, extra: &[&str]) -> Value {
+    let path = format!("examples/scenarios/{scenario}.toml");
+    let mut args = vec!["simulate", PLAN, "--scenario", &path, "--json"];
+    args.extend_from_slice(extra);
+    let o = ramp(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).expect("one JSON object")
+}
+
+/// Golden outcomes: what someone who read the seed plan expects of each scenario.
+/// Exact values live in `examples/scenarios/expected.json`; `RAMP_BLESS=1` rewrites it.
+#[test]
+fn every_shipped_scenario_has_its_golden_outcome() {
+    let scenarios = [
+        "healthy",
+        "error-spike",
+        "pci-alerts",
+        "latency-regression",
+        "low-traffic",
+        "security-critical",
+    ];
+    let mut summary = serde_json::Map::new();
+    for s in scenarios {
+        let v = simulate_json(s, &[]);
+        let keep = serde_json::json!({
+            "outcome": v["outcome"],
+            "final_phase": v["final_phase"],
+            "ended_at": v["ended_at"],
+            "blast_radius": v["blast_radius"],
+        });
+        summary.insert(s.to_string(), keep);
+        // The meaning, independent of the exact numbers.
+        let outcome = v["outcome"].as_str().unwrap();
+        let phase = v["final_phase"].as_str().unwrap();
+        let ended = v["ended_at"].as_f64().unwrap();
+        let br = &v["blast_radius"];
+        match s {
+            "healthy" => {
+                assert_eq!((outcome, phase), ("completed", "full"));
+                assert!((72.0 * 3600.0..=73.0 * 3600.0).contains(&ended), "{ended}");
+                assert_eq!(br["requests"], 0);
+            }
+            "error-spike" => {
+                assert_eq!((outcome, phase), ("rolled_back", "expanded"));
+                // Spike at 30h; rolled back within 5 minutes of it.
+                assert!(
+                    (30.0 * 3600.0..=30.0 * 3600.0 + 300.0).contains(&ended),
+                    "{ended}"
+                );
+                let (req, failed) = (
+                    br["requests"].as_u64().unwrap(),
+                    br["failed_requests"].as_u64().unwrap(),
+                );
+                assert!(
+                    req > 0 && req < 10_000 && failed > 0 && failed < req / 10,
+                    "{br}"
+                );
+                assert!(br["users"].as_u64().unwrap() > 0);
+            }
+            "pci-alerts" => {
+                assert_eq!((outcome, phase), ("rolled_back", "canary"));
+                assert_eq!(ended, 14.0 * 3600.0);
+            }
+            "latency-regression" => {
+                assert_eq!((outcome, phase), ("rolled_back", "canary"));
+                assert!(
+                    (24.0 * 3600.0..=24.0 * 3600.0 + 60.0).contains(&ended),
+                    "{ended}"
+                );
+                assert!(br["requests"].as_u64().unwrap() > 0);
+            }
+            "low-traffic" => {
+                assert_eq!((outcome, phase), ("held", "canary"));
+                assert!(
+                    (36.0 * 3600.0..=36.0 * 3600.0 + 60.0).contains(&ended),
+                    "{ended}"
+                );
+            }
+            "security-critical" => {
+                assert_eq!((outcome, phase), ("rolled_back", "expanded"));
+                assert_eq!(ended, 36.0 * 3600.0);
+            }
+            _ => unreachable!(),
+        }
+        // Every gate check carries its verdicts with numbers.
+        for e in v["events"].as_array().unwrap() {
+            if e["kind"] == "gate_checked" {
+                for verdict in e["verdicts"].as_array().unwrap() {
+                    assert!(
+                        verdict["explanation"].as_str().unwrap().len() > 10,
+                        "{verdict}"
+                    );
+                    assert!(verdict.get("n").is_some() && verdict.get("threshold").is_some());
+                }
+            }
+            assert!(e["at"].is_number() && e["kind"].is_string(), "{e}");
+        }
+    }
+    let path = root().join("examples/scenarios/expected.json");
+    let got = serde_json::to_string_pretty(&Value::Object(summary)).unwrap() + "\n";
+    if std::env::var_os("RAMP_BLESS").is_some() {
+        std::fs::write(&path, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&path)
+        .expect("examples/scenarios/expected.json (RAMP_BLESS=1 writes it)");
+    assert_eq!(
+        got, want,
+        "golden outcomes changed; if on purpose, rerun with RAMP_BLESS=1"
+    );
+}
+
+#[test]
+fn simulate_is_deterministic_for_a_seed_and_varies_with_it() {
+    let a = simulate_json("error-spike", &["--seed", "11"]);
+    let b = simulate_json("error-spike", &["--seed", "11"]);
+    let c = simulate_json("error-spike", &["--seed", "12"]);
+    assert_eq!(a, b);
+    assert_ne!(a["blast_radius"], c["blast_radius"]);
+    assert_eq!(
+        c["outcome"], "rolled_back",
+        "the outcome does not hinge on the seed"
+    );
+}
+
+#[test]
+fn the_human_timeline_tells_the_story() {
+    let o = ramp(&[
+        "simulate",
+        PLAN,
+        "--scenario",
+        "examples/scenarios/error-spike.toml",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for want in [
+        "phase canary started: 5% of users",
+        "gate canary: PASS",
+        "error_rate < 0.1%",
+        "95% upper bound",
+        "promoted canary → expanded",
+        "scenario: canary: error_rate → 3.00%",
+        "trigger error_rate > 1% FIRED",
+        "ROLLED BACK (rollback trigger): canary share 20% → 0%",
+        "report written: incident review",
+        "outcome: rolled back in phase expanded",
+        "blast radius (from the first harmful change at 30h00m00s",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn plan_check_prints_the_plan_and_plans_traffic() {
+    let o = ramp(&["plan", "check", PLAN, "--rps", "200"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for want in [
+        "canary",
+        "expanded",
+        "full",
+        "error_rate > 1%",
+        "status every 4h",
+        "≥ 2,995 requests",
+        "traffic planning at 200 requests/s",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    // At 1 request/s the canary can never prove "< 0.1%" in 36h: warned.
+    let o = ramp(&["plan", "check", PLAN, "--rps", "0.05"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("warning: phase canary: `error_rate < 0.1%` can never pass"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_broken_plan_exits_2_with_positions() {
+    let dir = std::env::temp_dir().join(format!("ramp-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let broken = dir.join("broken.toml");
+    let src = std::fs::read_to_string(root().join(PLAN)).unwrap()
+        .replace("\"error_rate < 0.1%\",               # Error rate below 0.1%", "\"eror_rate < 0.1%\",")
+        .replace("traffic = \"20%\"", "traffic = \"2%\"")
+        .replace("duration = \"24h\"\nmax_extension = \"12h\"\nsuccess = [\n  \"error_rate < 0.1%\",               # All", "duration = \"24 hours\"\nmax_extension = \"12h\"\nsuccess = [\n  \"error_rate < 0.1%\",               # All");
+    std::fs::write(&broken, src).unwrap();
+    let o = ramp(&["plan", "check", broken.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("did you mean `error_rate`?"), "{err}");
+    assert!(err.contains("traffic must rise"), "{err}");
+    assert!(err.contains("bad unit in duration"), "{err}");
+    assert!(err.contains("3 errors in"), "{err}");
+    assert!(
+        err.lines()
+            .filter(|l| l.contains("broken.toml:") && l.contains(": error: "))
+            .count()
+            == 3,
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_input_exits_2_without_a_panic() {
+    let o = ramp(&["plan", "check", "does/not/exist.toml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = ramp(&["simulate", PLAN, "--scenario", "does/not/exist.toml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let dir = std::env::temp_dir().join(format!("ramp-cli-sc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "requests_per_second = 10\nusers = 5\n[stable]\nerror_rate = 2\nlatency_ms = { p50 = 1, p95 = 2 }\n[canary]\nlatency_ms = { p50 = 1, p95 = 2 }\n").unwrap();
+    let o = ramp(&["simulate", PLAN, "--scenario", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("stable.error_rate must be a fraction"));
+    std::fs::write(&bad, "requests_per_second = 10\nusers = 5\nspeed = 3\n").unwrap();
+    let o = ramp(&["simulate", PLAN, "--scenario", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("bad.toml:3:1"),
+        "{}",
+        text(&o)
+    );
+    let o = ramp(&["simulate"]);
+    assert_eq!(o.status.code(), Some(2), "usage errors exit 2");
+    std::fs::remove_dir_all(&dir).ok();
+}
