@@ -1,7 +1,9 @@
 //! The ramp shell: everything that does IO around the pure core (`ramp-core`).
 #![forbid(unsafe_code)]
 
+pub mod demo;
 pub mod plancheck;
+pub mod proxy;
 pub mod render;
 pub mod scenario;
 pub mod simulate;

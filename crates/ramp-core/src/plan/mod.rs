@@ -81,6 +81,10 @@ pub struct Upstreams {
     pub stable: String,
     /// The new version.
     pub canary: String,
+    /// Path probed on both upstreams by active health checks (`None`: no health checks).
+    pub health_path: Option<String>,
+    /// How often the health checks run (real time, also under `--time-scale`).
+    pub health_interval: Millis,
 }
 
 /// What happens when a phase's deadline passes with its gates still inconclusive, or when a

@@ -409,7 +409,12 @@ fn build_cohort(cx: &mut Ctx, v: Option<&Val>, plan_name: &str) -> Option<Cohort
 
 fn build_upstreams(cx: &mut Ctx, v: &Val) -> Option<Upstreams> {
     let t = table(cx, v, "upstreams")?;
-    check_keys(cx, t, &["stable", "canary"], "[upstreams]");
+    check_keys(
+        cx,
+        t,
+        &["stable", "canary", "health_path", "health_interval"],
+        "[upstreams]",
+    );
     let mut one = |key: &str| -> Option<String> {
         let Some(u) = get(t, key) else {
             cx.err(v.span().start, format!("[upstreams] needs `{key}`"), None);
@@ -429,9 +434,53 @@ fn build_upstreams(cx: &mut Ctx, v: &Val) -> Option<Upstreams> {
     };
     let stable = one("stable");
     let canary = one("canary");
+    let mut ok = true;
+    let health_path = match get(t, "health_path") {
+        Some(h) => match string(cx, h, "upstreams.health_path") {
+            Some(p) if p.starts_with('/') && !p.contains(char::is_whitespace) => Some(p.to_string()),
+            Some(p) => {
+                ok = false;
+                cx.err(
+                    h.span().start + 1,
+                    format!("upstreams.health_path must be a path starting with `/`, found {p:?}"),
+                    None,
+                );
+                None
+            }
+            None => {
+                ok = false;
+                None
+            }
+        },
+        None => None,
+    };
+    let health_interval = match get(t, "health_interval") {
+        Some(h) => match duration(cx, h, "upstreams.health_interval") {
+            Some(d) if (100..=HOUR).contains(&d) => d,
+            Some(_) => {
+                ok = false;
+                cx.err(
+                    h.span().start + 1,
+                    "upstreams.health_interval must be between 100ms and 1h",
+                    None,
+                );
+                0
+            }
+            None => {
+                ok = false;
+                0
+            }
+        },
+        None => 5 * SECOND,
+    };
+    if !ok {
+        return None;
+    }
     Some(Upstreams {
         stable: stable?,
         canary: canary?,
+        health_path,
+        health_interval,
     })
 }
 

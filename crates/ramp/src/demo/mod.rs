@@ -1,0 +1,3 @@
+//! `ramp demo`: the whole thing in a minute on a fresh machine.
+pub mod backend;
+pub mod load;

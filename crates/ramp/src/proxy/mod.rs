@@ -1,0 +1,1 @@
+//! The built-in reverse proxy (in progress).
