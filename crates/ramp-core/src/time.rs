@@ -75,6 +75,7 @@ pub fn parse_duration(text: &str) -> Result<Millis, DurationError> {
 }
 
 /// Formats a span of time the way plans write it: `24h`, `1h30m`, `45s`, `250ms`, `72h`.
+/// Spans of a minute or more drop their milliseconds.
 pub fn format_duration(ms: Millis) -> String {
     if ms == 0 {
         return "0s".to_string();
@@ -91,7 +92,8 @@ pub fn format_duration(ms: Millis) -> String {
             rest -= n * unit;
         }
     }
-    if rest > 0 {
+    // Sub-second remainders only matter for short spans.
+    if rest > 0 && ms < MINUTE {
         out.push_str(&format!("{rest}ms"));
     }
     out
@@ -169,5 +171,7 @@ mod tests {
         assert_eq!(format_duration(90 * MINUTE), "1h30m");
         assert_eq!(format_duration(24 * HOUR), "24h");
         assert_eq!(format_duration(3 * DAY), "72h");
+        assert_eq!(format_duration(12 * HOUR + 29 * SECOND + 658), "12h29s");
+        assert_eq!(format_duration(1_500), "1s500ms");
     }
 }

@@ -1,9 +1,11 @@
 //! The ramp shell: everything that does IO around the pure core (`ramp-core`).
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod demo;
 pub mod plancheck;
 pub mod proxy;
 pub mod render;
 pub mod scenario;
+pub mod serve;
 pub mod simulate;

@@ -3,12 +3,13 @@
 use crate::simulate::{Run, TimelineEntry, secs};
 use ramp_core::evidence::gate::{count, ms, pct};
 use ramp_core::plan::Plan;
-use ramp_core::rollout::{Cause, EventKind, NotifyKind};
+use ramp_core::rollout::{Cause, Event, EventKind, NotifyKind};
 use ramp_core::time::{Human, Millis};
 use serde_json::{Value, json};
 use std::fmt::Write;
 
-fn clock(at: Millis) -> String {
+/// Time since start as `HHHhMMmSSs`.
+pub fn clock(at: Millis) -> String {
     let s = at / 1000;
     format!("{:>3}h{:02}m{:02}s", s / 3600, (s / 60) % 60, s % 60)
 }
@@ -53,102 +54,15 @@ pub fn timeline(plan: &Plan, run: &Run, scenario_name: &str) -> String {
                         .replace('_', " ")
                 );
             }
-            TimelineEntry::Journal(e) => match &e.kind {
-                EventKind::Started => {
-                    let _ = writeln!(out, "{at}  ▶ rollout started");
-                }
-                EventKind::PhaseStarted { share } => {
-                    let _ = writeln!(
-                        out,
-                        "{at}  ▶ phase {} started: {share} of users on the canary",
-                        e.phase
-                    );
-                }
-                EventKind::GateChecked { outcome, verdicts } => {
-                    let _ = writeln!(out, "{at}  ◆ gate {}: {}", e.phase, outcome.label());
-                    for v in verdicts {
-                        let _ = writeln!(
-                            out,
-                            "               {:<12} {} — {}",
-                            v.outcome.label(),
-                            v.criterion,
-                            v.explanation
-                        );
+            TimelineEntry::Journal(e) => {
+                for (i, line) in event_lines(e, 0).iter().enumerate() {
+                    if i == 0 {
+                        let _ = writeln!(out, "{at}  {line}");
+                    } else {
+                        let _ = writeln!(out, "               {line}");
                     }
                 }
-                EventKind::Extended { until } => {
-                    let _ = writeln!(
-                        out,
-                        "{at}  … phase {} extended until {} to collect evidence",
-                        e.phase,
-                        clock(*until).trim()
-                    );
-                }
-                EventKind::Promoted {
-                    from,
-                    to,
-                    forced,
-                    by,
-                    reason,
-                } => {
-                    let how = match (forced, by) {
-                        (true, Some(b)) => {
-                            format!(" (FORCED by {b}: {})", reason.clone().unwrap_or_default())
-                        }
-                        (false, Some(b)) => format!(" (by {b})"),
-                        _ => String::new(),
-                    };
-                    let _ = writeln!(out, "{at}  ↑ promoted {from} → {to}{how}");
-                }
-                EventKind::AwaitingApproval { next } => {
-                    let _ = writeln!(out, "{at}  ? phase {next} waits for approval");
-                }
-                EventKind::Approved { by } => {
-                    let _ = writeln!(out, "{at}  ✓ approved by {by}");
-                }
-                EventKind::Paused { by, reason } => {
-                    let _ = writeln!(out, "{at}  ‖ paused by {by}: {reason}");
-                }
-                EventKind::Resumed { by } => {
-                    let _ = writeln!(out, "{at}  ▶ resumed by {by}");
-                }
-                EventKind::SignalReceived { signal } => {
-                    if signal.kind() != "feedback" {
-                        let _ = writeln!(out, "{at}  ⚑ signal: {}", signal.describe());
-                    }
-                }
-                EventKind::TriggerFired {
-                    trigger,
-                    explanation,
-                } => {
-                    let _ = writeln!(out, "{at}  ✖ trigger {trigger} FIRED — {explanation}");
-                }
-                EventKind::RolledBack {
-                    cause,
-                    share_before,
-                    ..
-                } => {
-                    let why = match cause {
-                        Cause::Trigger => "rollback trigger",
-                        Cause::GateFailed => "failed gate",
-                        Cause::Deadline => "gates inconclusive past the deadline",
-                        Cause::Operator => "operator",
-                    };
-                    let _ = writeln!(
-                        out,
-                        "{at}  ↓ ROLLED BACK ({why}): canary share {share_before} → 0%, all users on stable"
-                    );
-                }
-                EventKind::Held { reason } => {
-                    let _ = writeln!(
-                        out,
-                        "{at}  ■ HOLDING at the current share, waiting for a person: {reason}"
-                    );
-                }
-                EventKind::Completed => {
-                    let _ = writeln!(out, "{at}  ✓ rollout completed");
-                }
-            },
+            }
         }
     }
     let feedback = run.state.totals.signals.feedback;
@@ -257,4 +171,85 @@ fn variant_json(v: &ramp_core::evidence::VariantStats) -> Value {
         "p99_latency_ms": v.quantile_ms(0.99),
         "active_users": v.users.estimate(),
     })
+}
+
+/// A journal entry as human lines (the first is the headline; the rest are details).
+/// Feedback signals give no line (they are counted, not narrated).
+/// `origin` is the rollout's start, so absolute times print as time since start.
+pub fn event_lines(e: &Event, origin: Millis) -> Vec<String> {
+    let phase = &e.phase;
+    match &e.kind {
+        EventKind::Started => vec!["▶ rollout started".into()],
+        EventKind::PhaseStarted { share } => {
+            vec![format!(
+                "▶ phase {phase} started: {share} of users on the canary"
+            )]
+        }
+        EventKind::GateChecked { outcome, verdicts } => {
+            let mut lines = vec![format!("◆ gate {phase}: {}", outcome.label())];
+            for v in verdicts {
+                lines.push(format!(
+                    "{:<12} {} — {}",
+                    v.outcome.label(),
+                    v.criterion,
+                    v.explanation
+                ));
+            }
+            lines
+        }
+        EventKind::Extended { until } => vec![format!(
+            "… phase {phase} extended until {} to collect evidence",
+            clock(until.saturating_sub(origin)).trim()
+        )],
+        EventKind::Promoted {
+            from,
+            to,
+            forced,
+            by,
+            reason,
+        } => {
+            let how = match (forced, by) {
+                (true, Some(b)) => {
+                    format!(" (FORCED by {b}: {})", reason.clone().unwrap_or_default())
+                }
+                (false, Some(b)) => format!(" (by {b})"),
+                _ => String::new(),
+            };
+            vec![format!("↑ promoted {from} → {to}{how}")]
+        }
+        EventKind::AwaitingApproval { next } => vec![format!("? phase {next} waits for approval")],
+        EventKind::Approved { by } => vec![format!("✓ approved by {by}")],
+        EventKind::Paused { by, reason } => vec![format!("‖ paused by {by}: {reason}")],
+        EventKind::Resumed { by } => vec![format!("▶ resumed by {by}")],
+        EventKind::SignalReceived { signal } => {
+            if signal.kind() == "feedback" {
+                Vec::new()
+            } else {
+                vec![format!("⚑ signal: {}", signal.describe())]
+            }
+        }
+        EventKind::TriggerFired {
+            trigger,
+            explanation,
+        } => vec![format!("✖ trigger {trigger} FIRED — {explanation}")],
+        EventKind::RolledBack {
+            cause,
+            share_before,
+            ..
+        } => {
+            let why = match cause {
+                Cause::Trigger => "rollback trigger",
+                Cause::GateFailed => "failed gate",
+                Cause::Deadline => "gates inconclusive past the deadline",
+                Cause::Operator => "operator",
+            };
+            vec![format!(
+                "↓ ROLLED BACK ({why}): canary share {share_before} → 0%, all users on stable"
+            )]
+        }
+        EventKind::Held { reason } => vec![format!(
+            "■ HOLDING at the current share, waiting for a person: {reason}"
+        )],
+        EventKind::Completed => vec!["✓ rollout completed".into()],
+    }
 }

@@ -34,6 +34,19 @@ fn fmix64(mut h: u64) -> u64 {
     h ^ (h >> 33)
 }
 
+/// The `(register index, rank)` that [`UserSketch::insert_hash`] applies for the hash `h`: the
+/// register at `index` becomes `max(register, rank)`. Lets a lock-free mirror (an array of
+/// [`REGISTERS`] atomic bytes updated with `fetch_max`) record users exactly as the sketch would;
+/// rebuild the sketch with [`UserSketch::from_registers`]. `index < REGISTERS`, `1 <= rank <= 53`.
+#[inline]
+pub fn register_update(h: u64) -> (usize, u8) {
+    let h = fmix64(h);
+    let index = (h >> (64 - PRECISION)) as usize;
+    // The guard bit caps the rank at 53 when the low 52 bits are all zero.
+    let rank = ((h << PRECISION) | (1 << (PRECISION - 1))).leading_zeros() as u8 + 1;
+    (index, rank)
+}
+
 /// A HyperLogLog sketch of distinct users (precision 12).
 ///
 /// Serialized (serde) compactly: `{"sparse": [[register, value], ..]}` while few registers are
@@ -61,14 +74,23 @@ impl UserSketch {
     /// nothing.
     #[inline]
     pub fn insert_hash(&mut self, h: u64) {
-        let h = fmix64(h);
-        let index = (h >> (64 - PRECISION)) as usize;
-        // The guard bit caps the rank at 53 when the low 52 bits are all zero.
-        let rank = ((h << PRECISION) | (1 << (PRECISION - 1))).leading_zeros() as u8 + 1;
+        let (index, rank) = register_update(h);
         let slot = &mut self.registers[index];
         if rank > *slot {
             *slot = rank;
         }
+    }
+
+    /// A sketch from raw register values, e.g. read back from an atomic mirror that applied
+    /// [`register_update`] with `fetch_max`. `registers` should be [`REGISTERS`] long; a shorter
+    /// slice is padded with zeros, entries past the end are ignored, and values above the
+    /// largest possible rank (53) are capped to it.
+    pub fn from_registers(registers: &[u8]) -> Self {
+        let mut sketch = UserSketch::new();
+        for (slot, &r) in sketch.registers.iter_mut().zip(registers) {
+            *slot = r.min(MAX_RANK);
+        }
+        sketch
     }
 
     /// Merges another sketch into this one: afterwards this sketch describes the union.
@@ -272,6 +294,37 @@ mod tests {
         let mut c = b.clone();
         c.merge(&UserSketch::default());
         assert_eq!(c, b);
+    }
+
+    #[test]
+    fn atomic_mirror_equals_insert_hash() {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        let mirror: Vec<AtomicU8> = (0..REGISTERS).map(|_| AtomicU8::new(0)).collect();
+        let mut direct = UserSketch::new();
+        // Include the edge hashes (rank capped at 53) and repeated hashes.
+        let hashes = (0..20_000u64)
+            .map(splitmix64)
+            .chain([0, u64::MAX, 1, 1 << 52])
+            .chain((0..1_000u64).map(splitmix64));
+        for h in hashes {
+            let (index, rank) = register_update(h);
+            assert!(index < REGISTERS);
+            assert!((1..=MAX_RANK).contains(&rank));
+            mirror[index].fetch_max(rank, Ordering::Relaxed);
+            direct.insert_hash(h);
+        }
+        let registers: Vec<u8> = mirror.iter().map(|r| r.load(Ordering::Relaxed)).collect();
+        let rebuilt = UserSketch::from_registers(&registers);
+        assert_eq!(rebuilt, direct);
+        assert_eq!(rebuilt.estimate(), direct.estimate());
+        // Short slices are padded, long ones truncated, out-of-range values capped.
+        assert!(UserSketch::from_registers(&[]).is_empty());
+        let mut long = vec![0u8; REGISTERS + 5];
+        long[0] = 200;
+        long[REGISTERS + 1] = 3;
+        let capped = UserSketch::from_registers(&long);
+        assert_eq!(capped.registers[0], MAX_RANK);
+        assert_eq!(capped.registers.len(), REGISTERS);
     }
 
     #[test]

@@ -437,7 +437,9 @@ fn build_upstreams(cx: &mut Ctx, v: &Val) -> Option<Upstreams> {
     let mut ok = true;
     let health_path = match get(t, "health_path") {
         Some(h) => match string(cx, h, "upstreams.health_path") {
-            Some(p) if p.starts_with('/') && !p.contains(char::is_whitespace) => Some(p.to_string()),
+            Some(p) if p.starts_with('/') && !p.contains(char::is_whitespace) => {
+                Some(p.to_string())
+            }
             Some(p) => {
                 ok = false;
                 cx.err(

@@ -1,1 +1,581 @@
-//! The built-in reverse proxy (in progress).
+//! The built-in reverse proxy: sends each request to the stable or the canary upstream by the
+//! rollout's current share and the request's cohort key, and records what each variant's users
+//! experienced.
+//!
+//! # Request path
+//!
+//! For every request the proxy finds the cohort key (a header, a cookie or the client address,
+//! as the plan's `[cohort]` says), routes it with [`Routing::route`] (`bucket(salt, key) <
+//! share`; requests without a key go to stable unless the plan says `unkeyed = "client_ip"`),
+//! forwards it to that upstream with the body streaming both ways, and records the outcome
+//! into the [`Recorder`]'s per-variant atomic counters. No lock is taken and no store is
+//! touched; the share is one atomic, so [`Routing::set_share`] applies to the very next
+//! request.
+//!
+//! # Protocol
+//!
+//! * Clients: HTTP/1.1 (keep-alive) and HTTP/2 over cleartext with prior knowledge (h2c),
+//!   detected per connection. Upgrades (WebSocket, `Upgrade: h2c`) are not supported: `upgrade`
+//!   is a hop-by-hop header and is removed.
+//! * Upstreams: HTTP/1.1 over pooled keep-alive connections (`http://host:port[/prefix]`; the
+//!   request's path and query are appended to the prefix).
+//! * Headers: hop-by-hop headers (`connection` and the headers it names, `keep-alive`,
+//!   `proxy-connection`, `te`, `trailer`, `transfer-encoding`, `upgrade`,
+//!   `proxy-authenticate`, `proxy-authorization`) are removed both ways. Upstream requests get
+//!   `x-forwarded-for` (the client address appended to any existing list), `x-forwarded-proto:
+//!   http`, `x-forwarded-host` (the client's `Host`, replacing any sent by the client) and
+//!   `forwarded: for=..;proto=http;host=..` (appended to any existing list). `Host` becomes the
+//!   upstream's own authority, like nginx's default. Responses can carry `x-ramp-variant:
+//!   stable|canary` ([`ProxyConfig::variant_header`]).
+//!
+//! # What is recorded
+//!
+//! Per variant: every forwarded request; errors (5xx answers, upstream connect failures — the
+//! client gets 502 —, broken upstream connections — 502 — and upstream timeouts — 504);
+//! successes (2xx, 3xx); rate-limit hits (429); auth failures (401, 403); other statuses count
+//! only as requests. Latency runs from the request received to the response head returned.
+//! Distinct users are the cohort keys (XXH3-64) in a HyperLogLog. A client that aborts its
+//! upload is answered 400 and counted as a request only; a client that goes away before the
+//! upstream answers is recorded (and logged) as status 499 — a request, neither error nor
+//! success — with the latency it waited, so impatient users still show in the latency
+//! counters. (Over HTTP/1 hyper may notice a vanished client only when the response is
+//! written; the request then counts with the upstream's status.) Requests refused before routing (431,
+//! unsupported `CONNECT`) are not recorded. Canary health probes that find it down are recorded
+//! as errors (see [`health`]).
+//!
+//! # Limits ([`Limits`])
+//!
+//! * Request head larger than `max_header_bytes` or with more than `max_headers` fields → 431
+//!   (HTTP/1 through hyper's parser and the proxy's own check; HTTP/2 through
+//!   `SETTINGS_MAX_HEADER_LIST_SIZE` and the same check).
+//! * `header_read_timeout`: an HTTP/1 request head must arrive completely within it (the clock
+//!   starts when the proxy starts waiting for a head, so it is also the keep-alive idle
+//!   timeout); a new connection of either protocol must deliver its first request within it.
+//!   Slow clients are disconnected without an answer.
+//! * `connect_timeout` to an upstream → 502; `response_timeout` (from sending the request,
+//!   upload included, to the response head) → 504.
+//! * `max_connections` client connections at once, enforced by a semaphore *before* `accept`:
+//!   further connections wait in the kernel's listen backlog until a slot frees (and are
+//!   refused by the kernel if the backlog overflows); none is accepted and then dropped.
+//! * [`ProxyHandle::shutdown`] stops accepting, lets in-flight requests finish for up to
+//!   `drain_timeout` (idle keep-alive connections close at once, HTTP/2 clients get GOAWAY),
+//!   then closes what is left.
+
+mod access_log;
+mod forward;
+pub mod health;
+pub mod pan;
+mod recorder;
+mod routing;
+
+pub use access_log::AccessLog;
+pub use health::{BackendHealth, HealthSnapshot, HealthState};
+pub use recorder::{Outcome, Recorder, user_hash};
+pub use routing::Routing;
+
+use hyper::Uri;
+use hyper::header::HeaderName;
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use ramp_core::cohort::{ShareBp, Variant};
+use ramp_core::plan::{Cohort, CohortKey, Plan, UnkeyedRoute, Upstreams};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+/// Longest wait for the access-log writer to flush at shutdown.
+const LOG_FLUSH_LIMIT: Duration = Duration::from_secs(5);
+/// hyper's smallest HTTP/1 read buffer.
+const MIN_READ_BUFFER: usize = 8 * 1024;
+
+/// Protective limits and timeouts (see the module docs for what each one does).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request head (request line and header fields), bytes. Default 16 KiB.
+    pub max_header_bytes: usize,
+    /// Most header fields in a request. Default 100.
+    pub max_headers: usize,
+    /// Time allowed for a request head to arrive. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Time allowed to connect to an upstream. Default 2 s.
+    pub connect_timeout: Duration,
+    /// Time allowed from sending a request upstream to its response head. Default 30 s.
+    pub response_timeout: Duration,
+    /// Most client connections open at once. Default 10,000.
+    pub max_connections: usize,
+    /// How long shutdown waits for in-flight requests. Default 10 s.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything the proxy needs.
+#[derive(Debug)]
+pub struct ProxyConfig {
+    /// Address to listen on (port 0 picks a free port; see [`ProxyHandle::local_addr`]).
+    pub listen: SocketAddr,
+    /// The two upstreams and their health checks.
+    pub upstreams: Upstreams,
+    /// Where the cohort key comes from and the bucketing salt.
+    pub cohort: Cohort,
+    /// The plan's latency thresholds in µs ([`ramp_core::plan::Plan::latency_thresholds_us`]).
+    pub latency_thresholds_us: Vec<u64>,
+    /// Limits and timeouts.
+    pub limits: Limits,
+    /// Whether responses carry `x-ramp-variant: stable|canary`.
+    pub variant_header: bool,
+    /// Where to write the access log, if anywhere.
+    pub access_log: Option<AccessLog>,
+}
+
+impl ProxyConfig {
+    /// The configuration a plan asks for: its upstreams, cohort and latency thresholds, with
+    /// default limits, no `x-ramp-variant` header and no access log.
+    pub fn for_plan(listen: SocketAddr, plan: &Plan) -> Result<Self, ProxyError> {
+        Ok(ProxyConfig {
+            listen,
+            upstreams: plan.upstreams.clone().ok_or(ProxyError::NoUpstreams)?,
+            cohort: plan.cohort.clone(),
+            latency_thresholds_us: plan.latency_thresholds_us(),
+            limits: Limits::default(),
+            variant_header: false,
+            access_log: None,
+        })
+    }
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The plan has no `[upstreams]`.
+    #[error("the plan has no [upstreams] table: the proxy needs stable and canary URLs")]
+    NoUpstreams,
+    /// An upstream URL is not `http://host[:port][/prefix]`.
+    #[error("{which} upstream {url:?}: {reason} (expected http://host:port)")]
+    BadUpstream {
+        /// `stable` or `canary`.
+        which: &'static str,
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The health-check path is not a valid absolute path.
+    #[error("health path {0:?} is not a valid absolute path (e.g. \"/health\")")]
+    BadHealthPath(String),
+    /// The cohort header name is not a valid HTTP header name.
+    #[error("cohort header {0:?} is not a valid header name")]
+    BadCohortHeader(String),
+    /// The cohort cookie name is empty or contains characters cookies cannot name.
+    #[error("cohort cookie {0:?} is not a valid cookie name")]
+    BadCohortCookie(String),
+    /// The plan asks for a bucketing formula this proxy does not implement.
+    #[error(
+        "bucketing formula version {0} is not supported (this proxy implements version {supported})",
+        supported = ramp_core::cohort::FORMULA_VERSION
+    )]
+    UnsupportedFormula(u32),
+    /// A limit is out of range.
+    #[error("invalid limit: {0}")]
+    BadLimit(&'static str),
+    /// A background thread could not be started.
+    #[error("cannot start the access-log writer: {0}")]
+    AccessLog(std::io::Error),
+}
+
+/// The upstream HTTP client type.
+pub(crate) type UpstreamClient<B> = Client<HttpConnector, B>;
+
+/// A parsed upstream base URL.
+#[derive(Clone, Debug)]
+pub(crate) struct Upstream {
+    authority: Authority,
+    /// Path prefix without a trailing slash (often empty).
+    prefix: String,
+}
+
+impl Upstream {
+    fn parse(which: &'static str, url: &str) -> Result<Self, ProxyError> {
+        let bad = |reason: &str| ProxyError::BadUpstream {
+            which,
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let uri: Uri = url.parse().map_err(|e| bad(&format!("{e}")))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(other) => return Err(bad(&format!("scheme {other:?} is not supported"))),
+            None => return Err(bad("no scheme")),
+        }
+        let authority = uri.authority().cloned().ok_or_else(|| bad("no host"))?;
+        if authority.host().is_empty() {
+            return Err(bad("no host"));
+        }
+        if authority.as_str().contains('@') {
+            return Err(bad("user info is not supported"));
+        }
+        if uri.query().is_some() {
+            return Err(bad("a query is not allowed"));
+        }
+        let prefix = uri.path().trim_end_matches('/').to_owned();
+        Ok(Upstream { authority, prefix })
+    }
+
+    /// The upstream URI for a request's path and query.
+    fn uri(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, hyper::http::Error> {
+        let builder = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone());
+        if self.prefix.is_empty() {
+            match path_and_query {
+                Some(pq) => builder.path_and_query(pq.clone()),
+                None => builder.path_and_query("/"),
+            }
+            .build()
+        } else {
+            let pq = path_and_query.map_or("/", PathAndQuery::as_str);
+            builder
+                .path_and_query(format!("{}{}", self.prefix, pq))
+                .build()
+        }
+    }
+
+    /// The upstream URI for a path (health checks).
+    pub(crate) fn uri_for(&self, path: &str) -> Option<Uri> {
+        let pq: PathAndQuery = path.parse().ok()?;
+        self.uri(Some(&pq)).ok()
+    }
+}
+
+/// Where the cohort key comes from, prepared for the request path.
+#[derive(Debug)]
+pub(crate) enum KeySource {
+    Header(HeaderName),
+    Cookie(String),
+    ClientIp,
+}
+
+/// Everything a request needs, shared by all connections.
+pub(crate) struct Shared {
+    pub(crate) routing: Arc<Routing>,
+    pub(crate) recorder: Arc<Recorder>,
+    pub(crate) client: UpstreamClient<hyper::body::Incoming>,
+    pub(crate) stable: Upstream,
+    pub(crate) canary: Upstream,
+    pub(crate) key: KeySource,
+    pub(crate) unkeyed_by_ip: bool,
+    pub(crate) limits: Limits,
+    pub(crate) variant_header: bool,
+    pub(crate) log: Option<access_log::LogSender>,
+}
+
+impl Shared {
+    pub(crate) fn upstream(&self, variant: Variant) -> &Upstream {
+        match variant {
+            Variant::Stable => &self.stable,
+            Variant::Canary => &self.canary,
+        }
+    }
+}
+
+/// A running proxy.
+pub struct ProxyHandle {
+    /// The address actually bound.
+    pub local_addr: SocketAddr,
+    /// The traffic split; [`Routing::set_share`] applies to the next request.
+    pub routing: Arc<Routing>,
+    /// Per-variant outcomes; the controller calls [`Recorder::take_window`] every analysis
+    /// interval.
+    pub recorder: Arc<Recorder>,
+    /// The upstreams' health from the active checks.
+    pub health: Arc<HealthState>,
+    stop: watch::Sender<bool>,
+    accept_task: JoinHandle<()>,
+    health_tasks: Vec<JoinHandle<()>>,
+    log: Option<access_log::LogCloser>,
+    log_dropped: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for ProxyHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyHandle")
+            .field("local_addr", &self.local_addr)
+            .field("share", &self.routing.share())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProxyHandle {
+    /// Access-log lines dropped because the writer could not keep up.
+    pub fn access_log_dropped(&self) -> u64 {
+        self.log_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish (up to the drain timeout;
+    /// whatever is still open then is closed), stops the health checks and flushes the access
+    /// log. Dropping the handle without calling this also stops the proxy, without waiting.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.accept_task.await;
+        for task in self.health_tasks {
+            let _ = task.await;
+        }
+        if let Some(log) = self.log {
+            log.close(LOG_FLUSH_LIMIT).await;
+        }
+    }
+}
+
+fn validate(config: &ProxyConfig) -> Result<(KeySource, Upstream, Upstream), ProxyError> {
+    let limits = &config.limits;
+    if limits.max_connections == 0 {
+        return Err(ProxyError::BadLimit("max_connections must be at least 1"));
+    }
+    if limits.max_connections > Semaphore::MAX_PERMITS {
+        return Err(ProxyError::BadLimit("max_connections is too large"));
+    }
+    if limits.max_headers == 0 {
+        return Err(ProxyError::BadLimit("max_headers must be at least 1"));
+    }
+    if limits.max_header_bytes == 0 {
+        return Err(ProxyError::BadLimit("max_header_bytes must be at least 1"));
+    }
+    if config.cohort.formula != ramp_core::cohort::FORMULA_VERSION {
+        return Err(ProxyError::UnsupportedFormula(config.cohort.formula));
+    }
+    let key = match &config.cohort.key {
+        CohortKey::Header(name) => KeySource::Header(
+            HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ProxyError::BadCohortHeader(name.clone()))?,
+        ),
+        CohortKey::Cookie(name) => {
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+            if !valid {
+                return Err(ProxyError::BadCohortCookie(name.clone()));
+            }
+            KeySource::Cookie(name.clone())
+        }
+        CohortKey::ClientIp => KeySource::ClientIp,
+    };
+    let stable = Upstream::parse("stable", &config.upstreams.stable)?;
+    let canary = Upstream::parse("canary", &config.upstreams.canary)?;
+    if let Some(path) = &config.upstreams.health_path
+        && (!path.starts_with('/') || stable.uri_for(path).is_none())
+    {
+        return Err(ProxyError::BadHealthPath(path.clone()));
+    }
+    Ok((key, stable, canary))
+}
+
+/// The upstream client for proxied requests: pooled keep-alive HTTP/1.1 connections.
+fn upstream_client(limits: &Limits) -> UpstreamClient<hyper::body::Incoming> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(limits.connect_timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector)
+}
+
+/// The client-facing connection builder: HTTP/1.1 and h2c.
+fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true)
+        .max_buf_size(limits.max_header_bytes.max(MIN_READ_BUFFER));
+    if limits.max_headers != 100 {
+        // hyper's default is 100 on the stack; any other value costs a heap allocation.
+        builder.http1().max_headers(limits.max_headers);
+    }
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Binds the listen address and starts the proxy (accept loop and health checks) on the current
+/// tokio runtime.
+pub async fn start(config: ProxyConfig, initial_share: ShareBp) -> Result<ProxyHandle, ProxyError> {
+    let (key, stable, canary) = validate(&config)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ProxyError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| ProxyError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+
+    let routing = Arc::new(Routing::new(&config.cohort.salt, initial_share));
+    let recorder = Arc::new(Recorder::new(&config.latency_thresholds_us));
+    let health = Arc::new(HealthState::new());
+    let (log, log_closer, log_dropped) = match config.access_log {
+        Some(log) => {
+            let (sender, closer, dropped) =
+                access_log::start(log).map_err(ProxyError::AccessLog)?;
+            (Some(sender), Some(closer), dropped)
+        }
+        None => (None, None, Arc::new(AtomicU64::new(0))),
+    };
+    let (stop, stop_rx) = watch::channel(false);
+
+    let mut health_tasks = Vec::new();
+    if let Some(path) = &config.upstreams.health_path {
+        let interval = Duration::from_millis(config.upstreams.health_interval);
+        for (variant, upstream) in [(Variant::Stable, &stable), (Variant::Canary, &canary)] {
+            health_tasks.push(tokio::spawn(health::run(
+                variant,
+                upstream.clone(),
+                path.clone(),
+                interval,
+                health.clone(),
+                recorder.clone(),
+                stop_rx.clone(),
+            )));
+        }
+    }
+
+    let shared = Arc::new(Shared {
+        routing: routing.clone(),
+        recorder: recorder.clone(),
+        client: upstream_client(&config.limits),
+        stable,
+        canary,
+        key,
+        unkeyed_by_ip: config.cohort.unkeyed == UnkeyedRoute::ClientIp,
+        limits: config.limits.clone(),
+        variant_header: config.variant_header,
+        log,
+    });
+    let accept_task = tokio::spawn(accept_loop(listener, shared, stop_rx));
+
+    Ok(ProxyHandle {
+        local_addr,
+        routing,
+        recorder,
+        health,
+        stop,
+        accept_task,
+        health_tasks,
+        log: log_closer,
+        log_dropped,
+    })
+}
+
+/// Resolves once `stop` says true or its sender is gone.
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Accepts connections until `stop`, then drains.
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let limits = shared.limits.clone();
+    let builder = server_builder(&limits);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let (hard_stop, hard_stop_rx) = watch::channel(false);
+
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn_ctx = Arc::new(forward::ConnCtx::new(shared.clone(), peer));
+        let ctx = conn_ctx.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let ctx = ctx.clone();
+            async move { forward::handle(&ctx, req).await }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        let mut hard_stop = hard_stop_rx.clone();
+        let first_request_deadline = limits.header_read_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut conn = std::pin::pin!(conn);
+            // A connection must deliver its first request in time, whatever the protocol
+            // (hyper's HTTP/1 header timeout covers the rest of an HTTP/1 connection's life).
+            tokio::select! {
+                biased;
+                _ = stopped(&mut hard_stop) => return,
+                _ = &mut conn => return,
+                _ = tokio::time::sleep(first_request_deadline) => {
+                    if !conn_ctx.seen_request() {
+                        return;
+                    }
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = stopped(&mut hard_stop) => {}
+                _ = conn => {}
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        let _ = hard_stop.send(true);
+    }
+}

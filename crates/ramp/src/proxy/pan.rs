@@ -1,0 +1,190 @@
+//! Masking of card-number-like digit runs (PANs) in logged URLs (PCI).
+//!
+//! A *digit run* is a maximal sequence of ASCII digits in which single separators (a space, a
+//! dash, or a `+`, which is a space in a query string) may stand between two digits, e.g.
+//! `4111111111111111`, `5500-0000-0000-0004` or `4111 1111 1111 1111`. A run with 13 to 19
+//! digits that passes the Luhn check is replaced, separators included, by one `*` per digit
+//! except the last four, followed by those four digits: `************1111`. Runs that are
+//! shorter or longer (a 12- or 20-digit order number) or fail the Luhn check are left alone.
+//! Percent-encoded separators (`%20`, `%2D`) end a run; the digits on either side are judged as
+//! runs of their own.
+
+use std::borrow::Cow;
+
+/// Shortest card number masked.
+const MIN_DIGITS: usize = 13;
+/// Longest card number masked.
+const MAX_DIGITS: usize = 19;
+
+/// Whether `b` may stand between two digits of one run.
+fn is_separator(b: u8) -> bool {
+    matches!(b, b' ' | b'-' | b'+')
+}
+
+/// The Luhn check over ASCII digits (other bytes are skipped).
+pub fn luhn_valid(digits: impl DoubleEndedIterator<Item = u8>) -> bool {
+    let mut sum = 0u32;
+    for (i, d) in digits.rev().filter(u8::is_ascii_digit).enumerate() {
+        let mut v = u32::from(d - b'0');
+        if i % 2 == 1 {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+    }
+    sum.is_multiple_of(10)
+}
+
+/// `text` with every card-number-like digit run masked (see the module docs). Borrows when
+/// nothing needs masking.
+pub fn mask_pans(text: &str) -> Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let mut out: Option<String> = None;
+    // Everything before `copied` is already in `out` (when `out` exists).
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if !bytes[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        // A run starts here (the previous byte is not a digit, nor a separator after a digit,
+        // since that would have continued the previous run).
+        let start = i;
+        let mut digits = 0usize;
+        let mut end = i;
+        let mut j = i;
+        while j < bytes.len() {
+            if bytes[j].is_ascii_digit() {
+                digits += 1;
+                j += 1;
+                end = j;
+            } else if is_separator(bytes[j]) && bytes.get(j + 1).is_some_and(u8::is_ascii_digit) {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        let run = &bytes[start..end];
+        if (MIN_DIGITS..=MAX_DIGITS).contains(&digits) && luhn_valid(run.iter().copied()) {
+            let out = out.get_or_insert_with(|| String::with_capacity(text.len()));
+            out.push_str(&text[copied..start]);
+            let last4: Vec<u8> = run
+                .iter()
+                .copied()
+                .filter(u8::is_ascii_digit)
+                .skip(digits - 4)
+                .collect();
+            out.extend(std::iter::repeat_n('*', digits - 4));
+            out.extend(last4.iter().map(|&b| char::from(b)));
+            copied = end;
+        }
+        i = end;
+    }
+    match out {
+        None => Cow::Borrowed(text),
+        Some(mut out) => {
+            out.push_str(&text[copied..]);
+            Cow::Owned(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `prefix` followed by the digit that makes it pass the Luhn check.
+    fn with_check_digit(prefix: &str) -> String {
+        (b'0'..=b'9')
+            .map(|d| format!("{prefix}{}", char::from(d)))
+            .find(|s| luhn_valid(s.bytes()))
+            .unwrap()
+    }
+
+    #[test]
+    fn luhn() {
+        for valid in [
+            "4111111111111111",
+            "5500000000000004",
+            "378282246310005",
+            "6011111111111117",
+            "4222222222222",
+            "0",
+            "79927398713",
+        ] {
+            assert!(luhn_valid(valid.bytes()), "{valid}");
+        }
+        for invalid in ["4111111111111112", "5500000000000005", "79927398710", "1"] {
+            assert!(!luhn_valid(invalid.bytes()), "{invalid}");
+        }
+    }
+
+    #[test]
+    fn masks_luhn_valid_runs_keeping_last_four() {
+        assert_eq!(mask_pans("/pay/4111111111111111"), "/pay/************1111");
+        assert_eq!(
+            mask_pans("/pay/4111111111111111?card=5500-0000-0000-0004"),
+            "/pay/************1111?card=************0004"
+        );
+        assert_eq!(mask_pans("4111 1111 1111 1111"), "************1111");
+        assert_eq!(
+            mask_pans("q=4111+1111+1111+1111&x=1"),
+            "q=************1111&x=1"
+        );
+        // 13 (Visa) and 15 (Amex) and 19 digits.
+        assert_eq!(mask_pans("/c/4222222222222/"), "/c/*********2222/");
+        assert_eq!(mask_pans("/c/378282246310005"), "/c/***********0005");
+        let nineteen = with_check_digit("601100000000000000");
+        assert_eq!(nineteen.len(), 19);
+        assert_eq!(
+            mask_pans(&format!("/x?n={nineteen}")),
+            format!("/x?n=***************{}", &nineteen[15..])
+        );
+        // Letters around the run do not protect it.
+        assert_eq!(
+            mask_pans("/id/abc4111111111111111xyz"),
+            "/id/abc************1111xyz"
+        );
+    }
+
+    #[test]
+    fn leaves_invalid_and_out_of_range_runs() {
+        for text in [
+            "/pay/4111111111111112",        // Luhn fails
+            "/order/411111111111",          // 12 digits
+            "/order/41111111111111111113",  // 20 digits, Luhn-valid or not
+            "/a/4111--1111-1111-1111",      // double separator splits the run
+            "/a/4111%201111%201111%201111", // percent-encoded separators are not followed
+            "/users/42?page=3",
+            "",
+            "no digits at all",
+        ] {
+            assert_eq!(mask_pans(text), text, "{text}");
+            assert!(matches!(mask_pans(text), Cow::Borrowed(_)));
+        }
+        // Luhn-valid runs of 12 and 20 digits are left alone too.
+        for prefix in ["41111111111", "4111111111111111111"] {
+            let valid = with_check_digit(prefix);
+            assert!(luhn_valid(valid.bytes()));
+            assert_eq!(mask_pans(&valid), valid);
+            let path = format!("/order/{valid}?ref={valid}");
+            assert_eq!(mask_pans(&path), path);
+        }
+    }
+
+    #[test]
+    fn several_pans_in_one_url() {
+        assert_eq!(
+            mask_pans("/a/4111111111111111/b/5500000000000004?c=378282246310005&d=12345"),
+            "/a/************1111/b/************0004?c=***********0005&d=12345"
+        );
+        // Trailing separators are not part of the run.
+        assert_eq!(
+            mask_pans("4111-1111-1111-1111- 4111111111111111"),
+            "************1111- ************1111"
+        );
+    }
+}
