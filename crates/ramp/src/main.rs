@@ -110,6 +110,9 @@ struct LimitArgs {
     /// On shutdown, how long in-flight requests may take to finish.
     #[arg(long, default_value = "10s")]
     drain_timeout: String,
+    /// Proxy worker threads, each with its own listener and connection pool (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
 }
 
 #[derive(Subcommand)]
@@ -273,6 +276,7 @@ fn limits(a: &LimitArgs) -> Result<ramp::proxy::Limits, Invalid> {
         response_timeout: duration_arg("response-timeout", &a.response_timeout)?,
         max_connections: a.max_connections,
         drain_timeout: duration_arg("drain-timeout", &a.drain_timeout)?,
+        workers: a.workers,
     })
 }
 

@@ -115,6 +115,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long shutdown waits for in-flight requests. Default 10 s.
     pub drain_timeout: Duration,
+    /// Proxy worker threads, each with its own listener (SO_REUSEPORT), event loop and
+    /// upstream connection pool, so no request crosses threads. 0 (default) = one per core.
+    pub workers: usize,
 }
 
 impl Default for Limits {
@@ -127,6 +130,7 @@ impl Default for Limits {
             response_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(10),
+            workers: 0,
         }
     }
 }
@@ -211,6 +215,9 @@ pub enum ProxyError {
     /// A background thread could not be started.
     #[error("cannot start the access-log writer: {0}")]
     AccessLog(std::io::Error),
+    /// A worker thread or its event loop could not be started.
+    #[error("cannot start a proxy worker: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// The upstream HTTP client type.
@@ -278,7 +285,7 @@ impl Upstream {
 }
 
 /// Where the cohort key comes from, prepared for the request path.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum KeySource {
     Header(HeaderName),
     Cookie(String),
@@ -320,7 +327,7 @@ pub struct ProxyHandle {
     /// The upstreams' health from the active checks.
     pub health: Arc<HealthState>,
     stop: watch::Sender<bool>,
-    accept_task: JoinHandle<()>,
+    workers: Vec<std::thread::JoinHandle<()>>,
     health_tasks: Vec<JoinHandle<()>>,
     log: Option<access_log::LogCloser>,
     log_dropped: Arc<AtomicU64>,
@@ -346,7 +353,13 @@ impl ProxyHandle {
     /// log. Dropping the handle without calling this also stops the proxy, without waiting.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let _ = self.accept_task.await;
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        })
+        .await;
         for task in self.health_tasks {
             let _ = task.await;
         }
@@ -400,6 +413,19 @@ fn validate(config: &ProxyConfig) -> Result<(KeySource, Upstream, Upstream), Pro
     Ok((key, stable, canary))
 }
 
+/// A listening socket with SO_REUSEADDR and SO_REUSEPORT, so each worker can have its own.
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 /// The upstream client for proxied requests: pooled keep-alive HTTP/1.1 connections.
 fn upstream_client(limits: &Limits) -> UpstreamClient<hyper::body::Incoming> {
     let mut connector = HttpConnector::new();
@@ -435,16 +461,21 @@ fn server_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 /// tokio runtime.
 pub async fn start(config: ProxyConfig, initial_share: ShareBp) -> Result<ProxyHandle, ProxyError> {
     let (key, stable, canary) = validate(&config)?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ProxyError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| ProxyError::Bind {
+    let workers = match config.limits.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let bind_err = |source| ProxyError::Bind {
         addr: config.listen,
         source,
-    })?;
+    };
+    // One listener per worker on the same address: the kernel spreads connections over them.
+    let first = bind_reuseport(config.listen).map_err(bind_err)?;
+    let local_addr = first.local_addr().map_err(bind_err)?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(bind_reuseport(local_addr).map_err(bind_err)?);
+    }
 
     let routing = Arc::new(Routing::new(&config.cohort.salt, initial_share));
     let recorder = Arc::new(Recorder::new(&config.latency_thresholds_us));
@@ -475,19 +506,43 @@ pub async fn start(config: ProxyConfig, initial_share: ShareBp) -> Result<ProxyH
         }
     }
 
-    let shared = Arc::new(Shared {
-        routing: routing.clone(),
-        recorder: recorder.clone(),
-        client: upstream_client(&config.limits),
-        stable,
-        canary,
-        key,
-        unkeyed_by_ip: config.cohort.unkeyed == UnkeyedRoute::ClientIp,
-        limits: config.limits.clone(),
-        variant_header: config.variant_header,
-        log,
-    });
-    let accept_task = tokio::spawn(accept_loop(listener, shared, stop_rx));
+    let per_worker_connections = config.limits.max_connections.div_ceil(workers);
+    let mut worker_threads = Vec::with_capacity(workers);
+    for (i, std_listener) in listeners.into_iter().enumerate() {
+        let shared = Arc::new(Shared {
+            routing: routing.clone(),
+            recorder: recorder.clone(),
+            client: upstream_client(&config.limits),
+            stable: stable.clone(),
+            canary: canary.clone(),
+            key: key.clone(),
+            unkeyed_by_ip: config.cohort.unkeyed == UnkeyedRoute::ClientIp,
+            limits: config.limits.clone(),
+            variant_header: config.variant_header,
+            log: log.clone(),
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(ProxyError::Runtime)?;
+        let listener = {
+            let _context = rt.enter();
+            TcpListener::from_std(std_listener).map_err(bind_err)?
+        };
+        let stop_rx = stop_rx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("ramp-proxy-{i}"))
+            .spawn(move || {
+                rt.block_on(accept_loop(
+                    listener,
+                    shared,
+                    stop_rx,
+                    per_worker_connections,
+                ));
+            })
+            .map_err(ProxyError::Runtime)?;
+        worker_threads.push(thread);
+    }
 
     Ok(ProxyHandle {
         local_addr,
@@ -495,7 +550,7 @@ pub async fn start(config: ProxyConfig, initial_share: ShareBp) -> Result<ProxyH
         recorder,
         health,
         stop,
-        accept_task,
+        workers: worker_threads,
         health_tasks,
         log: log_closer,
         log_dropped,
@@ -508,10 +563,15 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// Accepts connections until `stop`, then drains.
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    max_connections: usize,
+) {
     let limits = shared.limits.clone();
     let builder = server_builder(&limits);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     let (hard_stop, hard_stop_rx) = watch::channel(false);
 
