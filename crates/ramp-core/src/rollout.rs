@@ -282,6 +282,9 @@ pub enum Input {
     Signal(Signal),
     /// An operator's command.
     Command(Command),
+    /// The shell restarted and restored this state from its journal: the time since the last
+    /// input was downtime, which does not count as phase time.
+    Restarted,
 }
 
 /// Why a rollback happened.
@@ -396,6 +399,11 @@ pub enum EventKind {
     },
     /// The last phase passed.
     Completed,
+    /// The controller restarted from its journal.
+    Restarted {
+        /// How long it was down (not counted as phase time).
+        downtime: Millis,
+    },
 }
 
 /// How urgent a notification is.
@@ -559,6 +567,16 @@ impl Machine<'_> {
     }
 
     fn apply(&mut self, input: Input, now: Millis) {
+        if let Input::Restarted = input {
+            let downtime = now.saturating_sub(self.s.now);
+            self.s.now = self.s.now.max(now);
+            if self.s.status != Status::Pending && !self.s.status.is_terminal() {
+                self.journal(EventKind::Restarted { downtime });
+                // A notification that fell due while down is sent now, once.
+                self.scheduled_notifications();
+            }
+            return;
+        }
         self.advance(now);
         match input {
             Input::Start => self.start(),
@@ -574,6 +592,7 @@ impl Machine<'_> {
             Input::Tick => self.after_time_passed(),
             Input::Signal(sig) => self.signal(sig),
             Input::Command(cmd) => self.command(cmd),
+            Input::Restarted => unreachable!("handled above"),
         }
     }
 

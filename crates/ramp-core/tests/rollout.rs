@@ -566,3 +566,51 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_restart_resumes_the_same_phase_time_and_sends_a_due_update_once() {
+    let plan = seed_plan();
+    let mut d = Driver::new(plan.clone());
+    d.run_minutes(3 * 60 + 50, healthy);
+    let before = d.state().clone();
+    // The process dies; the state comes back from the journal (serde round trip) 2h later.
+    let json = serde_json::to_string(&before).unwrap();
+    let restored: State = serde_json::from_str(&json).unwrap();
+    assert_eq!(restored, before, "state round-trips through JSON exactly");
+    d.state = Some(restored);
+    d.now += 2 * HOUR;
+    d.log.clear();
+    d.input(Input::Restarted);
+    assert_eq!(
+        d.state().phase_elapsed,
+        before.phase_elapsed,
+        "downtime is not phase time"
+    );
+    assert_eq!(d.state().share, before.share);
+    assert_eq!(
+        d.state().evidence,
+        before.evidence,
+        "evidence collected so far is kept"
+    );
+    let updates = d
+        .log
+        .iter()
+        .filter(|e| matches!(e, Effect::Notify(n) if n.kind == NotifyKind::Status))
+        .count();
+    assert_eq!(
+        updates, 1,
+        "the 4h update that fell due while down is sent once"
+    );
+    d.input(Input::Tick);
+    let updates = d
+        .log
+        .iter()
+        .filter(|e| matches!(e, Effect::Notify(n) if n.kind == NotifyKind::Status))
+        .count();
+    assert_eq!(updates, 1, "and not again");
+    assert!(
+        d.events()
+            .iter()
+            .any(|e| matches!(e, EventKind::Restarted { downtime } if *downtime == 2 * HOUR))
+    );
+}

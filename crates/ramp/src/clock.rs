@@ -33,6 +33,14 @@ impl Clock {
         }
     }
 
+    /// A clock that continues from `resume_at` when that is later than the Unix time now (a
+    /// compressed clock restarted from its journal), otherwise from the Unix time.
+    pub fn resumed(scale: f64, resume_at: Millis) -> Clock {
+        let mut c = Clock::scaled(scale);
+        c.origin_ms = c.origin_ms.max(resume_at);
+        c
+    }
+
     /// Controller time now.
     pub fn now(&self) -> Millis {
         self.origin_ms + (self.origin.elapsed().as_secs_f64() * 1000.0 * self.scale) as Millis

@@ -37,14 +37,26 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
-    /// Run the proxy and the controller on real traffic.
+    /// Run rollouts on real traffic: proxy, controller, journal and the HTTP API.
     Serve {
-        /// The plan file (needs [upstreams]).
+        /// Plan files to start (rollouts already in the journal resume by themselves).
         #[arg(long)]
-        plan: PathBuf,
-        /// Where the proxy listens.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
+        plan: Vec<PathBuf>,
+        /// Where the proxy listens (for a single --plan; otherwise the plan's [proxy] listen).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// The journal (SQLite). Every decision, signal and window is written here first.
+        #[arg(long, default_value = "ramp.db")]
+        db: PathBuf,
+        /// Where the control API listens.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        api: std::net::SocketAddr,
+        /// Serve /metrics without a token.
+        #[arg(long)]
+        open_metrics: bool,
+        /// Token hashes file (default: the --db path with `.tokens` appended).
+        #[arg(long)]
+        tokens: Option<PathBuf>,
         /// Run phase durations N times faster (demos, tests); evidence still comes from real requests.
         #[arg(long, default_value_t = 1.0)]
         time_scale: f64,
@@ -54,11 +66,73 @@ enum Command {
         /// Add `x-ramp-variant: stable|canary` to responses.
         #[arg(long)]
         variant_header: bool,
-        /// Exit when the rollout completes, rolls back or holds.
+        /// Exit when every rollout has completed, rolled back or is holding.
         #[arg(long)]
         exit_on_end: bool,
         #[command(flatten)]
         limits: LimitArgs,
+    },
+    /// Show rollouts (all, or one) from a running server.
+    Status {
+        /// The rollout (default: all).
+        name: Option<String>,
+        /// Redraw every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Stop a rollout's phase clock (triggers keep firing).
+    Pause(ActionArgs),
+    /// Continue a paused rollout.
+    Resume(ActionArgs),
+    /// Start a phase that waits for approval.
+    Approve(ActionArgs),
+    /// Promote to the next phase (only on proven gates, unless --force with --reason).
+    Promote(ActionArgs),
+    /// Send all traffic back to stable (needs --reason).
+    Rollback(ActionArgs),
+    /// Report a signal: pci_alert, security_alert, bug_report or feedback.
+    Signal {
+        /// The rollout.
+        name: String,
+        /// pci_alert, security_alert, bug_report or feedback.
+        kind: String,
+        /// For security_alert: low, medium, high or critical.
+        #[arg(long)]
+        severity: Option<String>,
+        /// For feedback: a score from 0 to 1.
+        #[arg(long)]
+        score: Option<f64>,
+        /// Free text.
+        #[arg(long)]
+        note: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show a rollout's journal.
+    Events {
+        /// The rollout.
+        name: String,
+        /// Start after this journal position.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many entries (1-1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// A live rollout on this machine in about a minute: demo backends, load, the seed plan.
     Demo {
@@ -84,6 +158,32 @@ enum Command {
         #[arg(long)]
         plain: bool,
     },
+}
+
+/// How to reach a server's API.
+#[derive(clap::Args, Clone, Debug)]
+struct ServerArgs {
+    /// The server's API address.
+    #[arg(long, env = "RAMP_SERVER", default_value = "http://127.0.0.1:7070")]
+    server: String,
+    /// A bearer token (see `ramp token add`).
+    #[arg(long, env = "RAMP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+/// An operator action on a rollout.
+#[derive(clap::Args, Clone, Debug)]
+struct ActionArgs {
+    /// The rollout.
+    name: String,
+    /// Why (journaled; required for rollback and forced promotion).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Promote even though gates are not proven (needs --reason).
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 /// Proxy limits, shared by `serve`.
@@ -113,6 +213,23 @@ struct LimitArgs {
     /// Proxy worker threads, each with its own listener and connection pool (0: one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token with a role (viewer, operator, admin, ingest); prints it once.
+    Add {
+        /// A name for the token (shown in the journal as who acted).
+        name: String,
+        /// viewer, operator, admin or ingest.
+        role: String,
+        /// The journal whose tokens file to use.
+        #[arg(long, default_value = "ramp.db")]
+        db: PathBuf,
+        /// Token hashes file (default: the --db path with `.tokens` appended).
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -213,20 +330,156 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), Invalid>> {
         Command::Serve {
             plan,
             listen,
+            db,
+            api,
+            open_metrics,
+            tokens,
             time_scale,
             access_log,
             variant_header,
             exit_on_end,
             limits,
         } => serve_cmd(ServeArgs {
-            plan: &plan,
+            plans: &plan,
             listen,
+            db: &db,
+            api,
+            open_metrics,
+            tokens,
             time_scale,
             access_log,
             variant_header,
             exit_on_end,
             limits: &limits,
         }),
+        Command::Status {
+            name,
+            watch,
+            json,
+            server,
+        } => client_cmd(&server, |c| async move {
+            loop {
+                let v = c.status(name.as_deref()).await?;
+                let text = if json {
+                    serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+                } else if let Some(list) = v.as_array() {
+                    if list.is_empty() {
+                        "no rollouts\n".to_string()
+                    } else {
+                        list.iter()
+                            .map(ramp::client::render_status)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    }
+                } else {
+                    ramp::client::render_status(&v)
+                };
+                if watch {
+                    // Clear the screen and redraw in place.
+                    print!("\x1b[H\x1b[2J{text}");
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                } else {
+                    print!("{text}");
+                    return Ok(());
+                }
+            }
+        }),
+        Command::Pause(a) => action_cmd("pause", a),
+        Command::Resume(a) => action_cmd("resume", a),
+        Command::Approve(a) => action_cmd("approve", a),
+        Command::Promote(a) => action_cmd("promote", a),
+        Command::Rollback(a) => action_cmd("rollback", a),
+        Command::Signal {
+            name,
+            kind,
+            severity,
+            score,
+            note,
+            server,
+        } => client_cmd(&server, |c| async move {
+            let mut body = serde_json::json!({ "kind": kind });
+            if let Some(s) = severity {
+                body["severity"] = serde_json::json!(s);
+            }
+            if let Some(s) = score {
+                body["score"] = serde_json::json!(s);
+            }
+            if let Some(n) = note {
+                body["note"] = serde_json::json!(n);
+            }
+            let v = c.signal(&name, body).await?;
+            println!(
+                "signal journaled at position {}",
+                v.get("seq").cloned().unwrap_or_default()
+            );
+            Ok(())
+        }),
+        Command::Events {
+            name,
+            after,
+            limit,
+            json,
+            server,
+        } => client_cmd(&server, |c| async move {
+            let v = c.events(&name, after, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                return Ok(());
+            }
+            for e in v
+                .get("events")
+                .and_then(|e| e.as_array())
+                .cloned()
+                .unwrap_or_default()
+            {
+                let seq = e.get("seq").and_then(|s| s.as_u64()).unwrap_or(0);
+                match serde_json::from_value::<ramp_core::rollout::Event>(e.clone()) {
+                    Ok(ev) => {
+                        for (i, line) in ramp::render::event_lines(&ev, 0).into_iter().enumerate() {
+                            if i == 0 {
+                                println!("{seq:>6}  {}  {line}", ev.at);
+                            } else {
+                                println!("{:>6}  {line}", "");
+                            }
+                        }
+                    }
+                    Err(_) => println!("{seq:>6}  {e}"),
+                }
+            }
+            if let Some(next) = v.get("next").and_then(|n| n.as_u64()) {
+                println!("(more: --after {next})");
+            }
+            Ok(())
+        }),
+        Command::Token {
+            command:
+                TokenCommand::Add {
+                    name,
+                    role,
+                    db,
+                    tokens,
+                },
+        } => {
+            let Some(role) = parse_role(&role) else {
+                return Ok(Err(Invalid(format!(
+                    "error: role {role:?}: expected viewer, operator, admin or ingest"
+                ))));
+            };
+            if name.is_empty() || name.chars().any(char::is_whitespace) {
+                return Ok(Err(Invalid("error: a token name is one word".into())));
+            }
+            let path = tokens_path(&db, tokens);
+            let token = add_token(&path, &name, role)?;
+            println!("{token}");
+            eprintln!(
+                "token {name} ({}) added to {}; it is shown only now",
+                role.name(),
+                path.display()
+            );
+            Ok(Ok(()))
+        }
         Command::Demo {
             canary_fails_at,
             canary_error_rate,
@@ -287,6 +540,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// `println!` that never panics (a server's stdout may be a closed pipe).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 fn print_entry(entry: &ramp::serve::LogEntry, origin: ramp_core::time::Millis) {
     use ramp::serve::LogEntry;
     let name = |v: serde_json::Result<serde_json::Value>| {
@@ -299,24 +560,32 @@ fn print_entry(entry: &ramp::serve::LogEntry, origin: ramp_core::time::Millis) {
             let at = ramp::render::clock(e.at.saturating_sub(origin));
             for (i, l) in ramp::render::event_lines(e, origin).into_iter().enumerate() {
                 if i == 0 {
-                    println!("{at}  {l}");
+                    out!("{at}  {l}");
                 } else {
-                    println!("               {l}");
+                    out!("               {l}");
                 }
             }
         }
-        LogEntry::Notify(n) => println!(
+        LogEntry::Notify(n) => out!(
             "           notify ({}): {}",
             name(serde_json::to_value(n.kind)),
             n.headline
         ),
-        LogEntry::Report(r) => println!("           report: {}", name(serde_json::to_value(r))),
+        LogEntry::Report(r) => out!("           report: {}", name(serde_json::to_value(r))),
+        LogEntry::StoreError(e) => {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "ramp serve: {e}");
+        }
     }
 }
 
 struct ServeArgs<'a> {
-    plan: &'a Path,
-    listen: std::net::SocketAddr,
+    plans: &'a [PathBuf],
+    listen: Option<std::net::SocketAddr>,
+    db: &'a Path,
+    api: std::net::SocketAddr,
+    open_metrics: bool,
+    tokens: Option<PathBuf>,
     time_scale: f64,
     access_log: bool,
     variant_header: bool,
@@ -324,16 +593,99 @@ struct ServeArgs<'a> {
     limits: &'a LimitArgs,
 }
 
-fn serve_cmd(a: ServeArgs) -> anyhow::Result<Result<(), Invalid>> {
-    let p = match load_plan(a.plan) {
-        Ok(p) => p,
-        Err(e) => return Ok(Err(e)),
+fn tokens_path(db: &Path, tokens: Option<PathBuf>) -> PathBuf {
+    tokens.unwrap_or_else(|| {
+        let mut p = db.as_os_str().to_owned();
+        p.push(".tokens");
+        PathBuf::from(p)
+    })
+}
+
+fn parse_role(text: &str) -> Option<ramp::api::Role> {
+    ramp::api::Role::ALL
+        .into_iter()
+        .find(|r| r.name() == text.trim())
+}
+
+/// Reads `name role sha256` lines. Missing file: no tokens.
+fn read_tokens(path: &Path) -> Result<ramp::api::Tokens, Invalid> {
+    let mut tokens = ramp::api::Tokens::new();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(tokens),
+        Err(e) => {
+            return Err(Invalid(format!(
+                "{}: error: cannot read: {e}",
+                path.display()
+            )));
+        }
     };
-    if p.upstreams.is_none() {
-        return Ok(Err(Invalid(format!(
-            "{}: error: ramp serve needs an [upstreams] table with `stable` and `canary` URLs",
-            a.plan.display()
-        ))));
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let bad = |what: &str| Invalid(format!("{}:{}:1: error: {what}", path.display(), i + 1));
+        let [name, role, hash] = parts[..] else {
+            return Err(bad("expected `NAME ROLE SHA256`"));
+        };
+        let role = parse_role(role)
+            .ok_or_else(|| bad("role must be viewer, operator, admin or ingest"))?;
+        tokens
+            .add_hashed(name, role, hash)
+            .map_err(|e| bad(&e.to_string()))?;
+    }
+    Ok(tokens)
+}
+
+/// Appends a new token's hash to the file (created 0600) and returns the token.
+fn add_token(path: &Path, name: &str, role: ramp::api::Role) -> anyhow::Result<String> {
+    use std::io::Write;
+    let token = ramp::api::Tokens::generate();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    writeln!(
+        f,
+        "{name} {} {}",
+        role.name(),
+        ramp::api::Tokens::hash(&token)
+    )?;
+    f.sync_all()?;
+    Ok(token)
+}
+
+fn serve_cmd(a: ServeArgs) -> anyhow::Result<Result<(), Invalid>> {
+    let mut plans = Vec::new();
+    for path in a.plans {
+        let src = match read(path) {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(e)),
+        };
+        let p = match parse_plan(&src, &path.display().to_string()) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(Invalid(e.to_string()))),
+        };
+        if p.upstreams.is_none() {
+            return Ok(Err(Invalid(format!(
+                "{}: error: ramp serve needs an [upstreams] table with `stable` and `canary` URLs",
+                path.display()
+            ))));
+        }
+        plans.push((path.clone(), src, p));
+    }
+    if a.listen.is_some() && plans.len() > 1 {
+        return Ok(Err(Invalid(
+            "error: --listen applies to a single --plan; give each plan a [proxy] listen".into(),
+        )));
     }
     let time_scale = a.time_scale;
     if !(time_scale.is_finite() && time_scale > 0.0) {
@@ -345,37 +697,119 @@ fn serve_cmd(a: ServeArgs) -> anyhow::Result<Result<(), Invalid>> {
         Ok(l) => l,
         Err(e) => return Ok(Err(e)),
     };
-    let config = ramp::serve::ServeConfig {
-        plan: p,
-        listen: a.listen,
+    let tokens_file = tokens_path(a.db, a.tokens.clone());
+    let mut tokens = match read_tokens(&tokens_file) {
+        Ok(t) => t,
+        Err(e) => return Ok(Err(e)),
+    };
+    if tokens.is_empty() {
+        let token = add_token(&tokens_file, "admin", ramp::api::Role::Admin)?;
+        println!(
+            "ramp serve: no API tokens were configured; created an admin token (shown once, keep it):"
+        );
+        println!("  {token}");
+        println!(
+            "  (its hash is in {}; add more with `ramp token add NAME ROLE`)",
+            tokens_file.display()
+        );
+        tokens = match read_tokens(&tokens_file) {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(e)),
+        };
+    }
+    let store: std::sync::Arc<dyn ramp::store::Store> = std::sync::Arc::new(
+        ramp::store::SqliteStore::open(a.db)
+            .with_context(|| format!("opening the journal {}", a.db.display()))?,
+    );
+    let defaults = ramp::registry::Defaults {
         time_scale,
         limits,
         variant_header: a.variant_header,
-        access_log: a
-            .access_log
-            .then(|| ramp::proxy::AccessLog::new(std::io::stderr())),
-        exit_on_end: a.exit_on_end,
+        default_listen: a
+            .listen
+            .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("literal")),
+        access_log: a.access_log,
     };
+    let log: ramp::registry::Log = std::sync::Arc::new(|name: &str, entry, origin| {
+        if let ramp::serve::LogEntry::Event(_) = entry {
+            use std::io::Write as _;
+            let _ = write!(std::io::stdout(), "[{name}] ");
+        }
+        print_entry(entry, origin);
+    });
     let rt = runtime()?;
     rt.block_on(async move {
-        let server = ramp::serve::start(config, print_entry)
-            .await
-            .context("starting ramp serve")?;
-        println!(
-            "ramp serve: proxy listening on http://{} (time scale ×{time_scale})",
-            server.proxy_addr
-        );
-        let control = server.control.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                let _ = control.send(ramp::serve::Control::Stop).await;
+        let registry = ramp::registry::Registry::new(store, defaults, log);
+        let resumed = registry.resume_all().await.context("resuming rollouts from the journal")?;
+        for name in &resumed {
+            println!("ramp serve: resumed rollout {name} from {}", a.db.display());
+        }
+        for (path, src, p) in &plans {
+            match registry.stored_plan(&p.name) {
+                Some(stored) if &stored == src => {}
+                Some(_) => {
+                    return Ok(Err(Invalid(format!(
+                        "{}: error: a rollout named {:?} is already in {} with a different plan; give the new one another name",
+                        path.display(),
+                        p.name,
+                        a.db.display()
+                    ))));
+                }
+                None => {
+                    let now = ramp::clock::Clock::scaled(1.0).now();
+                    if let Err(e) = registry
+                        .start_new(src, &path.display().to_string(), a.listen, now)
+                        .await
+                    {
+                        return Err(anyhow::anyhow!("starting {}: {e}", p.name));
+                    }
+                }
             }
-        });
-        let result = server.wait().await;
-        println!(
-            "ramp serve: stopped; rollout {}",
-            result.state.status.name()
-        );
+        }
+        use ramp::control::Rollouts;
+        for r in registry.list() {
+            println!(
+                "ramp serve: rollout {} proxy listening on http://{} (time scale ×{time_scale})",
+                r.name, r.listen
+            );
+        }
+        let listener = tokio::net::TcpListener::bind(a.api)
+            .await
+            .with_context(|| format!("binding the API on {}", a.api))?;
+        println!("ramp serve: API on http://{}", listener.local_addr()?);
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let api = tokio::spawn(ramp::api::serve(
+            listener,
+            registry.clone(),
+            ramp::api::ApiConfig {
+                tokens,
+                open_metrics: a.open_metrics,
+                ..Default::default()
+            },
+            async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            },
+        ));
+        let exit_on_end = a.exit_on_end;
+        let watcher = registry.clone();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    let all = watcher.list();
+                    if exit_on_end && !all.is_empty() && all.iter().all(|r| r.snapshot.ended) {
+                        break;
+                    }
+                }
+            } => {}
+        }
+        let _ = stop_tx.send(true);
+        registry.shutdown().await;
+        let _ = api.await;
+        for r in registry.list() {
+            println!("ramp serve: stopped; rollout {} is {}", r.name, r.snapshot.status);
+        }
         Ok(Ok(()))
     })
 }
@@ -440,6 +874,37 @@ fn demo_cmd(a: DemoArgs) -> anyhow::Result<Result<(), Invalid>> {
         live,
     }))?;
     Ok(Ok(()))
+}
+
+/// Runs a client command; API errors become exit codes (2 for our mistakes, 1 otherwise).
+fn client_cmd<F, Fut>(server: &ServerArgs, f: F) -> anyhow::Result<Result<(), Invalid>>
+where
+    F: FnOnce(ramp::client::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ramp::client::ClientError>>,
+{
+    let client = match ramp::client::Client::new(&server.server, server.token.clone()) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(Invalid(format!("error: {e}")))),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match rt.block_on(f(client)) {
+        Ok(()) => Ok(Ok(())),
+        Err(e) if e.exit_code() == 2 => Ok(Err(Invalid(format!("error: {e}")))),
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
+}
+
+fn action_cmd(action: &'static str, a: ActionArgs) -> anyhow::Result<Result<(), Invalid>> {
+    client_cmd(&a.server, |c| async move {
+        let s = c
+            .action(&a.name, action, a.reason.as_deref(), a.force)
+            .await?;
+        print!("{}", ramp::client::render_status(&s));
+        Ok(())
+    })
 }
 
 fn main() -> ExitCode {

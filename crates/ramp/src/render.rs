@@ -251,5 +251,9 @@ pub fn event_lines(e: &Event, origin: Millis) -> Vec<String> {
             "■ HOLDING at the current share, waiting for a person: {reason}"
         )],
         EventKind::Completed => vec!["✓ rollout completed".into()],
+        EventKind::Restarted { downtime } => vec![format!(
+            "↻ controller restarted from its journal (down for {}, not counted as phase time)",
+            Human(*downtime)
+        )],
     }
 }

@@ -7,6 +7,7 @@
 
 use crate::clock::Clock;
 use crate::proxy::{self, BackendHealth, Limits, ProxyConfig, ProxyHandle};
+use crate::store::Store;
 use ramp_core::cohort::ShareBp;
 use ramp_core::evidence::{Signal, VariantStats, Verdict};
 use ramp_core::plan::Plan;
@@ -17,6 +18,7 @@ use ramp_core::rollout::{
 use ramp_core::time::Millis;
 use serde::Serialize;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -37,6 +39,10 @@ pub struct ServeConfig {
     pub access_log: Option<proxy::AccessLog>,
     /// Stop when the rollout completes, rolls back or holds.
     pub exit_on_end: bool,
+    /// Where every decision is journaled before it takes effect (`None`: memory only).
+    pub store: Option<Arc<dyn Store>>,
+    /// A state restored from the store: resume it instead of starting a new rollout.
+    pub resume: Option<State>,
 }
 
 /// Why serve could not start.
@@ -48,13 +54,19 @@ pub enum ServeError {
     /// The proxy could not start.
     #[error(transparent)]
     Proxy(#[from] proxy::ProxyError),
+    /// The store refused the first journal write.
+    #[error("cannot journal the rollout: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Something for the controller from outside the proxy.
 #[derive(Debug)]
 pub enum Control {
-    /// A signal (PCI alert, security alert, bug report, feedback).
-    Signal(Signal),
+    /// A signal (PCI alert, security alert, bug report, feedback). The reply, if asked for,
+    /// comes once the signal is journaled (durable): its journal position, or why it failed.
+    Signal(Signal, Option<oneshot::Sender<Result<u64, String>>>),
+    /// Cumulative per-variant numbers since the rollout started (stable, canary).
+    Totals(oneshot::Sender<(VariantStats, VariantStats)>),
     /// An operator command; the reply says whether it was applied.
     Command(Command, oneshot::Sender<Result<(), Rejection>>),
     /// From now on, add every canary window to the blast-radius tally (used by `ramp demo`,
@@ -67,7 +79,7 @@ pub enum Control {
 /// One variant's numbers for displays.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct VariantView {
-    /// Requests per second (real time) in the last window.
+    /// Requests per second (real time), averaged over about the last second.
     pub rps: f64,
     /// Requests in the current phase.
     pub requests: u64,
@@ -84,14 +96,9 @@ pub struct VariantView {
 }
 
 impl VariantView {
-    fn from_stats(
-        s: &VariantStats,
-        last_window: u64,
-        real_interval: f64,
-        health: BackendHealth,
-    ) -> Self {
+    fn from_stats(s: &VariantStats, rps: f64, health: BackendHealth) -> Self {
         VariantView {
-            rps: last_window as f64 / real_interval.max(1e-9),
+            rps,
             requests: s.requests,
             error_rate: s.error_rate(),
             success_rate: s.success_rate(),
@@ -146,6 +153,8 @@ pub enum LogEntry {
     Notify(Notification),
     /// A report was asked for.
     Report(ReportKind),
+    /// The journal could not be written.
+    StoreError(String),
 }
 
 /// The result of a serve run.
@@ -188,19 +197,26 @@ pub async fn start(
 ) -> Result<Server, ServeError> {
     let plan = config.plan;
     let upstreams = plan.upstreams.clone().ok_or(ServeError::NoUpstreams)?;
-    let clock = Clock::scaled(config.time_scale);
-    let origin = clock.now();
-    let mut state = State::new(&plan);
-    let (s, effects) = step(&plan, state, Input::Start, origin);
-    state = s;
-    let initial_share = effects
-        .iter()
-        .rev()
-        .find_map(|e| match e {
-            Effect::SetShare { share } => Some(*share),
-            _ => None,
-        })
-        .unwrap_or(ShareBp::ZERO);
+    let store = config.store.clone();
+    let name = plan.name.clone();
+    let (clock, mut state, effects) = match config.resume {
+        Some(restored) => {
+            let clock = Clock::resumed(config.time_scale, restored.now);
+            let (state, effects) = step(&plan, restored, Input::Restarted, clock.now());
+            (clock, state, effects)
+        }
+        None => {
+            let clock = Clock::scaled(config.time_scale);
+            let (state, effects) = step(&plan, State::new(&plan), Input::Start, clock.now());
+            (clock, state, effects)
+        }
+    };
+    let origin = state.started_at.unwrap_or_else(|| clock.now());
+    // Journal before acting: the first share is only routed once it is durable.
+    if let Some(store) = &store {
+        store.append(&name, &journal_of(&effects), &state)?;
+    }
+    let initial_share = state.share;
     let proxy = proxy::start(
         ProxyConfig {
             listen: config.listen,
@@ -218,23 +234,15 @@ pub async fn start(
     let mut events = Vec::new();
     apply(&proxy, effects, origin, &mut log, &mut events);
     let (control, mut rx) = mpsc::channel::<Control>(1024);
-    let (snap_tx, snapshot) = watch::channel(Snapshot {
-        now: origin,
+    let (snap_tx, snapshot) = watch::channel(snapshot_of(
+        &plan,
+        &state,
+        clock.now(),
         origin,
-        status: state.status.name().to_string(),
-        health: "monitoring".into(),
-        phase: state.phase,
-        phase_name: plan.phases[state.phase].name.clone(),
-        share: state.share,
-        phase_elapsed: 0,
-        phase_duration: plan.phases[state.phase].duration,
-        extended: false,
-        canary: VariantView::default(),
-        stable: VariantView::default(),
-        verdicts: Vec::new(),
-        reason: None,
-        ended: false,
-    });
+        current_verdicts(&plan, &state),
+        (0.0, 0.0),
+        &proxy,
+    ));
     let exit_on_end = config.exit_on_end;
     let join = tokio::spawn(async move {
         let interval = clock
@@ -247,13 +255,18 @@ pub async fn start(
         let mut harm_at = None;
         let mut last_verdicts_at = std::time::Instant::now() - Duration::from_secs(1);
         let mut verdicts = Vec::new();
-        let mut last_windows = (0u64, 0u64);
+        // Request rates shown in displays: an exponential moving average over about a second
+        // of real time, so tiny windows under a large --time-scale don't make them jitter.
+        let mut rates = (0.0f64, 0.0f64);
+        let alpha = (interval.as_secs_f64() / 1.0).min(1.0);
         loop {
             let mut stop = false;
             tokio::select! {
                 _ = ticker.tick() => {
                     let window = proxy.recorder.take_window();
-                    last_windows = (window.stable.requests, window.canary.requests);
+                    let secs = interval.as_secs_f64();
+                    rates.0 += alpha * (window.stable.requests as f64 / secs - rates.0);
+                    rates.1 += alpha * (window.canary.requests as f64 / secs - rates.1);
                     if let Some(b) = blast.as_mut()
                         && !state.status.is_terminal()
                     {
@@ -262,15 +275,23 @@ pub async fn start(
                     let now = clock.now();
                     let (s, fx) = step(&plan, state, Input::Window(window), now);
                     state = s;
+                    let _ = persist(store.as_deref(), &name, &fx, &state, &mut log, origin);
                     apply(&proxy, fx, origin, &mut log, &mut events);
                 }
                 msg = rx.recv() => {
                     let now = clock.now();
                     match msg {
-                        Some(Control::Signal(sig)) => {
+                        Some(Control::Signal(sig, reply)) => {
                             let (s, fx) = step(&plan, state, Input::Signal(sig), now);
                             state = s;
+                            let seq = persist(store.as_deref(), &name, &fx, &state, &mut log, origin);
                             apply(&proxy, fx, origin, &mut log, &mut events);
+                            if let Some(reply) = reply {
+                                let _ = reply.send(seq.map(|s| s.unwrap_or(events.len() as u64)));
+                            }
+                        }
+                        Some(Control::Totals(reply)) => {
+                            let _ = reply.send((state.totals.stable.clone(), state.totals.canary.clone()));
                         }
                         Some(Control::Command(cmd, reply)) => {
                             let (s, fx) = step(&plan, state, Input::Command(cmd), now);
@@ -279,6 +300,7 @@ pub async fn start(
                                 Effect::Rejected(r) => Some(r.clone()),
                                 _ => None,
                             });
+                            let _ = persist(store.as_deref(), &name, &fx, &state, &mut log, origin);
                             apply(&proxy, fx, origin, &mut log, &mut events);
                             let _ = reply.send(rejected.map_or(Ok(()), Err));
                         }
@@ -297,38 +319,15 @@ pub async fn start(
                 verdicts = current_verdicts(&plan, &state);
                 last_verdicts_at = std::time::Instant::now();
             }
-            let real_interval = interval.as_secs_f64();
-            let phase = &plan.phases[state.phase];
-            let snap = Snapshot {
-                now: clock.now(),
+            let snap = snapshot_of(
+                &plan,
+                &state,
+                clock.now(),
                 origin,
-                status: state.status.name().to_string(),
-                health: serde_json::to_value(state.health())
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default(),
-                phase: state.phase,
-                phase_name: phase.name.clone(),
-                share: state.share,
-                phase_elapsed: state.phase_elapsed,
-                phase_duration: phase.duration,
-                extended: state.extended_at.is_some(),
-                canary: VariantView::from_stats(
-                    &state.evidence.canary,
-                    last_windows.1,
-                    real_interval,
-                    proxy.health.canary(),
-                ),
-                stable: VariantView::from_stats(
-                    &state.evidence.stable,
-                    last_windows.0,
-                    real_interval,
-                    proxy.health.stable(),
-                ),
-                verdicts: verdicts.clone(),
-                reason: state.reason.clone(),
-                ended,
-            };
+                verdicts.clone(),
+                rates,
+                &proxy,
+            );
             let _ = snap_tx.send(snap);
             if stop || (exit_on_end && ended) {
                 break;
@@ -349,6 +348,77 @@ pub async fn start(
         snapshot,
         join,
     })
+}
+
+/// The status displays show, from the state.
+fn snapshot_of(
+    plan: &Plan,
+    state: &State,
+    now: Millis,
+    origin: Millis,
+    verdicts: Vec<Verdict>,
+    rates: (f64, f64),
+    proxy: &ProxyHandle,
+) -> Snapshot {
+    let phase = &plan.phases[state.phase];
+    Snapshot {
+        now,
+        origin,
+        status: state.status.name().to_string(),
+        health: serde_json::to_value(state.health())
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
+        phase: state.phase,
+        phase_name: phase.name.clone(),
+        share: state.share,
+        phase_elapsed: state.phase_elapsed,
+        phase_duration: phase.duration,
+        extended: state.extended_at.is_some(),
+        canary: VariantView::from_stats(&state.evidence.canary, rates.1, proxy.health.canary()),
+        stable: VariantView::from_stats(&state.evidence.stable, rates.0, proxy.health.stable()),
+        verdicts,
+        reason: state.reason.clone(),
+        ended: state.status.is_terminal() || state.status == Status::Holding,
+    }
+}
+
+/// The journal entries among some effects.
+fn journal_of(effects: &[Effect]) -> Vec<Event> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Journal(ev) => Some(ev.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Writes a step's journal entries and the new state, durably, before its effects are carried
+/// out. Returns the journal position of the last entry (`Ok(None)` without a store). A failed
+/// write is logged and reported; the effects are still carried out (a rollback must not wait
+/// for a disk), and the next successful append writes the full state again.
+fn persist(
+    store: Option<&dyn Store>,
+    name: &str,
+    effects: &[Effect],
+    state: &State,
+    log: &mut impl FnMut(&LogEntry, Millis),
+    origin: Millis,
+) -> Result<Option<u64>, String> {
+    let Some(store) = store else {
+        return Ok(None);
+    };
+    let events = journal_of(effects);
+    let result = tokio::task::block_in_place(|| store.append(name, &events, state));
+    match result {
+        Ok(seq) => Ok(Some(seq)),
+        Err(e) => {
+            let msg = format!("journal write failed: {e}");
+            log(&LogEntry::StoreError(msg.clone()), origin);
+            Err(msg)
+        }
+    }
 }
 
 /// Carries out effects in order. Journal entries are logged before the share changes they

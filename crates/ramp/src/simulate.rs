@@ -335,16 +335,21 @@ pub fn run(plan: &Plan, sc: &Scenario, seed: u64) -> Run {
     let thresholds = plan.latency_thresholds_us();
     let mut stable_spec = sc.stable.clone();
     let mut canary_spec = sc.canary.clone();
-    let mut stable_model = Model::new(&stable_spec, &thresholds);
-    let mut canary_model = Model::new(&canary_spec, &thresholds);
+    // Index 0 is stable, 1 is canary, so the hot loop picks a variant without a branch.
+    let mut models = [
+        Model::new(&stable_spec, &thresholds),
+        Model::new(&canary_spec, &thresholds),
+    ];
 
     let interval = plan.analysis.interval;
     let limit = sc.duration.unwrap_or(plan.max_duration() + 3_600_000);
     let mut state = State::new(plan);
     let mut timeline: Vec<TimelineEntry> = Vec::new();
     let mut share = ShareBp::ZERO;
-    let mut stable_counters = Counters::new(thresholds.len());
-    let mut canary_counters = Counters::new(thresholds.len());
+    let mut counters = [
+        Counters::new(thresholds.len()),
+        Counters::new(thresholds.len()),
+    ];
     let mut stable_total = VariantStats::new(thresholds.len());
     let mut canary_total = VariantStats::new(thresholds.len());
     let mut blast = BlastRadius::default();
@@ -402,12 +407,12 @@ pub fn run(plan: &Plan, sc: &Scenario, seed: u64) -> Run {
             let mut desc = Vec::new();
             if let Some(p) = &c.stable {
                 stable_spec.apply(p);
-                stable_model = Model::new(&stable_spec, &thresholds);
+                models[0] = Model::new(&stable_spec, &thresholds);
                 desc.push(format!("stable: {}", describe_patch(p)));
             }
             if let Some(p) = &c.canary {
                 canary_spec.apply(p);
-                canary_model = Model::new(&canary_spec, &thresholds);
+                models[1] = Model::new(&canary_spec, &thresholds);
                 desc.push(format!("canary: {}", describe_patch(p)));
             }
             if harm_started_at.is_none()
@@ -473,23 +478,20 @@ pub fn run(plan: &Plan, sc: &Scenario, seed: u64) -> Run {
             let r_outcome = r << 32;
             let r_latency = rng.next_u64();
             let h = user_hashes[u];
-            if buckets[u] < share_bp {
-                let failed = canary_counters.record(&canary_model, r_outcome, r_latency, h);
-                if harmed {
-                    blast.requests += 1;
-                    blast.failed_requests += u64::from(failed);
-                    blast_users[u] = true;
-                }
-            } else {
-                stable_counters.record(&stable_model, r_outcome, r_latency, h);
+            let v = usize::from(buckets[u] < share_bp);
+            let failed = counters[v].record(&models[v], r_outcome, r_latency, h);
+            if harmed && v == 1 {
+                blast.requests += 1;
+                blast.failed_requests += u64::from(failed);
+                blast_users[u] = true;
             }
         }
         requests += n;
         t += SECOND;
         if t >= next_window {
             let w = MetricWindow {
-                stable: stable_counters.take(thresholds.len()),
-                canary: canary_counters.take(thresholds.len()),
+                stable: counters[0].take(thresholds.len()),
+                canary: counters[1].take(thresholds.len()),
             };
             stable_total.merge(&w.stable);
             canary_total.merge(&w.canary);

@@ -101,6 +101,16 @@ async fn a_canary_that_starts_failing_is_rolled_back_within_seconds() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    // Never leave the server running if an assertion fails (it would hold CI's output open).
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-9", &self.0.to_string()])
+                .status();
+        }
+    }
+    let _guard = KillOnDrop(child.id());
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {

@@ -27,6 +27,8 @@ pub struct Plan {
     pub cohort: Cohort,
     /// Where stable and canary traffic go (needed by `ramp serve`, not by `ramp simulate`).
     pub upstreams: Option<Upstreams>,
+    /// Where this rollout's proxy listens (`[proxy] listen`); `None`: the server decides.
+    pub listen: Option<std::net::SocketAddr>,
     /// How evidence is weighed.
     pub analysis: Analysis,
     /// Reference values that criteria can name as `baseline`.

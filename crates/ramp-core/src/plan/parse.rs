@@ -256,6 +256,7 @@ const TOP_KEYS: &[&str] = &[
     "description",
     "cohort",
     "upstreams",
+    "proxy",
     "analysis",
     "baseline",
     "phase",
@@ -297,6 +298,7 @@ fn build(cx: &mut Ctx, root: &Table, root_span: Range<usize>) -> Option<Plan> {
         get(root, "description").and_then(|v| string(cx, v, "description").map(String::from));
     let cohort = build_cohort(cx, get(root, "cohort"), name.as_deref().unwrap_or(""));
     let upstreams = get(root, "upstreams").and_then(|v| build_upstreams(cx, v));
+    let listen = get(root, "proxy").and_then(|v| build_proxy(cx, v));
     let analysis = build_analysis(cx, get(root, "analysis"));
     let baseline = build_baseline(cx, get(root, "baseline"));
     let margin = analysis.as_ref().map(|a| a.stable_margin).unwrap_or(0.001);
@@ -323,6 +325,7 @@ fn build(cx: &mut Ctx, root: &Table, root_span: Range<usize>) -> Option<Plan> {
         description,
         cohort: cohort?,
         upstreams,
+        listen: listen.flatten(),
         analysis: analysis?,
         baseline: baseline?,
         phases: phases?,
@@ -484,6 +487,27 @@ fn build_upstreams(cx: &mut Ctx, v: &Val) -> Option<Upstreams> {
         health_path,
         health_interval,
     })
+}
+
+/// `[proxy] listen = "127.0.0.1:8080"`. `Some(None)` when the table has no `listen`.
+fn build_proxy(cx: &mut Ctx, v: &Val) -> Option<Option<std::net::SocketAddr>> {
+    let t = table(cx, v, "proxy")?;
+    check_keys(cx, t, &["listen"], "[proxy]");
+    let Some(l) = get(t, "listen") else {
+        return Some(None);
+    };
+    let s = string(cx, l, "proxy.listen")?;
+    match s.parse::<std::net::SocketAddr>() {
+        Ok(a) => Some(Some(a)),
+        Err(_) => {
+            cx.err(
+                l.span().start + 1,
+                format!("proxy.listen must be an address with a port, found {s:?}"),
+                Some("e.g. \"127.0.0.1:8080\"".into()),
+            );
+            None
+        }
+    }
 }
 
 fn build_analysis(cx: &mut Ctx, v: Option<&Val>) -> Option<Analysis> {

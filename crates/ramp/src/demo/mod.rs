@@ -100,6 +100,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             variant_header: true,
             access_log: None,
             exit_on_end: true,
+            store: None,
+            resume: None,
         },
         move |entry, origin| {
             let mut out = sink.lock().unwrap_or_else(|p| p.into_inner());
@@ -121,6 +123,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
                     ));
                 }
                 LogEntry::Notify(_) => {}
+                LogEntry::StoreError(e) => out.push(format!("           ! {e}")),
                 LogEntry::Report(r) => out.push(format!(
                     "           ✎ report: {}",
                     serde_json::to_value(r)
@@ -219,10 +222,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
                 rng_state ^= rng_state << 17;
                 let good = rng_state % 100 < 97;
                 let _ = control
-                    .send(Control::Signal(Signal::Feedback {
-                        score: if good { 0.9 } else { 0.3 },
-                        note: String::new(),
-                    }))
+                    .send(Control::Signal(
+                        Signal::Feedback {
+                            score: if good { 0.9 } else { 0.3 },
+                            note: String::new(),
+                        },
+                        None,
+                    ))
                     .await;
             }
         }

@@ -54,9 +54,11 @@
 //!   Slow clients are disconnected without an answer.
 //! * `connect_timeout` to an upstream → 502; `response_timeout` (from sending the request,
 //!   upload included, to the response head) → 504.
-//! * `max_connections` client connections at once, enforced by a semaphore *before* `accept`:
-//!   further connections wait in the kernel's listen backlog until a slot frees (and are
-//!   refused by the kernel if the backlog overflows); none is accepted and then dropped.
+//! * `max_connections` client connections served at once, by one semaphore shared by all
+//!   workers: a worker that accepts a connection over the limit holds it, unserved, and accepts
+//!   nothing more until a slot frees, so further connections wait in the kernel's listen
+//!   backlog (at most one held connection per worker beyond the limit); none is accepted and
+//!   then dropped.
 //! * [`ProxyHandle::shutdown`] stops accepting, lets in-flight requests finish for up to
 //!   `drain_timeout` (idle keep-alive connections close at once, HTTP/2 clients get GOAWAY),
 //!   then closes what is left.
@@ -506,7 +508,7 @@ pub async fn start(config: ProxyConfig, initial_share: ShareBp) -> Result<ProxyH
         }
     }
 
-    let per_worker_connections = config.limits.max_connections.div_ceil(workers);
+    let slots = Arc::new(Semaphore::new(config.limits.max_connections));
     let mut worker_threads = Vec::with_capacity(workers);
     for (i, std_listener) in listeners.into_iter().enumerate() {
         let shared = Arc::new(Shared {
@@ -530,15 +532,11 @@ pub async fn start(config: ProxyConfig, initial_share: ShareBp) -> Result<ProxyH
             TcpListener::from_std(std_listener).map_err(bind_err)?
         };
         let stop_rx = stop_rx.clone();
+        let slots = slots.clone();
         let thread = std::thread::Builder::new()
             .name(format!("ramp-proxy-{i}"))
             .spawn(move || {
-                rt.block_on(accept_loop(
-                    listener,
-                    shared,
-                    stop_rx,
-                    per_worker_connections,
-                ));
+                rt.block_on(accept_loop(listener, shared, stop_rx, slots));
             })
             .map_err(ProxyError::Runtime)?;
         worker_threads.push(thread);
@@ -567,23 +565,14 @@ async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
-    max_connections: usize,
+    slots: Arc<Semaphore>,
 ) {
     let limits = shared.limits.clone();
     let builder = server_builder(&limits);
-    let slots = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     let (hard_stop, hard_stop_rx) = watch::channel(false);
 
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = stopped(&mut stop) => break,
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             biased;
             _ = stopped(&mut stop) => break,
@@ -594,6 +583,17 @@ async fn accept_loop(
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
+            },
+        };
+        // The connection limit is shared by all workers. A connection over the limit waits
+        // here, unserved, and this worker accepts nothing more until a slot frees: at most one
+        // waiting connection per worker beyond the limit.
+        let permit = tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
             },
         };
         let _ = stream.set_nodelay(true);

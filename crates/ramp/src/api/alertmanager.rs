@@ -1,0 +1,326 @@
+//! The Prometheus Alertmanager webhook receiver: maps firing alerts labelled with a `rollout`
+//! and a `category` (`pci` or `security`) to signals.
+//!
+//! Alertmanager sends every alert of a group again on each notification (a new alert joining
+//! the group, `repeat_interval`), so the same firing alert arrives many times. Each one is
+//! counted once: alerts are recognised by rollout, fingerprint (or labels) and `startsAt`, and
+//! a repeat is skipped and counted as a duplicate. An alert that resolves and fires again has a
+//! new `startsAt` and counts again.
+
+use super::error::{FieldError, Problem};
+use super::input::MAX_TEXT;
+use crate::control::{ControlError, Rollouts};
+use ramp_core::evidence::Signal;
+use ramp_core::plan::Severity;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Mutex;
+
+/// How many alert identities are remembered for deduplication.
+const REMEMBERED: usize = 16_384;
+
+/// The answer to a webhook call.
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct AlertmanagerResult {
+    /// Set (with status 503) when the store was unavailable for some alert: retry the call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Alerts recorded as signals.
+    pub accepted: u64,
+    /// Alerts ignored: resolved, without `rollout`/`category` labels, another category, or
+    /// already recorded (duplicates are counted here too).
+    pub skipped: u64,
+    /// Of the skipped alerts, those already recorded by an earlier call.
+    pub duplicates: u64,
+    /// Alerts that could not be recorded.
+    pub errors: Vec<AlertError>,
+}
+
+/// An alert that could not be recorded.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct AlertError {
+    /// Position in `alerts`.
+    pub index: usize,
+    /// The `rollout` label, when there was one.
+    pub rollout: Option<String>,
+    /// Why.
+    pub error: String,
+}
+
+/// What to do with one alert.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Item {
+    /// Nothing: resolved, or not for ramp.
+    Skip,
+    /// Malformed alert.
+    Error(AlertErrorItem),
+    /// Record this signal.
+    Signal {
+        rollout: String,
+        signal: Signal,
+        identity: String,
+    },
+}
+
+#[derive(Debug, PartialEq)]
+pub(crate) struct AlertErrorItem {
+    rollout: Option<String>,
+    error: String,
+}
+
+/// Checks the payload's shape and maps each alert. A payload that is not a version 4 webhook
+/// body is a 400; a malformed alert inside one only fails that alert.
+pub(crate) fn parse(body: Option<Value>) -> Result<Vec<Item>, Problem> {
+    let Some(value) = body else {
+        return Err(Problem::field(
+            "alerts",
+            "required: the webhook's list of alerts",
+        ));
+    };
+    let Some(object) = value.as_object() else {
+        return Err(Problem::field(
+            "body",
+            "expected an Alertmanager webhook payload (a JSON object)",
+        ));
+    };
+    let mut errors = Vec::new();
+    match object.get("version") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(v)) if v == "4" => {}
+        Some(_) => errors.push(FieldError::new(
+            "version",
+            "unsupported webhook version: expected \"4\"",
+        )),
+    }
+    let group_status = object.get("status").and_then(Value::as_str);
+    let alerts = match object.get("alerts") {
+        Some(Value::Array(a)) => Some(a),
+        Some(_) => {
+            errors.push(FieldError::new("alerts", "must be an array of alerts"));
+            None
+        }
+        None => {
+            errors.push(FieldError::new(
+                "alerts",
+                "required: the webhook's list of alerts",
+            ));
+            None
+        }
+    };
+    match alerts {
+        Some(alerts) if errors.is_empty() => {
+            Ok(alerts.iter().map(|a| alert(a, group_status)).collect())
+        }
+        _ => Err(Problem::fields(errors)),
+    }
+}
+
+fn string_map(value: Option<&Value>) -> Option<&Map<String, Value>> {
+    value.and_then(Value::as_object)
+}
+
+fn label<'a>(map: Option<&'a Map<String, Value>>, key: &str) -> Option<&'a str> {
+    map?.get(key)?
+        .as_str()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+fn alert(value: &Value, group_status: Option<&str>) -> Item {
+    let Some(alert) = value.as_object() else {
+        return Item::Error(AlertErrorItem {
+            rollout: None,
+            error: "an alert must be a JSON object".into(),
+        });
+    };
+    let labels = string_map(alert.get("labels"));
+    let rollout = label(labels, "rollout").map(str::to_string);
+    let fail = |error: String| {
+        Item::Error(AlertErrorItem {
+            rollout: rollout.clone(),
+            error,
+        })
+    };
+    let status = match alert.get("status") {
+        Some(Value::String(s)) => s.as_str(),
+        None | Some(Value::Null) => match group_status {
+            Some(s) => s,
+            None => return fail("status: required (firing or resolved)".into()),
+        },
+        Some(_) => return fail("status: must be a string (firing or resolved)".into()),
+    };
+    if status != "firing" {
+        return Item::Skip;
+    }
+    let (Some(rollout_name), Some(category)) = (rollout.clone(), label(labels, "category")) else {
+        return Item::Skip;
+    };
+    let annotations = string_map(alert.get("annotations"));
+    let note: String = label(annotations, "summary")
+        .or_else(|| label(annotations, "description"))
+        .or_else(|| label(labels, "alertname"))
+        .unwrap_or("")
+        .chars()
+        .take(MAX_TEXT)
+        .collect();
+    let signal = if category.eq_ignore_ascii_case("pci") {
+        Signal::PciAlert { note }
+    } else if category.eq_ignore_ascii_case("security") {
+        Signal::SecurityAlert {
+            severity: severity(label(labels, "severity")),
+            note,
+        }
+    } else {
+        return Item::Skip;
+    };
+    let starts_at = alert.get("startsAt").and_then(Value::as_str).unwrap_or("");
+    let who = match alert.get("fingerprint").and_then(Value::as_str) {
+        Some(f) if !f.is_empty() => format!("f:{f}"),
+        _ => {
+            // Without a fingerprint, the label set (sorted) identifies the alert.
+            let sorted: BTreeMap<&String, &Value> = labels.into_iter().flatten().collect();
+            format!("l:{}", serde_json::to_string(&sorted).unwrap_or_default())
+        }
+    };
+    Item::Signal {
+        identity: format!("{rollout_name}\u{0}{who}\u{0}{starts_at}"),
+        rollout: rollout_name,
+        signal,
+    }
+}
+
+/// Maps Alertmanager's severity label: ramp's four levels, plus `warning` → medium and
+/// `info` → low; anything else (or none) counts as high.
+pub(crate) fn severity(label: Option<&str>) -> Severity {
+    match label.map(str::to_ascii_lowercase).as_deref() {
+        Some("warning" | "warn") => Severity::Medium,
+        Some("info" | "informational" | "none") => Severity::Low,
+        Some(other) => Severity::parse(other).unwrap_or(Severity::High),
+        None => Severity::High,
+    }
+}
+
+/// Alert identities already recorded (bounded, oldest forgotten first).
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    inner: Mutex<SeenInner>,
+}
+
+#[derive(Debug, Default)]
+struct SeenInner {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Seen {
+    /// Claims an identity; false when it was already claimed.
+    fn claim(&self, identity: &str) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.set.contains(identity) {
+            return false;
+        }
+        inner.set.insert(identity.to_string());
+        inner.order.push_back(identity.to_string());
+        while inner.order.len() > REMEMBERED {
+            if let Some(old) = inner.order.pop_front() {
+                inner.set.remove(&old);
+            }
+        }
+        true
+    }
+
+    /// Gives a claim back (the signal was not recorded, so a retry must count).
+    fn release(&self, identity: &str) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.set.remove(identity);
+        inner.order.retain(|i| i != identity);
+    }
+}
+
+/// Records each mapped alert. Returns the answer and whether the store was unavailable for any
+/// of them (then the caller answers 503 so that Alertmanager retries; the alerts recorded this
+/// time are recognised as duplicates on the retry).
+pub(crate) async fn deliver<R: Rollouts>(
+    rollouts: &R,
+    seen: &Seen,
+    items: Vec<Item>,
+) -> (AlertmanagerResult, bool) {
+    let mut result = AlertmanagerResult::default();
+    let mut unavailable = false;
+    for (index, item) in items.into_iter().enumerate() {
+        match item {
+            Item::Skip => result.skipped += 1,
+            Item::Error(e) => result.errors.push(AlertError {
+                index,
+                rollout: e.rollout,
+                error: e.error,
+            }),
+            Item::Signal {
+                rollout,
+                signal,
+                identity,
+            } => {
+                if !seen.claim(&identity) {
+                    result.skipped += 1;
+                    result.duplicates += 1;
+                    continue;
+                }
+                match rollouts.signal(&rollout, signal).await {
+                    Ok(_) => result.accepted += 1,
+                    Err(e) => {
+                        seen.release(&identity);
+                        unavailable |= matches!(e, ControlError::Unavailable(_));
+                        result.errors.push(AlertError {
+                            index,
+                            rollout: Some(rollout),
+                            error: e.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    if unavailable {
+        result.error = Some("some alerts could not be stored; retry".into());
+    }
+    (result, unavailable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn severity_mapping() {
+        assert_eq!(severity(Some("critical")), Severity::Critical);
+        assert_eq!(severity(Some("CRITICAL")), Severity::Critical);
+        assert_eq!(severity(Some("warning")), Severity::Medium);
+        assert_eq!(severity(Some("info")), Severity::Low);
+        assert_eq!(severity(Some("low")), Severity::Low);
+        assert_eq!(severity(None), Severity::High);
+        assert_eq!(severity(Some("page")), Severity::High);
+    }
+
+    #[test]
+    fn identity_without_fingerprint_uses_labels() {
+        let items = parse(Some(json!({"alerts": [
+            {"status": "firing", "labels": {"rollout": "r", "category": "pci", "b": "1", "a": "2"}},
+        ]})))
+        .unwrap();
+        let Item::Signal { identity, .. } = &items[0] else {
+            panic!("{items:?}")
+        };
+        assert!(identity.contains("\"a\":\"2\",\"b\":\"1\""), "{identity}");
+    }
+
+    #[test]
+    fn seen_forgets_released_claims() {
+        let seen = Seen::default();
+        assert!(seen.claim("x"));
+        assert!(!seen.claim("x"));
+        seen.release("x");
+        assert!(seen.claim("x"));
+    }
+}

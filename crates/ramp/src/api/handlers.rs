@@ -1,0 +1,553 @@
+//! The routes and their handlers. Each handler authenticates first, then reads and validates
+//! its input, then calls [`Rollouts`] and turns the answer into JSON.
+
+use super::ApiConfig;
+use super::alertmanager::{self, AlertmanagerResult, Seen};
+use super::auth::{Access, Tokens};
+use super::doc;
+use super::error::{ErrorBody, Problem, json_body};
+use super::input::{self, Action};
+use super::metrics;
+use crate::control::Rollouts;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+/// What every handler shares.
+pub(crate) struct Inner<R> {
+    rollouts: Arc<R>,
+    tokens: Tokens,
+    open_metrics: bool,
+    body_limit: usize,
+    registry: Registry,
+    seen: Seen,
+    openapi: Bytes,
+}
+
+type St<R> = State<Arc<Inner<R>>>;
+type Name = Result<Path<String>, PathRejection>;
+
+pub(crate) fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> Router {
+    let source = {
+        let rollouts = Arc::clone(&rollouts);
+        Arc::new(move || rollouts.metrics())
+    };
+    let openapi = super::openapi()
+        .to_pretty_json()
+        .map(Bytes::from)
+        .unwrap_or_default();
+    let inner = Arc::new(Inner {
+        rollouts,
+        tokens: config.tokens,
+        open_metrics: config.open_metrics,
+        body_limit: config.body_limit,
+        registry: metrics::registry(source),
+        seen: Seen::default(),
+        openapi,
+    });
+    Router::new()
+        .route(
+            "/v1/rollouts",
+            get(list_rollouts::<R>).post(create_rollout::<R>),
+        )
+        .route("/v1/rollouts/{name}", get(get_rollout::<R>))
+        .route("/v1/rollouts/{name}/events", get(list_events::<R>))
+        .route("/v1/rollouts/{name}/pause", post(pause::<R>))
+        .route("/v1/rollouts/{name}/resume", post(resume::<R>))
+        .route("/v1/rollouts/{name}/approve", post(approve::<R>))
+        .route("/v1/rollouts/{name}/promote", post(promote::<R>))
+        .route("/v1/rollouts/{name}/rollback", post(rollback::<R>))
+        .route("/v1/rollouts/{name}/signals", post(post_signal::<R>))
+        .route("/v1/alertmanager", post(alertmanager::<R>))
+        .route("/v1/openapi.json", get(openapi_json::<R>))
+        .route("/metrics", get(metrics::<R>))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(super::error::jsonify_errors))
+        .with_state(inner)
+}
+
+impl<R: Rollouts> Inner<R> {
+    /// Who is calling, if their token's role allows `access`: the token's name.
+    fn authorize(&self, headers: &HeaderMap, access: Access) -> Result<String, Problem> {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Err(Problem::unauthorized(
+                "missing token: send Authorization: Bearer <token>",
+            ));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .ok_or_else(|| {
+                Problem::unauthorized("malformed Authorization header: expected Bearer <token>")
+            })?;
+        let (name, role) = self
+            .tokens
+            .check(token)
+            .ok_or_else(|| Problem::unauthorized("unknown token"))?;
+        if role.allows(access) {
+            Ok(name)
+        } else {
+            Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "a {role} token may not do this: it needs the {} role",
+                    access.roles()
+                ),
+            ))
+        }
+    }
+}
+
+fn rollout_name(name: Name) -> Result<String, Problem> {
+    match name {
+        Ok(Path(name)) => Ok(name),
+        Err(_) => Err(Problem::field("name", "not a valid rollout name")),
+    }
+}
+
+fn json_status<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    let mut response = json_body(value);
+    *response.status_mut() = status;
+    response
+}
+
+fn text(body: &'static str) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Every rollout's status.
+#[utoipa::path(
+    get, path = "/v1/rollouts", tag = "rollouts",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every rollout's status.", body = Vec<doc::RolloutStatus>),
+        (status = 401, description = "Missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "The token's role may not read (ingest).", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_rollouts<R: Rollouts>(
+    State(s): St<R>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    s.authorize(&headers, Access::Read)?;
+    Ok(json_status(StatusCode::OK, &s.rollouts.list()))
+}
+
+/// Creates and starts a rollout from a plan.
+///
+/// The body is the plan file itself (`application/toml` or `text/plain`; no content type is
+/// read as TOML) or JSON `{"plan": "<toml>"}`. The plan is validated exactly as
+/// `ramp plan check` does; every problem is reported with its line and column.
+#[utoipa::path(
+    post, path = "/v1/rollouts", tag = "rollouts",
+    security(("bearer" = [])),
+    request_body(
+        description = "The plan (TOML), or JSON {\"plan\": \"<toml>\"}.",
+        content(
+            (String = "application/toml"),
+            (String = "text/plain"),
+            (doc::CreateRequest = "application/json"),
+        )
+    ),
+    responses(
+        (status = 201, description = "Created and started.", body = doc::RolloutStatus),
+        (status = 400, description = "Invalid plan (`errors`) or request (`fields`).", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "Only admin tokens may create rollouts.", body = ErrorBody),
+        (status = 409, description = "A rollout by that name exists.", body = ErrorBody),
+        (status = 413, description = "Body over the limit.", body = ErrorBody),
+        (status = 415, description = "Unsupported content type.", body = ErrorBody),
+        (status = 503, description = "The store is unavailable.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn create_rollout<R: Rollouts>(
+    State(s): St<R>,
+    request: Request,
+) -> Result<Response, Problem> {
+    let (parts, body) = request.into_parts();
+    s.authorize(&parts.headers, Access::Create)?;
+    let bytes = input::read_body(&parts.headers, body, s.body_limit).await?;
+    let plan = input::plan_text(&parts.headers, &bytes)?;
+    let status = s.rollouts.create(&plan).await?;
+    Ok(json_status(StatusCode::CREATED, &status))
+}
+
+/// One rollout's status.
+#[utoipa::path(
+    get, path = "/v1/rollouts/{name}", tag = "rollouts",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The rollout's name.")),
+    responses(
+        (status = 200, description = "The rollout's status.", body = doc::RolloutStatus),
+        (status = 401, description = "Missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "The token's role may not read (ingest).", body = ErrorBody),
+        (status = 404, description = "No rollout by that name.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn get_rollout<R: Rollouts>(
+    State(s): St<R>,
+    headers: HeaderMap,
+    name: Name,
+) -> Result<Response, Problem> {
+    s.authorize(&headers, Access::Read)?;
+    let name = rollout_name(name)?;
+    match s.rollouts.status(&name) {
+        Some(status) => Ok(json_status(StatusCode::OK, &status)),
+        None => Err(Problem::not_found(format!("no rollout named {name:?}"))),
+    }
+}
+
+/// A page of a rollout's journal.
+#[utoipa::path(
+    get, path = "/v1/rollouts/{name}/events", tag = "rollouts",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "The rollout's name."),
+        ("after" = Option<u64>, Query, description = "Entries after this position (default 0: from the start)."),
+        ("limit" = Option<u32>, Query, description = "At most this many entries (1 to 1000, default 100).", minimum = 1, maximum = 1000),
+    ),
+    responses(
+        (status = 200, description = "Entries with `seq > after`, oldest first.", body = doc::EventPage),
+        (status = 400, description = "Bad `after` or `limit`.", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "The token's role may not read (ingest).", body = ErrorBody),
+        (status = 404, description = "No rollout by that name.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_events<R: Rollouts>(
+    State(s): St<R>,
+    headers: HeaderMap,
+    name: Name,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, Problem> {
+    s.authorize(&headers, Access::Read)?;
+    let name = rollout_name(name)?;
+    let Ok(Query(pairs)) = query else {
+        return Err(Problem::field("query", "malformed query string"));
+    };
+    let (after, limit) = input::page(&pairs)?;
+    match s.rollouts.events(&name, after, limit) {
+        Some(page) => Ok(json_status(StatusCode::OK, &page)),
+        None => Err(Problem::not_found(format!("no rollout named {name:?}"))),
+    }
+}
+
+async fn action<R: Rollouts>(
+    s: Arc<Inner<R>>,
+    name: Name,
+    request: Request,
+    action: Action,
+) -> Result<Response, Problem> {
+    let (parts, body) = request.into_parts();
+    let by = s.authorize(&parts.headers, Access::Operate)?;
+    let name = rollout_name(name)?;
+    let bytes = input::read_body(&parts.headers, body, s.body_limit).await?;
+    let value = input::json(&parts.headers, &bytes)?;
+    let command = input::command(action, value, &by).map_err(Problem::fields)?;
+    let status = s.rollouts.command(&name, command).await?;
+    Ok(json_status(StatusCode::OK, &status))
+}
+
+/// Pauses the phase clock (rollback triggers keep firing).
+#[utoipa::path(
+    post, path = "/v1/rollouts/{name}/pause", tag = "actions",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The rollout's name.")),
+    request_body(content = Option<doc::ActionRequest>, description = "Optional: `reason`."),
+    responses(
+        (status = 200, description = "Paused: the new status.", body = doc::RolloutStatus),
+        (status = 400, description = "Invalid body.", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "Needs operator or admin.", body = ErrorBody),
+        (status = 404, description = "No rollout by that name.", body = ErrorBody),
+        (status = 409, description = "The current state does not allow it.", body = ErrorBody),
+        (status = 413, description = "Body over the limit.", body = ErrorBody),
+        (status = 415, description = "Body is not JSON.", body = ErrorBody),
+        (status = 503, description = "The store is unavailable.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn pause<R: Rollouts>(
+    State(s): St<R>,
+    name: Name,
+    request: Request,
+) -> Result<Response, Problem> {
+    action(s, name, request, Action::Pause).await
+}
+
+/// Resumes after a pause.
+#[utoipa::path(
+    post, path = "/v1/rollouts/{name}/resume", tag = "actions",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The rollout's name.")),
+    request_body(content = Option<doc::ActionRequest>, description = "Optional; no fields needed."),
+    responses(
+        (status = 200, description = "Resumed: the new status.", body = doc::RolloutStatus),
+        (status = 400, description = "Invalid body.", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "Needs operator or admin.", body = ErrorBody),
+        (status = 404, description = "No rollout by that name.", body = ErrorBody),
+        (status = 409, description = "The current state does not allow it.", body = ErrorBody),
+        (status = 413, description = "Body over the limit.", body = ErrorBody),
+        (status = 415, description = "Body is not JSON.", body = ErrorBody),
+        (status = 503, description = "The store is unavailable.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn resume<R: Rollouts>(
+    State(s): St<R>,
+    name: Name,
+    request: Request,
+) -> Result<Response, Problem> {
+    action(s, name, request, Action::Resume).await
+}
+
+/// Approves the next phase when it waits for approval.
+#[utoipa::path(
+    post, path = "/v1/rollouts/{name}/approve", tag = "actions",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The rollout's name.")),
+    request_body(content = Option<doc::ActionRequest>, description = "Optional; no fields needed."),
+    responses(
+        (status = 200, description = "Approved: the new status.", body = doc::RolloutStatus),
+        (status = 400, description = "Invalid body.", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "Needs operator or admin.", body = ErrorBody),
+        (status = 404, description = "No rollout by that name.", body = ErrorBody),
+        (status = 409, description = "Nothing awaits approval.", body = ErrorBody),
+        (status = 413, description = "Body over the limit.", body = ErrorBody),
+        (status = 415, description = "Body is not JSON.", body = ErrorBody),
+        (status = 503, description = "The store is unavailable.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn approve<R: Rollouts>(
+    State(s): St<R>,
+    name: Name,
+    request: Request,
+) -> Result<Response, Problem> {
+    action(s, name, request, Action::Approve).await
+}
+
+/// Promotes to the next phase now.
+///
+/// Without `force` only when every gate already passes (the gates are judged again); with
+/// `force` and a `reason` even when they do not, journaled as forced.
+#[utoipa::path(
+    post, path = "/v1/rollouts/{name}/promote", tag = "actions",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The rollout's name.")),
+    request_body(content = Option<doc::ActionRequest>, description = "Optional: `force` (then `reason` is required)."),
+    responses(
+        (status = 200, description = "Promoted: the new status.", body = doc::RolloutStatus),
+        (status = 400, description = "Invalid body, e.g. force without a reason.", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "Needs operator or admin.", body = ErrorBody),
+        (status = 404, description = "No rollout by that name.", body = ErrorBody),
+        (status = 409, description = "Gates not passed (without force) or the state does not allow it.", body = ErrorBody),
+        (status = 413, description = "Body over the limit.", body = ErrorBody),
+        (status = 415, description = "Body is not JSON.", body = ErrorBody),
+        (status = 503, description = "The store is unavailable.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn promote<R: Rollouts>(
+    State(s): St<R>,
+    name: Name,
+    request: Request,
+) -> Result<Response, Problem> {
+    action(s, name, request, Action::Promote).await
+}
+
+/// Sends all traffic back to stable.
+#[utoipa::path(
+    post, path = "/v1/rollouts/{name}/rollback", tag = "actions",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The rollout's name.")),
+    request_body(content = doc::ActionRequest, description = "`reason` is required."),
+    responses(
+        (status = 200, description = "Rolled back: the new status.", body = doc::RolloutStatus),
+        (status = 400, description = "Invalid body, e.g. no reason.", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "Needs operator or admin.", body = ErrorBody),
+        (status = 404, description = "No rollout by that name.", body = ErrorBody),
+        (status = 409, description = "Already ended.", body = ErrorBody),
+        (status = 413, description = "Body over the limit.", body = ErrorBody),
+        (status = 415, description = "Body is not JSON.", body = ErrorBody),
+        (status = 503, description = "The store is unavailable.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn rollback<R: Rollouts>(
+    State(s): St<R>,
+    name: Name,
+    request: Request,
+) -> Result<Response, Problem> {
+    action(s, name, request, Action::Rollback).await
+}
+
+/// Records a signal; answers once it is durable.
+#[utoipa::path(
+    post, path = "/v1/rollouts/{name}/signals", tag = "signals",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The rollout's name.")),
+    request_body = doc::SignalRequest,
+    responses(
+        (status = 202, description = "Recorded durably; its journal position.", body = doc::SignalAccepted),
+        (status = 400, description = "Invalid signal; `fields` names each bad field.", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "Needs ingest or admin.", body = ErrorBody),
+        (status = 404, description = "No rollout by that name.", body = ErrorBody),
+        (status = 409, description = "The rollout takes no more signals.", body = ErrorBody),
+        (status = 413, description = "Body over the limit.", body = ErrorBody),
+        (status = 415, description = "Body is not JSON.", body = ErrorBody),
+        (status = 503, description = "The store is unavailable: not recorded, retry.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn post_signal<R: Rollouts>(
+    State(s): St<R>,
+    name: Name,
+    request: Request,
+) -> Result<Response, Problem> {
+    let (parts, body) = request.into_parts();
+    s.authorize(&parts.headers, Access::Ingest)?;
+    let name = rollout_name(name)?;
+    let bytes = input::read_body(&parts.headers, body, s.body_limit).await?;
+    let value = input::json(&parts.headers, &bytes)?;
+    let signal = input::signal(value).map_err(Problem::fields)?;
+    let seq = s.rollouts.signal(&name, signal).await?;
+    Ok(json_status(
+        StatusCode::ACCEPTED,
+        &doc::SignalAccepted { seq },
+    ))
+}
+
+/// Prometheus Alertmanager webhook receiver.
+///
+/// Configure a webhook receiver with `http_config.authorization.credentials` set to an ingest
+/// token. An unknown rollout fails only its alert (listed in `errors`). When the store is
+/// unavailable the answer is 503 so that Alertmanager retries; alerts already recorded are then
+/// skipped as duplicates.
+#[utoipa::path(
+    post, path = "/v1/alertmanager", tag = "signals",
+    security(("bearer" = [])),
+    request_body = doc::AlertmanagerPayload,
+    responses(
+        (status = 200, description = "Each alert accepted, skipped or failed.", body = AlertmanagerResult),
+        (status = 400, description = "Not a version 4 webhook payload.", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "Needs ingest or admin.", body = ErrorBody),
+        (status = 413, description = "Body over the limit.", body = ErrorBody),
+        (status = 415, description = "Body is not JSON.", body = ErrorBody),
+        (status = 503, description = "Some alerts could not be stored; retry.", body = AlertmanagerResult),
+    )
+)]
+pub(crate) async fn alertmanager<R: Rollouts>(
+    State(s): St<R>,
+    request: Request,
+) -> Result<Response, Problem> {
+    let (parts, body) = request.into_parts();
+    s.authorize(&parts.headers, Access::Ingest)?;
+    let bytes = input::read_body(&parts.headers, body, s.body_limit).await?;
+    let value = input::json(&parts.headers, &bytes)?;
+    let items = alertmanager::parse(value)?;
+    let (result, unavailable) = alertmanager::deliver(&*s.rollouts, &s.seen, items).await;
+    let status = if unavailable {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    Ok(json_status(status, &result))
+}
+
+/// Prometheus exposition (OpenMetrics text).
+///
+/// Per rollout and variant: `ramp_requests_total`, `ramp_errors_total`,
+/// `ramp_successes_total`, `ramp_rate_limited_total`, `ramp_auth_failures_total` and the
+/// histogram `ramp_request_duration_seconds`; per rollout: `ramp_rollout_share_ratio`,
+/// `ramp_rollout_phase` and `ramp_rollout_status{status}` (1). Needs a viewer, operator or admin
+/// token unless the server opened it.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    security(("bearer" = []), ()),
+    responses(
+        (status = 200, description = "The exposition.", body = String,
+            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        (status = 401, description = "Missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "The token's role may not read (ingest).", body = ErrorBody),
+    )
+)]
+pub(crate) async fn metrics<R: Rollouts>(
+    State(s): St<R>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    if !s.open_metrics {
+        s.authorize(&headers, Access::Read)?;
+    }
+    let text = metrics::encode(&s.registry).map_err(|_| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics could not be encoded",
+        )
+    })?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// Liveness: always 200 `ok`.
+#[utoipa::path(
+    get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive.", body = String, content_type = "text/plain"))
+)]
+pub(crate) async fn healthz() -> Response {
+    text("ok\n")
+}
+
+/// Readiness: 200 `ready` once the API serves.
+#[utoipa::path(
+    get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready.", body = String, content_type = "text/plain"))
+)]
+pub(crate) async fn readyz() -> Response {
+    text("ready\n")
+}
+
+/// This document.
+#[utoipa::path(
+    get, path = "/v1/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI document.", body = Object))
+)]
+pub(crate) async fn openapi_json<R: Rollouts>(State(s): St<R>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        Body::from(s.openapi.clone()),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Problem {
+    Problem::not_found("no such endpoint")
+}

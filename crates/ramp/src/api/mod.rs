@@ -1,0 +1,89 @@
+//! The HTTP API: the control plane over HTTP, with bearer tokens and roles.
+//!
+//! The API never decides anything: every request is authenticated, validated and then handed to
+//! a [`Rollouts`] implementation (the server, or a fake in tests), whose answer is turned into
+//! JSON. Endpoints (all JSON unless noted):
+//!
+//! | method | path | role |
+//! | --- | --- | --- |
+//! | GET | `/v1/rollouts`, `/v1/rollouts/{name}`, `/v1/rollouts/{name}/events` | viewer |
+//! | POST | `/v1/rollouts` (plan TOML, or JSON `{"plan": ..}`) | admin |
+//! | POST | `/v1/rollouts/{name}/pause|resume|approve|promote|rollback` | operator |
+//! | POST | `/v1/rollouts/{name}/signals`, `/v1/alertmanager` | ingest |
+//! | GET | `/metrics` (Prometheus/OpenMetrics text) | viewer, or none with `open_metrics` |
+//! | GET | `/healthz`, `/readyz`, `/v1/openapi.json` | none |
+//!
+//! `admin` may do everything; `operator` may also read; `ingest` may only send signals.
+//! Every error is JSON (`{"error": ..}`, plus `fields` naming each bad field for 400s); client
+//! input never causes a 500.
+
+mod alertmanager;
+mod auth;
+mod doc;
+mod error;
+mod handlers;
+mod input;
+mod metrics;
+
+pub use auth::{Role, Tokens};
+pub use doc::openapi;
+
+use crate::control::Rollouts;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Why an API configuration call failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ApiError {
+    /// A configured token hash is not a SHA-256 digest in hex.
+    #[error("token {name:?}: expected a SHA-256 hash as 64 hexadecimal digits")]
+    InvalidHash {
+        /// The token's name.
+        name: String,
+    },
+    /// A role name that is not one of viewer, operator, admin, ingest.
+    #[error("unknown role {0:?}: expected viewer, operator, admin or ingest")]
+    UnknownRole(String),
+}
+
+/// The default request body limit: 1 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
+
+/// How the API runs.
+#[derive(Debug)]
+pub struct ApiConfig {
+    /// Who may call it.
+    pub tokens: Tokens,
+    /// Serve `/metrics` without a token.
+    pub open_metrics: bool,
+    /// Largest request body accepted, in bytes (larger: 413).
+    pub body_limit: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            tokens: Tokens::new(),
+            open_metrics: false,
+            body_limit: DEFAULT_BODY_LIMIT,
+        }
+    }
+}
+
+/// The API's routes over a [`Rollouts`] implementation.
+pub fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> axum::Router {
+    handlers::router(rollouts, config)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves (then drains open requests).
+pub async fn serve<R: Rollouts>(
+    listener: tokio::net::TcpListener,
+    rollouts: Arc<R>,
+    config: ApiConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(rollouts, config);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

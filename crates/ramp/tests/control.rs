@@ -1,0 +1,343 @@
+//! The control plane end to end: the real binary, a real SQLite journal, real sockets, the CLI
+//! client; killed with SIGKILL at several points and restarted.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+async fn upstream(fail: Arc<AtomicBool>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let fail = fail.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    let status = if fail.load(Ordering::Relaxed) {
+                        500
+                    } else {
+                        200
+                    };
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            Response::builder()
+                                .status(status)
+                                .body(Full::new(Bytes::from_static(b"ok")))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+struct Server {
+    child: Child,
+    lines: Receiver<String>,
+    proxy: SocketAddr,
+    api: String,
+    token: Option<String>,
+}
+
+/// A server is never left running, whatever the test does (it would hold CI's output open).
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path, plan: Option<&Path>) -> Server {
+    let mut args: Vec<String> = vec![
+        "serve".into(),
+        "--db".into(),
+        dir.join("ramp.db").display().to_string(),
+        "--api".into(),
+        "127.0.0.1:0".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--time-scale".into(),
+        "3600".into(),
+    ];
+    if let Some(p) = plan {
+        args.push("--plan".into());
+        args.push(p.display().to_string());
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ramp"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut proxy, mut api, mut token) = (None, None, None);
+    let mut expect_token = false;
+    while proxy.is_none() || api.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("serve starts");
+        if expect_token {
+            token = Some(line.trim().to_string());
+            expect_token = false;
+        }
+        if line.contains("created an admin token") {
+            expect_token = true;
+        }
+        if let Some(rest) = line.split("proxy listening on http://").nth(1) {
+            proxy = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
+        }
+        if let Some(rest) = line.split("API on ").nth(1) {
+            api = Some(rest.trim().to_string());
+        }
+    }
+    Server {
+        child,
+        lines: rx,
+        proxy: proxy.unwrap(),
+        api: api.unwrap(),
+        token,
+    }
+}
+
+fn cli(server: &Server, token: &str, args: &[&str]) -> (i32, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_ramp"))
+        .args(args)
+        .env("RAMP_SERVER", &server.api)
+        .env("RAMP_TOKEN", token)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+fn status(server: &Server, token: &str) -> Value {
+    let (code, out) = cli(server, token, &["status", "ctl", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    serde_json::from_str(&out).unwrap()
+}
+
+async fn traffic(proxy: SocketAddr, n: u32) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    for i in 0..n {
+        let req = Request::get(format!("http://{proxy}/pay"))
+            .header("x-user-id", format!("user-{}", i % 300))
+            .body(Empty::new())
+            .unwrap();
+        if let Ok(resp) = client.request(req).await {
+            let _ = resp.into_body().collect().await;
+        }
+    }
+}
+
+fn kill9(mut s: Server) {
+    s.child.kill().unwrap(); // SIGKILL
+    s.child.wait().unwrap();
+    while let Ok(line) = s.lines.try_recv() {
+        println!("server: {line}");
+    }
+}
+
+fn plan_file(dir: &Path, stable: SocketAddr, canary: SocketAddr) -> PathBuf {
+    let p = dir.join("ctl.toml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"name = "ctl"
+[upstreams]
+stable = "http://{stable}"
+canary = "http://{canary}"
+[[phase]]
+name = "canary"
+traffic = "50%"
+duration = "240h"
+success = ["error_rate < 0.1%"]
+[[phase]]
+name = "full"
+traffic = "100%"
+duration = "240h"
+[rollback]
+triggers = ["error_rate > 1%", "pci_alerts >= 2"]
+"#
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_several_points_resumes_the_same_rollout() {
+    let dir = std::env::temp_dir().join(format!("ramp-ctl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let canary_fail = Arc::new(AtomicBool::new(false));
+    let stable = upstream(Arc::new(AtomicBool::new(false))).await;
+    let canary = upstream(canary_fail.clone()).await;
+    let plan = plan_file(&dir, stable, canary);
+
+    // Run 1: start, take traffic, accept a signal, then SIGKILL.
+    let s = start(&dir, Some(&plan));
+    let token = s
+        .token
+        .clone()
+        .expect("the first start prints an admin token");
+    traffic(s.proxy, 600).await;
+    let (code, out) = cli(
+        &s,
+        &token,
+        &["signal", "ctl", "pci_alert", "--note", "first"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("journaled at position"), "{out}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = status(&s, &token);
+    assert_eq!(before["status"], "running");
+    assert_eq!(before["share"], 5000);
+    let requests_before = before["canary"]["requests"].as_u64().unwrap();
+    assert!(requests_before > 100, "{before}");
+    let elapsed_before = before["phase_elapsed"].as_u64().unwrap();
+    kill9(s);
+
+    // Down for a while (several hours of plan time at ×3600): downtime is not phase time.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Run 2: no --plan; the rollout resumes from the journal.
+    let s = start(&dir, None);
+    assert!(
+        s.token.is_none(),
+        "the token survives restarts (only its hash is stored)"
+    );
+    let after = status(&s, &token);
+    assert_eq!(after["status"], "running");
+    assert_eq!(after["phase_name"], "canary");
+    assert_eq!(
+        after["share"], 5000,
+        "the proxy routes by the journaled share"
+    );
+    let elapsed_after = after["phase_elapsed"].as_u64().unwrap();
+    assert!(
+        elapsed_after >= elapsed_before,
+        "{elapsed_before} -> {elapsed_after}\nbefore: {before}\nafter: {after}"
+    );
+    assert!(
+        elapsed_after < elapsed_before + 2 * 3_600_000,
+        "3 s of downtime (3h at ×3600) did not count: {elapsed_before} -> {elapsed_after}"
+    );
+    assert!(
+        after["canary"]["requests"].as_u64().unwrap() >= requests_before,
+        "evidence kept"
+    );
+    // The signal accepted before the kill is in the journal, and so is the restart.
+    let (code, out) = cli(&s, &token, &["events", "ctl", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let events: Value = serde_json::from_str(&out).unwrap();
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"signal_received"), "{kinds:?}");
+    assert!(kinds.contains(&"restarted"), "{kinds:?}");
+    // Counting survives too: a second PCI alert now is "multiple PCI alerts".
+    let (code, out) = cli(
+        &s,
+        &token,
+        &["signal", "ctl", "pci_alert", "--note", "second"],
+    );
+    assert_eq!(code, 0, "{out}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rolled = status(&s, &token);
+    assert_eq!(rolled["status"], "rolled_back", "{rolled}");
+    assert_eq!(rolled["share"], 0);
+    kill9(s);
+
+    // Run 3: a rolled-back rollout stays rolled back, all traffic on stable.
+    let s = start(&dir, None);
+    let last = status(&s, &token);
+    assert_eq!(last["status"], "rolled_back");
+    assert_eq!(last["share"], 0);
+    canary_fail.store(true, Ordering::Relaxed);
+    traffic(s.proxy, 100).await;
+    let (code, out) = cli(&s, &token, &["rollback", "ctl", "--reason", "again"]);
+    assert_eq!(
+        code, 1,
+        "a rollback of a rolled-back rollout is a conflict: {out}"
+    );
+    let (code, out) = cli(&s, "ramp_not_a_token", &["status", "ctl"]);
+    assert_eq!(code, 2, "a bad token is our mistake: {out}");
+    kill9(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn token_add_prints_a_token_once_and_stores_only_its_hash() {
+    let dir = std::env::temp_dir().join(format!("ramp-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("x.db");
+    let o = Command::new(env!("CARGO_BIN_EXE_ramp"))
+        .args([
+            "token",
+            "add",
+            "alertmanager",
+            "ingest",
+            "--db",
+            db.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let token = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert!(token.starts_with("ramp_") && token.len() > 40, "{token}");
+    let file = std::fs::read_to_string(dir.join("x.db.tokens")).unwrap();
+    assert!(file.contains("alertmanager ingest "), "{file}");
+    assert!(!file.contains(&token), "the token itself is never stored");
+    let o = Command::new(env!("CARGO_BIN_EXE_ramp"))
+        .args([
+            "token",
+            "add",
+            "x",
+            "superuser",
+            "--db",
+            db.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
