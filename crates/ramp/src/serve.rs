@@ -273,9 +273,11 @@ pub async fn start(
                         b.merge(&window.canary);
                     }
                     let now = clock.now();
+                    // The window is journaled with the step it caused, in one transaction.
+                    let recorded = store.is_some().then(|| window.clone());
                     let (s, fx) = step(&plan, state, Input::Window(window), now);
                     state = s;
-                    let _ = persist(store.as_deref(), &name, &fx, &state, &mut log, origin);
+                    let _ = persist(store.as_deref(), &name, recorded.as_ref(), &fx, &state, &mut log, origin);
                     apply(&proxy, fx, origin, &mut log, &mut events);
                 }
                 msg = rx.recv() => {
@@ -284,7 +286,7 @@ pub async fn start(
                         Some(Control::Signal(sig, reply)) => {
                             let (s, fx) = step(&plan, state, Input::Signal(sig), now);
                             state = s;
-                            let seq = persist(store.as_deref(), &name, &fx, &state, &mut log, origin);
+                            let seq = persist(store.as_deref(), &name, None, &fx, &state, &mut log, origin);
                             apply(&proxy, fx, origin, &mut log, &mut events);
                             if let Some(reply) = reply {
                                 let _ = reply.send(seq.map(|s| s.unwrap_or(events.len() as u64)));
@@ -300,7 +302,7 @@ pub async fn start(
                                 Effect::Rejected(r) => Some(r.clone()),
                                 _ => None,
                             });
-                            let _ = persist(store.as_deref(), &name, &fx, &state, &mut log, origin);
+                            let _ = persist(store.as_deref(), &name, None, &fx, &state, &mut log, origin);
                             apply(&proxy, fx, origin, &mut log, &mut events);
                             let _ = reply.send(rejected.map_or(Ok(()), Err));
                         }
@@ -401,6 +403,7 @@ fn journal_of(effects: &[Effect]) -> Vec<Event> {
 fn persist(
     store: Option<&dyn Store>,
     name: &str,
+    window: Option<&ramp_core::evidence::MetricWindow>,
     effects: &[Effect],
     state: &State,
     log: &mut impl FnMut(&LogEntry, Millis),
@@ -410,7 +413,10 @@ fn persist(
         return Ok(None);
     };
     let events = journal_of(effects);
-    let result = tokio::task::block_in_place(|| store.append(name, &events, state));
+    let result = tokio::task::block_in_place(|| match window {
+        Some(w) => store.append_window(name, w, &events, state),
+        None => store.append(name, &events, state),
+    });
     match result {
         Ok(seq) => Ok(Some(seq)),
         Err(e) => {

@@ -232,6 +232,17 @@ async fn kill_9_at_several_points_resumes_the_same_rollout() {
     assert!(requests_before > 100, "{before}");
     let elapsed_before = before["phase_elapsed"].as_u64().unwrap();
     kill9(s);
+    // Every analysis window's aggregates were journaled, and they add up to the evidence.
+    {
+        use ramp::store::Store;
+        let store = ramp::store::SqliteStore::open(&dir.join("ramp.db")).unwrap();
+        let windows = store.windows("ctl", 0, 1_000_000).unwrap();
+        assert!(windows.len() > 10, "{} windows", windows.len());
+        let canary: u64 = windows.iter().map(|(_, w)| w.canary.requests).sum();
+        let stored = store.load("ctl").unwrap();
+        assert_eq!(canary, stored.state.evidence.canary.requests);
+        assert!(canary >= requests_before);
+    }
 
     // Down for a while (several hours of plan time at ×3600): downtime is not phase time.
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -91,6 +91,25 @@ pub trait Store: Send + Sync {
     /// last seq. `NotFound` for an unknown rollout.
     fn append(&self, name: &str, events: &[Event], state: &State) -> Result<u64, StoreError>;
 
+    /// Like [`Store::append`], and records the analysis window (per-variant counts,
+    /// exceedance counts, serialized sketches) that produced the step, in the same
+    /// transaction.
+    fn append_window(
+        &self,
+        name: &str,
+        window: &ramp_core::evidence::MetricWindow,
+        events: &[Event],
+        state: &State,
+    ) -> Result<u64, StoreError>;
+
+    /// Recorded windows with time `> after`, oldest first, at most `limit`.
+    fn windows(
+        &self,
+        name: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, ramp_core::evidence::MetricWindow)>, StoreError>;
+
     /// Every rollout with its latest state, for resuming after a restart (ordered by name).
     fn load_all(&self) -> Result<Vec<StoredRollout>, StoreError>;
 

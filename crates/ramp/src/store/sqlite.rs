@@ -9,6 +9,7 @@ use super::{
     Store, StoreError, StoredRollout, decode_event, decode_state, encode_event, encode_state,
     to_i64,
 };
+use ramp_core::evidence::MetricWindow;
 use ramp_core::rollout::{Event, State};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::path::Path;
@@ -42,6 +43,13 @@ const MIGRATIONS: &[&str] = &[
         state TEXT NOT NULL,
         updated_at BIGINT NOT NULL
     );",
+    // 2: every analysis window's per-variant aggregates, as they arrived.
+    "CREATE TABLE windows (
+        rollout TEXT NOT NULL REFERENCES rollouts(name),
+        at BIGINT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX windows_by_rollout ON windows (rollout, at);",
 ];
 
 /// A [`Store`] in a SQLite file (or in memory, for tests and `simulate`).
@@ -232,6 +240,61 @@ fn exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {
         .is_some())
 }
 
+impl SqliteStore {
+    /// One transaction: the window (if any), the journal entries, the new state.
+    fn append_inner(
+        &self,
+        name: &str,
+        window: Option<(i64, String)>,
+        events: &[Event],
+        state: &State,
+    ) -> Result<u64, StoreError> {
+        // Serialize before taking the lock: other writers wait only for SQLite.
+        let encoded = events
+            .iter()
+            .map(encode_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        let updated_at = to_i64(state.now, "state time")?;
+        let state = encode_state(state)?;
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let last: Option<i64> = tx
+            .prepare_cached("SELECT seq FROM snapshots WHERE rollout = ?1")?
+            .query_row([name], |r| r.get(0))
+            .optional()?;
+        let Some(mut seq) = last else {
+            return Err(if exists(&tx, name)? {
+                StoreError::Corrupt {
+                    rollout: name.to_string(),
+                    seq: 0,
+                    reason: "the rollout has no state snapshot".into(),
+                }
+            } else {
+                StoreError::NotFound(name.to_string())
+            });
+        };
+        if let Some((at, body)) = &window {
+            tx.prepare_cached("INSERT INTO windows (rollout, at, body) VALUES (?1, ?2, ?3)")?
+                .execute(params![name, at, body])?;
+        }
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO journal (rollout, seq, at, kind, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for e in &encoded {
+                seq += 1;
+                insert.execute(params![name, seq, e.at, e.kind, e.body])?;
+            }
+        }
+        tx.prepare_cached(
+            "UPDATE snapshots SET seq = ?2, state = ?3, updated_at = ?4 WHERE rollout = ?1",
+        )?
+        .execute(params![name, seq, state, updated_at])?;
+        tx.commit()?;
+        seq_from(name, seq)
+    }
+}
+
 impl Store for SqliteStore {
     fn create(
         &self,
@@ -261,45 +324,52 @@ impl Store for SqliteStore {
     }
 
     fn append(&self, name: &str, events: &[Event], state: &State) -> Result<u64, StoreError> {
-        // Serialize before taking the lock: other writers wait only for SQLite.
-        let encoded = events
-            .iter()
-            .map(encode_event)
+        self.append_inner(name, None, events, state)
+    }
+
+    fn append_window(
+        &self,
+        name: &str,
+        window: &MetricWindow,
+        events: &[Event],
+        state: &State,
+    ) -> Result<u64, StoreError> {
+        let body = serde_json::to_string(window).map_err(|e| StoreError::Encode(e.to_string()))?;
+        let at = to_i64(state.now, "window time")?;
+        self.append_inner(name, Some((at, body)), events, state)
+    }
+
+    fn windows(
+        &self,
+        name: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, MetricWindow)>, StoreError> {
+        let conn = self.lock();
+        if !exists(&conn, name)? {
+            return Err(StoreError::NotFound(name.to_string()));
+        }
+        let after = to_i64(after, "window time")?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = conn
+            .prepare_cached(
+                "SELECT at, body FROM windows WHERE rollout = ?1 AND at > ?2 ORDER BY at LIMIT ?3",
+            )?
+            .query_map(params![name, after, limit], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?
             .collect::<Result<Vec<_>, _>>()?;
-        let updated_at = to_i64(state.now, "state time")?;
-        let state = encode_state(state)?;
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let last: Option<i64> = tx
-            .prepare_cached("SELECT seq FROM snapshots WHERE rollout = ?1")?
-            .query_row([name], |r| r.get(0))
-            .optional()?;
-        let Some(mut seq) = last else {
-            return Err(if exists(&tx, name)? {
-                StoreError::Corrupt {
+        drop(conn);
+        rows.into_iter()
+            .map(|(at, body)| {
+                let w = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
                     rollout: name.to_string(),
                     seq: 0,
-                    reason: "the rollout has no state snapshot".into(),
-                }
-            } else {
-                StoreError::NotFound(name.to_string())
-            });
-        };
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO journal (rollout, seq, at, kind, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for e in &encoded {
-                seq += 1;
-                insert.execute(params![name, seq, e.at, e.kind, e.body])?;
-            }
-        }
-        tx.prepare_cached(
-            "UPDATE snapshots SET seq = ?2, state = ?3, updated_at = ?4 WHERE rollout = ?1",
-        )?
-        .execute(params![name, seq, state, updated_at])?;
-        tx.commit()?;
-        seq_from(name, seq)
+                    reason: format!("window at {at}: {e}"),
+                })?;
+                Ok((u64::try_from(at).unwrap_or(0), w))
+            })
+            .collect()
     }
 
     fn load_all(&self) -> Result<Vec<StoredRollout>, StoreError> {
