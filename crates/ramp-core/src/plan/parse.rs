@@ -596,25 +596,25 @@ fn build_analysis(cx: &mut Ctx, v: Option<&Val>) -> Option<Analysis> {
     ok.then_some(a)
 }
 
-/// Baseline keys: the metrics that have a meaningful reference value.
-const BASELINE_KEYS: &[&str] = &[
-    "error_rate",
-    "success_rate",
-    "rate_limit_rate",
-    "auth_failure_rate",
-    "p50_latency",
-    "p90_latency",
-    "p95_latency",
-    "p99_latency",
-    "p999_latency",
-    "satisfaction",
-];
+/// Baseline keys: the metrics that have a meaningful reference value (rates and latencies).
+fn baseline_keys() -> Vec<&'static str> {
+    METRIC_NAMES
+        .iter()
+        .copied()
+        .filter(|n| {
+            matches!(
+                Metric::parse(n).map(Metric::kind),
+                Some(MetricKind::Rate | MetricKind::Latency)
+            )
+        })
+        .collect()
+}
 
 fn build_baseline(cx: &mut Ctx, v: Option<&Val>) -> Option<Baseline> {
     let mut b = Baseline::default();
     let Some(v) = v else { return Some(b) };
     let t = table(cx, v, "baseline")?;
-    check_keys(cx, t, BASELINE_KEYS, "[baseline]");
+    check_keys(cx, t, &baseline_keys(), "[baseline]");
     let mut ok = true;
     for (key, val) in t.iter() {
         let Some(metric) = Metric::parse(key.get_ref()) else {
