@@ -87,6 +87,10 @@ pub struct VariantView {
     pub error_rate: f64,
     /// Success rate in the current phase.
     pub success_rate: f64,
+    /// Share of requests answered 429 in the current phase.
+    pub rate_limit_rate: f64,
+    /// Share of requests answered 401/403 in the current phase.
+    pub auth_failure_rate: f64,
     /// p95 latency (ms) in the current phase.
     pub p95_ms: Option<f64>,
     /// Distinct users in the current phase.
@@ -102,6 +106,8 @@ impl VariantView {
             requests: s.requests,
             error_rate: s.error_rate(),
             success_rate: s.success_rate(),
+            rate_limit_rate: s.rate_limit_rate(),
+            auth_failure_rate: s.auth_failure_rate(),
             p95_ms: s.quantile_ms(0.95),
             active_users: s.users.estimate(),
             health: Some(health),

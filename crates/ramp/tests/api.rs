@@ -84,6 +84,8 @@ fn status(name: &str, state: &str) -> RolloutStatus {
                 requests: 600,
                 error_rate: 0.001,
                 success_rate: 0.999,
+                rate_limit_rate: 0.0005,
+                auth_failure_rate: 0.0002,
                 p95_ms: Some(120.0),
                 active_users: 40,
                 health: Some(BackendHealth::Operational),

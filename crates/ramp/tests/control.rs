@@ -352,3 +352,74 @@ fn token_add_prints_a_token_once_and_stores_only_its_hash() {
     assert_eq!(o.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_server_runs_several_rollouts_created_over_the_api() {
+    let dir = std::env::temp_dir().join(format!("ramp-multi-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let stable = upstream(Arc::new(AtomicBool::new(false))).await;
+    let canary = upstream(Arc::new(AtomicBool::new(false))).await;
+    let plan = plan_file(&dir, stable, canary);
+    let s = start(&dir, Some(&plan));
+    let token = s.token.clone().unwrap();
+    // A second rollout, with its own upstreams and listener, created by POST /v1/rollouts.
+    let other_stable = upstream(Arc::new(AtomicBool::new(false))).await;
+    let other_canary = upstream(Arc::new(AtomicBool::new(false))).await;
+    let body = format!(
+        "name = \"search\"\n[proxy]\nlisten = \"127.0.0.1:0\"\n[upstreams]\nstable = \"http://{other_stable}\"\ncanary = \"http://{other_canary}\"\n[[phase]]\nname = \"canary\"\ntraffic = \"10%\"\nduration = \"240h\"\n"
+    );
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let post = |body: String, token: String| {
+        let client = client.clone();
+        let url = format!("{}/v1/rollouts", s.api);
+        async move {
+            let req = Request::post(url)
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/toml")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            let resp = client.request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (code, created) = post(body.clone(), token.clone()).await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["name"], "search");
+    assert_eq!(created["share"], 1000);
+    // The same name again is a conflict; a broken plan is a 400 with positions.
+    let (code, _) = post(body, token.clone()).await;
+    assert_eq!(code, 409);
+    let (code, err) = post(
+        "name = \"x\"\n[[phase]]\nname = \"a\"\ntraffic = \"5%\"\nduration = \"24 hours\"\n".into(),
+        token.clone(),
+    )
+    .await;
+    assert_eq!(code, 400, "{err}");
+    assert_eq!(err["errors"][0]["line"], 5, "{err}");
+    let (code, out) = cli(&s, &token, &["status", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let all: Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["ctl", "search"]);
+    let listens: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["listen"].as_str().unwrap())
+        .collect();
+    assert_ne!(listens[0], listens[1], "each rollout has its own listener");
+    kill9(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -150,7 +150,7 @@ pub(crate) struct RolloutStatus {
 /// One variant's numbers.
 #[derive(ToSchema)]
 pub(crate) struct VariantView {
-    /// Requests per second in the last window.
+    /// Requests per second, averaged over about the last second.
     rps: f64,
     /// Requests in the current phase.
     requests: u64,
@@ -158,6 +158,10 @@ pub(crate) struct VariantView {
     error_rate: f64,
     /// Success rate (fraction).
     success_rate: f64,
+    /// Share of requests answered 429 (fraction).
+    rate_limit_rate: f64,
+    /// Share of requests answered 401/403 (fraction).
+    auth_failure_rate: f64,
     /// p95 latency in ms.
     p95_ms: Option<f64>,
     /// Distinct users.
