@@ -90,7 +90,7 @@ success = ["error_rate < 0.1%", "p95_latency <= 200ms"]
 [rollback]
 triggers = ["error_rate > 1%"]
 PLAN
-"$RAMP" serve --plan "$work/plan.toml" --listen "127.0.0.1:$RMP" > "$work/ramp.log" 2>&1 &
+"$RAMP" serve --plan "$work/plan.toml" --listen "127.0.0.1:$RMP" --db "$work/ramp.db" --api 127.0.0.1:0 > "$work/ramp.log" 2>&1 &
 pids+=($!)
 
 cat > "$work/users.lua" <<'LUA'

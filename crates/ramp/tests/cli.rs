@@ -205,7 +205,7 @@ fn plan_check_prints_the_plan_and_plans_traffic() {
 
 #[test]
 fn a_broken_plan_exits_2_with_positions() {
-    let dir = std::env::temp_dir().join(format!("ramp-cli-{}", std::process::id()));
+    let dir = fresh_dir("ramp-cli");
     std::fs::create_dir_all(&dir).unwrap();
     let broken = dir.join("broken.toml");
     let src = std::fs::read_to_string(root().join(PLAN)).unwrap()
@@ -236,7 +236,7 @@ fn bad_input_exits_2_without_a_panic() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let o = ramp(&["simulate", PLAN, "--scenario", "does/not/exist.toml"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    let dir = std::env::temp_dir().join(format!("ramp-cli-sc-{}", std::process::id()));
+    let dir = fresh_dir("ramp-cli-sc");
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "requests_per_second = 10\nusers = 5\n[stable]\nerror_rate = 2\nlatency_ms = { p50 = 1, p95 = 2 }\n[canary]\nlatency_ms = { p50 = 1, p95 = 2 }\n").unwrap();
@@ -254,4 +254,17 @@ fn bad_input_exits_2_without_a_panic() {
     let o = ramp(&["simulate"]);
     assert_eq!(o.status.code(), Some(2), "usage errors exit 2");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A new, empty directory for one test run: unique per process and moment, so a stale journal
+/// from an earlier run (or a reused pid) can never leak in.
+fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("{name}-{}-{nanos}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a temporary directory");
+    dir
 }

@@ -202,7 +202,7 @@ triggers = ["error_rate > 1%", "pci_alerts >= 2"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_several_points_resumes_the_same_rollout() {
-    let dir = std::env::temp_dir().join(format!("ramp-ctl-{}", std::process::id()));
+    let dir = fresh_dir("ramp-ctl");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let canary_fail = Arc::new(AtomicBool::new(false));
@@ -318,7 +318,7 @@ async fn kill_9_at_several_points_resumes_the_same_rollout() {
 
 #[test]
 fn token_add_prints_a_token_once_and_stores_only_its_hash() {
-    let dir = std::env::temp_dir().join(format!("ramp-tok-{}", std::process::id()));
+    let dir = fresh_dir("ramp-tok");
     std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("x.db");
     let o = Command::new(env!("CARGO_BIN_EXE_ramp"))
@@ -355,7 +355,7 @@ fn token_add_prints_a_token_once_and_stores_only_its_hash() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_server_runs_several_rollouts_created_over_the_api() {
-    let dir = std::env::temp_dir().join(format!("ramp-multi-{}", std::process::id()));
+    let dir = fresh_dir("ramp-multi");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let stable = upstream(Arc::new(AtomicBool::new(false))).await;
@@ -422,4 +422,17 @@ async fn one_server_runs_several_rollouts_created_over_the_api() {
     assert_ne!(listens[0], listens[1], "each rollout has its own listener");
     kill9(s);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A new, empty directory for one test run: unique per process and moment, so a stale journal
+/// from an earlier run (or a reused pid) can never leak in.
+fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("{name}-{}-{nanos}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a temporary directory");
+    dir
 }

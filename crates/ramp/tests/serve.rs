@@ -78,7 +78,7 @@ async fn a_canary_that_starts_failing_is_rolled_back_within_seconds() {
     let canary_hits = Arc::new(AtomicU64::new(0));
     let stable = upstream(stable_fail, stable_hits.clone()).await;
     let canary = upstream(canary_fail.clone(), canary_hits.clone()).await;
-    let dir = std::env::temp_dir().join(format!("ramp-serve-{}", std::process::id()));
+    let dir = fresh_dir("ramp-serve");
     std::fs::create_dir_all(&dir).unwrap();
     let plan_path = dir.join("plan.toml");
     std::fs::write(&plan_path, plan(stable, canary)).unwrap();
@@ -95,6 +95,10 @@ async fn a_canary_that_starts_failing_is_rolled_back_within_seconds() {
             "3600",
             "--exit-on-end",
             "--variant-header",
+            "--db",
+            dir.join("ramp.db").to_str().unwrap(),
+            "--api",
+            "127.0.0.1:0",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -199,7 +203,7 @@ async fn a_canary_that_starts_failing_is_rolled_back_within_seconds() {
 
 #[test]
 fn serve_without_upstreams_is_bad_input() {
-    let dir = std::env::temp_dir().join(format!("ramp-serve-bad-{}", std::process::id()));
+    let dir = fresh_dir("ramp-serve-bad");
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("plan.toml");
     std::fs::write(
@@ -220,4 +224,17 @@ fn serve_without_upstreams_is_bad_input() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("[upstreams]"));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A new, empty directory for one test run: unique per process and moment, so a stale journal
+/// from an earlier run (or a reused pid) can never leak in.
+fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("{name}-{}-{nanos}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a temporary directory");
+    dir
 }
