@@ -1,5 +1,8 @@
 //! The real `ramp` binary, as a user runs it.
 
+mod common;
+
+use common::fresh_dir;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -254,17 +257,4 @@ fn bad_input_exits_2_without_a_panic() {
     let o = ramp(&["simulate"]);
     assert_eq!(o.status.code(), Some(2), "usage errors exit 2");
     std::fs::remove_dir_all(&dir).ok();
-}
-
-/// A new, empty directory for one test run: unique per process and moment, so a stale journal
-/// from an earlier run (or a reused pid) can never leak in.
-fn fresh_dir(name: &str) -> std::path::PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!("{name}-{}-{nanos}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create a temporary directory");
-    dir
 }

@@ -1,11 +1,12 @@
 //! The control plane end to end: the real binary, a real SQLite journal, real sockets, the CLI
 //! client; killed with SIGKILL at several points and restarted.
 
+mod common;
+
 use bytes::Bytes;
+use common::fresh_dir;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper::Request;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -15,40 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
+/// An upstream that answers 500 while `fail` is set.
 async fn upstream(fail: Arc<AtomicBool>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let fail = fail.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
-                    let status = if fail.load(Ordering::Relaxed) {
-                        500
-                    } else {
-                        200
-                    };
-                    async move {
-                        Ok::<_, std::convert::Infallible>(
-                            Response::builder()
-                                .status(status)
-                                .body(Full::new(Bytes::from_static(b"ok")))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    common::upstream(fail, Arc::new(std::sync::atomic::AtomicU64::new(0))).await
 }
 
 struct Server {
@@ -422,17 +393,4 @@ async fn one_server_runs_several_rollouts_created_over_the_api() {
     assert_ne!(listens[0], listens[1], "each rollout has its own listener");
     kill9(s);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A new, empty directory for one test run: unique per process and moment, so a stale journal
-/// from an earlier run (or a reused pid) can never leak in.
-fn fresh_dir(name: &str) -> std::path::PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!("{name}-{}-{nanos}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create a temporary directory");
-    dir
 }

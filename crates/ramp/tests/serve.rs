@@ -1,51 +1,17 @@
 //! `ramp serve` as a user runs it: the real binary, real sockets, a compressed clock.
 
+mod common;
+
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use common::{fresh_dir, upstream};
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
-
-/// A tiny upstream: 200 normally, 500 while `fail` is set. Counts requests.
-async fn upstream(fail: Arc<AtomicBool>, hits: Arc<AtomicU64>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let fail = fail.clone();
-            let hits = hits.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
-                    let failing = fail.load(Ordering::Relaxed);
-                    hits.fetch_add(1, Ordering::Relaxed);
-                    async move {
-                        let status = if failing { 500 } else { 200 };
-                        Ok::<_, std::convert::Infallible>(
-                            Response::builder()
-                                .status(status)
-                                .body(Full::new(Bytes::from_static(b"ok")))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
 
 fn plan(stable: SocketAddr, canary: SocketAddr) -> String {
     format!(
@@ -224,17 +190,4 @@ fn serve_without_upstreams_is_bad_input() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("[upstreams]"));
     std::fs::remove_dir_all(&dir).ok();
-}
-
-/// A new, empty directory for one test run: unique per process and moment, so a stale journal
-/// from an earlier run (or a reused pid) can never leak in.
-fn fresh_dir(name: &str) -> std::path::PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!("{name}-{}-{nanos}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create a temporary directory");
-    dir
 }
