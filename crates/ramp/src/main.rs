@@ -439,7 +439,7 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), Invalid>> {
                     Ok(ev) => {
                         for (i, line) in ramp::render::event_lines(&ev, 0).into_iter().enumerate() {
                             if i == 0 {
-                                println!("{seq:>6}  {}  {line}", ev.at);
+                                println!("{seq:>6}  {}  {line}", ramp::render::utc(ev.at));
                             } else {
                                 println!("{:>6}  {line}", "");
                             }

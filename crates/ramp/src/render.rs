@@ -8,6 +8,28 @@ use ramp_core::time::{Human, Millis};
 use serde_json::{Value, json};
 use std::fmt::Write;
 
+/// A Unix time in milliseconds as `YYYY-MM-DD HH:MM:SSZ` (UTC; days-to-civil conversion from
+/// Howard Hinnant's published algorithm).
+pub fn utc(ms: Millis) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
 /// Time since start as `HHHhMMmSSs`.
 pub fn clock(at: Millis) -> String {
     let s = at / 1000;
@@ -255,5 +277,18 @@ pub fn event_lines(e: &Event, origin: Millis) -> Vec<String> {
             "↻ controller restarted from its journal (down for {}, not counted as phase time)",
             Human(*downtime)
         )],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00Z");
+        assert_eq!(utc(1_708_423_200_000), "2024-02-20 10:00:00Z");
+        assert_eq!(utc(1_795_739_037_639), "2026-11-27 00:23:57Z");
     }
 }
