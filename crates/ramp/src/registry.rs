@@ -50,6 +50,8 @@ pub struct Registry {
     log: Log,
     rollouts: RwLock<BTreeMap<String, Entry>>,
     servers: std::sync::Mutex<Vec<Server>>,
+    /// Whether a rollout already listens on `defaults.default_listen`.
+    default_taken: std::sync::atomic::AtomicBool,
 }
 
 /// Why a rollout could not be started.
@@ -75,6 +77,7 @@ impl Registry {
             log,
             rollouts: RwLock::new(BTreeMap::new()),
             servers: std::sync::Mutex::new(Vec::new()),
+            default_taken: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -140,9 +143,20 @@ impl Registry {
         listen: Option<SocketAddr>,
     ) -> Result<(), StartError> {
         let name = plan.name.clone();
-        let listen = listen
-            .or(plan.listen)
-            .unwrap_or(self.defaults.default_listen);
+        // A plan without `[proxy] listen` gets the server's default address if no other rollout
+        // has it yet, otherwise a free port on the same interface (shown in its status), so
+        // several such rollouts can run, and resume, side by side.
+        let listen = listen.or(plan.listen).unwrap_or_else(|| {
+            let default = self.defaults.default_listen;
+            if self
+                .default_taken
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                SocketAddr::new(default.ip(), 0)
+            } else {
+                default
+            }
+        });
         let log = self.log.clone();
         let log_name = name.clone();
         let server = serve::start(
