@@ -38,40 +38,7 @@ enum Command {
         seed: Option<u64>,
     },
     /// Run rollouts on real traffic: proxy, controller, journal and the HTTP API.
-    Serve {
-        /// Plan files to start (rollouts already in the journal resume by themselves).
-        #[arg(long)]
-        plan: Vec<PathBuf>,
-        /// Where the proxy listens (for a single --plan; otherwise the plan's [proxy] listen).
-        #[arg(long)]
-        listen: Option<std::net::SocketAddr>,
-        /// The journal (SQLite). Every decision, signal and window is written here first.
-        #[arg(long, default_value = "ramp.db")]
-        db: PathBuf,
-        /// Where the control API listens.
-        #[arg(long, default_value = "127.0.0.1:7070")]
-        api: std::net::SocketAddr,
-        /// Serve /metrics without a token.
-        #[arg(long)]
-        open_metrics: bool,
-        /// Token hashes file (default: the --db path with `.tokens` appended).
-        #[arg(long)]
-        tokens: Option<PathBuf>,
-        /// Run phase durations N times faster (demos, tests); evidence still comes from real requests.
-        #[arg(long, default_value_t = 1.0)]
-        time_scale: f64,
-        /// Log every request (method, masked path, status, variant, latency; never bodies) to stderr.
-        #[arg(long)]
-        access_log: bool,
-        /// Add `x-ramp-variant: stable|canary` to responses.
-        #[arg(long)]
-        variant_header: bool,
-        /// Exit when every rollout has completed, rolled back or is holding.
-        #[arg(long)]
-        exit_on_end: bool,
-        #[command(flatten)]
-        limits: LimitArgs,
-    },
+    Serve(ServeArgs),
     /// Show rollouts (all, or one) from a running server.
     Status {
         /// The rollout (default: all).
@@ -135,29 +102,7 @@ enum Command {
         command: TokenCommand,
     },
     /// A live rollout on this machine in about a minute: demo backends, load, the seed plan.
-    Demo {
-        /// Make the canary start failing at this point of the plan, e.g. 50% (day 2 of 3).
-        #[arg(long)]
-        canary_fails_at: Option<String>,
-        /// Share of requests the failing canary answers with 500.
-        #[arg(long, default_value = "5%")]
-        canary_error_rate: String,
-        /// A named scenario instead: healthy, error-spike, latency-regression.
-        #[arg(long)]
-        scenario: Option<String>,
-        /// Real seconds for the whole plan.
-        #[arg(long, default_value_t = 60.0)]
-        seconds: f64,
-        /// Requests per second from the load generator.
-        #[arg(long, default_value_t = 4000.0)]
-        rps: f64,
-        /// Distinct virtual users.
-        #[arg(long, default_value_t = 5000)]
-        users: u32,
-        /// Print progress lines instead of redrawing a live view.
-        #[arg(long)]
-        plain: bool,
-    },
+    Demo(DemoArgs),
 }
 
 /// How to reach a server's API.
@@ -327,31 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), Invalid>> {
             }
             Ok(Ok(()))
         }
-        Command::Serve {
-            plan,
-            listen,
-            db,
-            api,
-            open_metrics,
-            tokens,
-            time_scale,
-            access_log,
-            variant_header,
-            exit_on_end,
-            limits,
-        } => serve_cmd(ServeArgs {
-            plans: &plan,
-            listen,
-            db: &db,
-            api,
-            open_metrics,
-            tokens,
-            time_scale,
-            access_log,
-            variant_header,
-            exit_on_end,
-            limits: &limits,
-        }),
+        Command::Serve(a) => serve_cmd(a),
         Command::Status {
             name,
             watch,
@@ -480,23 +401,7 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), Invalid>> {
             );
             Ok(Ok(()))
         }
-        Command::Demo {
-            canary_fails_at,
-            canary_error_rate,
-            scenario,
-            seconds,
-            rps,
-            users,
-            plain,
-        } => demo_cmd(DemoArgs {
-            canary_fails_at,
-            canary_error_rate,
-            scenario,
-            seconds,
-            rps,
-            users,
-            plain,
-        }),
+        Command::Demo(a) => demo_cmd(a),
     }
 }
 
@@ -579,18 +484,41 @@ fn print_entry(entry: &ramp::serve::LogEntry, origin: ramp_core::time::Millis) {
     }
 }
 
-struct ServeArgs<'a> {
-    plans: &'a [PathBuf],
+/// `ramp serve` options.
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Plan files to start (rollouts already in the journal resume by themselves).
+    #[arg(long)]
+    plan: Vec<PathBuf>,
+    /// Where the proxy listens (for a single --plan; otherwise the plan's [proxy] listen).
+    #[arg(long)]
     listen: Option<std::net::SocketAddr>,
-    db: &'a Path,
+    /// The journal (SQLite). Every decision, signal and window is written here first.
+    #[arg(long, default_value = "ramp.db")]
+    db: PathBuf,
+    /// Where the control API listens.
+    #[arg(long, default_value = "127.0.0.1:7070")]
     api: std::net::SocketAddr,
+    /// Serve /metrics without a token.
+    #[arg(long)]
     open_metrics: bool,
+    /// Token hashes file (default: the --db path with `.tokens` appended).
+    #[arg(long)]
     tokens: Option<PathBuf>,
+    /// Run phase durations N times faster (demos, tests); evidence still comes from real requests.
+    #[arg(long, default_value_t = 1.0)]
     time_scale: f64,
+    /// Log every request (method, masked path, status, variant, latency; never bodies) to stderr.
+    #[arg(long)]
     access_log: bool,
+    /// Add `x-ramp-variant: stable|canary` to responses.
+    #[arg(long)]
     variant_header: bool,
+    /// Exit when every rollout has completed, rolled back or is holding.
+    #[arg(long)]
     exit_on_end: bool,
-    limits: &'a LimitArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 fn tokens_path(db: &Path, tokens: Option<PathBuf>) -> PathBuf {
@@ -665,7 +593,7 @@ fn add_token(path: &Path, name: &str, role: ramp::api::Role) -> anyhow::Result<S
 
 fn serve_cmd(a: ServeArgs) -> anyhow::Result<Result<(), Invalid>> {
     let mut plans = Vec::new();
-    for path in a.plans {
+    for path in &a.plan {
         let src = match read(path) {
             Ok(s) => s,
             Err(e) => return Ok(Err(e)),
@@ -693,11 +621,11 @@ fn serve_cmd(a: ServeArgs) -> anyhow::Result<Result<(), Invalid>> {
             "error: --time-scale must be a positive number".into(),
         )));
     }
-    let limits = match limits(a.limits) {
+    let limits = match limits(&a.limits) {
         Ok(l) => l,
         Err(e) => return Ok(Err(e)),
     };
-    let tokens_file = tokens_path(a.db, a.tokens.clone());
+    let tokens_file = tokens_path(&a.db, a.tokens.clone());
     let mut tokens = match read_tokens(&tokens_file) {
         Ok(t) => t,
         Err(e) => return Ok(Err(e)),
@@ -718,7 +646,7 @@ fn serve_cmd(a: ServeArgs) -> anyhow::Result<Result<(), Invalid>> {
         };
     }
     let store: std::sync::Arc<dyn ramp::store::Store> = std::sync::Arc::new(
-        ramp::store::SqliteStore::open(a.db)
+        ramp::store::SqliteStore::open(&a.db)
             .with_context(|| format!("opening the journal {}", a.db.display()))?,
     );
     let defaults = ramp::registry::Defaults {
@@ -814,13 +742,29 @@ fn serve_cmd(a: ServeArgs) -> anyhow::Result<Result<(), Invalid>> {
     })
 }
 
+/// `ramp demo` options.
+#[derive(clap::Args, Debug)]
 struct DemoArgs {
+    /// Make the canary start failing at this point of the plan, e.g. 50% (day 2 of 3).
+    #[arg(long)]
     canary_fails_at: Option<String>,
+    /// Share of requests the failing canary answers with 500.
+    #[arg(long, default_value = "5%")]
     canary_error_rate: String,
+    /// A named scenario instead: healthy, error-spike, latency-regression.
+    #[arg(long)]
     scenario: Option<String>,
+    /// Real seconds for the whole plan.
+    #[arg(long, default_value_t = 60.0)]
     seconds: f64,
+    /// Requests per second from the load generator.
+    #[arg(long, default_value_t = 4000.0)]
     rps: f64,
+    /// Distinct virtual users.
+    #[arg(long, default_value_t = 5000)]
     users: u32,
+    /// Print progress lines instead of redrawing a live view.
+    #[arg(long)]
     plain: bool,
 }
 
