@@ -15,6 +15,8 @@ use crate::evidence::{
 use crate::plan::{Criterion, Metric, MetricKind, Op, Plan, StopAction, Test};
 use crate::time::{Human, Millis};
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use xxhash_rust::xxh3::xxh3_64;
 
 /// Where a rollout is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,7 +150,17 @@ pub struct State {
     pub reason: Option<String>,
     /// Finished phases.
     pub history: Vec<PhaseRecord>,
+    /// Hashes (xxh3-64) of the keys of signals counted through [`Input::SignalOnce`], oldest
+    /// first, at most [`REMEMBERED_SIGNAL_KEYS`]. Part of the journaled state, so a sender that
+    /// re-delivers after a restart is still recognised.
+    #[serde(default)]
+    pub signal_keys: VecDeque<u64>,
 }
+
+/// How many signal keys a rollout remembers for [`Input::SignalOnce`]. Alertmanager re-sends
+/// every firing alert of a group on each notification; a few thousand distinct alerts per
+/// rollout is far beyond what a single rollout sees.
+pub const REMEMBERED_SIGNAL_KEYS: usize = 4096;
 
 impl State {
     /// A new rollout, not started.
@@ -188,6 +200,7 @@ impl State {
             ended_at: None,
             reason: None,
             history: Vec::new(),
+            signal_keys: VecDeque::new(),
         }
     }
 
@@ -280,6 +293,15 @@ pub enum Input {
     Tick,
     /// A signal from outside.
     Signal(Signal),
+    /// A signal its sender may deliver more than once (Alertmanager re-sends firing alerts, a
+    /// webhook retries after a timeout): counted the first time `key` is seen, journaled as
+    /// [`EventKind::SignalRepeated`] and otherwise ignored after that.
+    SignalOnce {
+        /// Identifies the signal at its source (e.g. rollout, fingerprint and start time).
+        key: String,
+        /// The signal.
+        signal: Signal,
+    },
     /// An operator's command.
     Command(Command),
     /// The shell restarted and restored this state from its journal: the time since the last
@@ -375,6 +397,11 @@ pub enum EventKind {
     SignalReceived {
         /// The signal.
         signal: Signal,
+    },
+    /// A signal already counted under the same key arrived again and was not counted.
+    SignalRepeated {
+        /// The key it was delivered under.
+        key: String,
     },
     /// A rollback trigger fired.
     TriggerFired {
@@ -591,6 +618,7 @@ impl Machine<'_> {
             }
             Input::Tick => self.after_time_passed(),
             Input::Signal(sig) => self.signal(sig),
+            Input::SignalOnce { key, signal } => self.signal_once(key, signal),
             Input::Command(cmd) => self.command(cmd),
             Input::Restarted => unreachable!("handled above"),
         }
@@ -960,6 +988,19 @@ impl Machine<'_> {
             Cause::Trigger,
             format!("trigger {trigger:?} fired: {explanation}"),
         );
+    }
+
+    fn signal_once(&mut self, key: String, sig: Signal) {
+        let hash = xxh3_64(key.as_bytes());
+        if self.s.signal_keys.contains(&hash) {
+            self.journal(EventKind::SignalRepeated { key });
+            return;
+        }
+        if self.s.signal_keys.len() >= REMEMBERED_SIGNAL_KEYS {
+            self.s.signal_keys.pop_front();
+        }
+        self.s.signal_keys.push_back(hash);
+        self.signal(sig);
     }
 
     fn signal(&mut self, sig: Signal) {

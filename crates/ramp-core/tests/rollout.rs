@@ -286,6 +286,91 @@ fn signals_fire_count_triggers_at_once() {
 }
 
 #[test]
+fn a_re_delivered_signal_counts_once_even_after_a_restart() {
+    let mut d = Driver::new(seed_plan());
+    let pci = |note: &str| Input::SignalOnce {
+        key: "alertmanager fingerprint abc 2026-11-27T01:00:00Z".into(),
+        signal: Signal::PciAlert { note: note.into() },
+    };
+    d.now += HOUR;
+    d.input(pci("first delivery"));
+    // Alertmanager re-sends the same firing alert; two PCI alerts would roll back.
+    d.now += HOUR;
+    let fx = d.input(pci("repeat"));
+    assert_eq!(d.state().status, Status::Running);
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Journal(ev) if matches!(&ev.kind, EventKind::SignalRepeated { key } if key.contains("abc"))
+    )));
+    assert_eq!(d.state().totals.signals.pci_alerts, 1);
+    // The journaled state remembers the key: restore it as a restart would.
+    let json = serde_json::to_string(d.state()).unwrap();
+    d.state = Some(serde_json::from_str(&json).unwrap());
+    d.now += HOUR;
+    d.input(Input::Restarted);
+    d.input(pci("after restart"));
+    assert_eq!(d.state().status, Status::Running);
+    // A different key is a different alert: the second one rolls back.
+    d.input(Input::SignalOnce {
+        key: "alertmanager fingerprint def 2026-11-27T04:00:00Z".into(),
+        signal: Signal::PciAlert {
+            note: "another".into(),
+        },
+    });
+    assert_eq!(d.state().status, Status::RolledBack);
+}
+
+#[test]
+fn signal_keys_are_bounded_oldest_forgotten_first() {
+    let mut d = Driver::new(seed_plan());
+    let n = ramp_core::rollout::REMEMBERED_SIGNAL_KEYS + 10;
+    for i in 0..n {
+        d.input(Input::SignalOnce {
+            key: format!("k{i}"),
+            signal: Signal::BugReport {
+                note: String::new(),
+            },
+        });
+    }
+    assert_eq!(
+        d.state().signal_keys.len(),
+        ramp_core::rollout::REMEMBERED_SIGNAL_KEYS
+    );
+    let before = d.state().totals.signals.bug_reports;
+    d.input(Input::SignalOnce {
+        key: format!("k{}", n - 1),
+        signal: Signal::BugReport {
+            note: String::new(),
+        },
+    });
+    assert_eq!(
+        d.state().totals.signals.bug_reports,
+        before,
+        "a recent key is remembered"
+    );
+    d.input(Input::SignalOnce {
+        key: "k0".into(),
+        signal: Signal::BugReport {
+            note: String::new(),
+        },
+    });
+    assert_eq!(
+        d.state().totals.signals.bug_reports,
+        before + 1,
+        "the oldest key was forgotten"
+    );
+}
+
+#[test]
+fn old_journaled_states_without_signal_keys_still_load() {
+    let d = Driver::new(seed_plan());
+    let mut v = serde_json::to_value(d.state()).unwrap();
+    v.as_object_mut().unwrap().remove("signal_keys");
+    let s: State = serde_json::from_value(v).unwrap();
+    assert!(s.signal_keys.is_empty());
+}
+
+#[test]
 fn pause_stops_the_phase_clock_but_not_the_triggers() {
     let mut d = Driver::new(seed_plan());
     d.run_minutes(60, healthy);

@@ -42,6 +42,15 @@ pub struct EventPage {
     pub next: Option<u64>,
 }
 
+/// A signal was journaled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Recorded {
+    /// Its position in the rollout's journal (of the repeat entry for a repeat).
+    pub seq: u64,
+    /// It had been counted before under the same key and was not counted again.
+    pub duplicate: bool,
+}
+
 /// Cumulative per-variant numbers for `/metrics`.
 #[derive(Clone, Debug)]
 pub struct RolloutMetrics {
@@ -93,12 +102,15 @@ pub trait Rollouts: Send + Sync + 'static {
         name: &str,
         command: Command,
     ) -> impl Future<Output = Result<RolloutStatus, ControlError>> + Send;
-    /// Records a signal; resolves only once it is durable. Answers with its journal position.
+    /// Records a signal; resolves only once it is durable. With a `key` (the signal's identity
+    /// at its source), a signal already counted under that key is journaled as a repeat and
+    /// not counted again, even across restarts.
     fn signal(
         &self,
         name: &str,
         signal: Signal,
-    ) -> impl Future<Output = Result<u64, ControlError>> + Send;
+        key: Option<String>,
+    ) -> impl Future<Output = Result<Recorded, ControlError>> + Send;
     /// Creates and starts a rollout from a plan (TOML text).
     fn create(
         &self,

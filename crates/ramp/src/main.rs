@@ -77,6 +77,10 @@ enum Command {
         /// Free text.
         #[arg(long)]
         note: Option<String>,
+        /// The signal's identity at its source: sending the same id again is safe, it is
+        /// counted once.
+        #[arg(long)]
+        id: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -318,6 +322,7 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), Invalid>> {
             severity,
             score,
             note,
+            id,
             server,
         } => client_cmd(&server, |c| async move {
             let mut body = serde_json::json!({ "kind": kind });
@@ -330,11 +335,18 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), Invalid>> {
             if let Some(n) = note {
                 body["note"] = serde_json::json!(n);
             }
+            if let Some(i) = id {
+                body["id"] = serde_json::json!(i);
+            }
             let v = c.signal(&name, body).await?;
-            println!(
-                "signal journaled at position {}",
-                v.get("seq").cloned().unwrap_or_default()
-            );
+            let seq = v.get("seq").cloned().unwrap_or_default();
+            if v.get("duplicate").and_then(serde_json::Value::as_bool) == Some(true) {
+                println!(
+                    "already counted under this id; the repeat is journaled at position {seq}"
+                );
+            } else {
+                println!("signal journaled at position {seq}");
+            }
             Ok(())
         }),
         Command::Events {
@@ -669,8 +681,22 @@ fn serve_cmd(a: ServeArgs) -> anyhow::Result<Result<(), Invalid>> {
     rt.block_on(async move {
         let registry = ramp::registry::Registry::new(store, defaults, log);
         let resumed = registry.resume_all().await.context("resuming rollouts from the journal")?;
-        for name in &resumed {
-            println!("ramp serve: resumed rollout {name} from {}", a.db.display());
+        for r in &resumed {
+            match &r.outcome {
+                Ok(at) => {
+                    println!("ramp serve: resumed rollout {} from {}", r.name, a.db.display());
+                    if let Some(before) = at.moved_from {
+                        eprintln!(
+                            "ramp serve: warning: rollout {} served on {before} before, which is taken now; it serves on {} instead",
+                            r.name, at.listen
+                        );
+                    }
+                }
+                Err(e) => eprintln!(
+                    "ramp serve: error: rollout {} could not be resumed and is NOT serving: {e}",
+                    r.name
+                ),
+            }
         }
         for (path, src, p) in &plans {
             match registry.stored_plan(&p.name) {

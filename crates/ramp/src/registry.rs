@@ -4,7 +4,7 @@
 //! The lock here guards the *set* of rollouts (create, list); it is never on a request path.
 
 use crate::control::{
-    ControlError, EventPage, JournalEntry, RolloutMetrics, RolloutStatus, Rollouts,
+    ControlError, EventPage, JournalEntry, Recorded, RolloutMetrics, RolloutStatus, Rollouts,
 };
 use crate::proxy::Limits;
 use crate::serve::{self, Control, LogEntry, ServeConfig, Server, Snapshot};
@@ -54,6 +54,29 @@ pub struct Registry {
     default_taken: std::sync::atomic::AtomicBool,
 }
 
+/// What became of one stored rollout on restart.
+#[derive(Clone, Debug)]
+pub struct Resumed {
+    /// The rollout.
+    pub name: String,
+    /// Where it serves now, or why it could not be resumed.
+    pub outcome: Result<ResumedAt, String>,
+}
+
+/// A resumed rollout's proxy address.
+#[derive(Clone, Copy, Debug)]
+pub struct ResumedAt {
+    /// Where its proxy listens.
+    pub listen: SocketAddr,
+    /// The address it listened on before, when that one was taken and it had to move.
+    pub moved_from: Option<SocketAddr>,
+}
+
+/// Whether a TCP listener could bind `addr` right now (the proxy binds it moments later).
+fn bindable(addr: SocketAddr) -> bool {
+    std::net::TcpListener::bind(addr).is_ok()
+}
+
 /// Why a rollout could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -82,17 +105,56 @@ impl Registry {
     }
 
     /// Resumes every rollout the store knows: same phase, same elapsed time, same share, same
-    /// evidence. Returns their names.
-    pub async fn resume_all(&self) -> Result<Vec<String>, StartError> {
+    /// evidence, and the same proxy address when it is still free. A rollout that cannot be
+    /// resumed (unreadable journal, stored plan no longer valid, address unavailable) is
+    /// reported in its place and does not keep the others from serving. Fails only when the
+    /// store itself cannot be read.
+    pub async fn resume_all(&self) -> Result<Vec<Resumed>, StartError> {
         let stored = tokio::task::block_in_place(|| self.store.load_all())?;
-        let mut names = Vec::new();
+        // Rollouts that remember their address claim it before any other takes the default.
+        let (mut first, mut rest) = (Vec::new(), Vec::new());
         for r in stored {
-            let plan = parse_plan(&r.plan_toml, &format!("stored plan of {}", r.name))
-                .map_err(StartError::Plan)?;
-            self.launch(plan, Some(r.state), None).await?;
-            names.push(r.name);
+            match r {
+                Ok(r) if r.listen.is_some() => first.push(r),
+                Ok(r) => rest.push(Ok(r)),
+                Err(e) => rest.push(Err(e)),
+            }
         }
-        Ok(names)
+        let mut report = Vec::new();
+        for r in first.into_iter().map(Ok).chain(rest) {
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    let name = match &e {
+                        StoreError::Corrupt { rollout, .. } => rollout.clone(),
+                        _ => "?".into(),
+                    };
+                    report.push(Resumed {
+                        name,
+                        outcome: Err(format!("its journal cannot be read: {e}")),
+                    });
+                    continue;
+                }
+            };
+            let outcome = match parse_plan(&r.plan_toml, &format!("stored plan of {}", r.name)) {
+                Err(e) => Err(format!("its stored plan no longer parses: {e}")),
+                Ok(plan) => {
+                    let remembered = r.listen.as_deref().and_then(|l| l.parse().ok());
+                    match self.launch(plan, Some(r.state), None, remembered).await {
+                        Ok(listen) => Ok(ResumedAt {
+                            listen,
+                            moved_from: remembered.filter(|&a| a != listen),
+                        }),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            };
+            report.push(Resumed {
+                name: r.name,
+                outcome,
+            });
+        }
+        Ok(report)
     }
 
     /// Whether a rollout exists, and with which plan text.
@@ -129,34 +191,50 @@ impl Registry {
                 other => ControlError::Unavailable(other.to_string()),
             })?;
         let name = plan.name.clone();
-        self.launch(plan, None, listen)
+        self.launch(plan, None, listen, None)
             .await
             .map_err(|e| ControlError::Unavailable(e.to_string()))?;
         self.status(&name)
             .ok_or_else(|| ControlError::Unavailable("the rollout stopped at once".into()))
     }
 
+    /// Starts a rollout's proxy and controller; answers with the address the proxy listens on.
     async fn launch(
         &self,
         plan: Plan,
         resume: Option<State>,
         listen: Option<SocketAddr>,
-    ) -> Result<(), StartError> {
+        remembered: Option<SocketAddr>,
+    ) -> Result<SocketAddr, StartError> {
         let name = plan.name.clone();
-        // A plan without `[proxy] listen` gets the server's default address if no other rollout
-        // has it yet, otherwise a free port on the same interface (shown in its status), so
-        // several such rollouts can run, and resume, side by side.
-        let listen = listen.or(plan.listen).unwrap_or_else(|| {
-            let default = self.defaults.default_listen;
-            if self
-                .default_taken
-                .swap(true, std::sync::atomic::Ordering::SeqCst)
-            {
-                SocketAddr::new(default.ip(), 0)
-            } else {
-                default
-            }
-        });
+        let default = self.defaults.default_listen;
+        // An address given explicitly (argument, then plan) wins. Otherwise a resumed rollout
+        // serves where it served before, if that address is still free: its clients know it.
+        // Otherwise the server's default address if no other rollout has it yet, else a free
+        // port on the same interface (shown in its status), so several such rollouts can run,
+        // and resume, side by side.
+        let listen = match listen.or(plan.listen) {
+            Some(a) => a,
+            None => match remembered.filter(|&a| a.port() != 0 && bindable(a)) {
+                Some(a) => {
+                    if a == default {
+                        self.default_taken
+                            .store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    a
+                }
+                None => {
+                    if self
+                        .default_taken
+                        .swap(true, std::sync::atomic::Ordering::SeqCst)
+                    {
+                        SocketAddr::new(default.ip(), 0)
+                    } else {
+                        default
+                    }
+                }
+            },
+        };
         let log = self.log.clone();
         let log_name = name.clone();
         let server = serve::start(
@@ -177,12 +255,18 @@ impl Registry {
             move |entry, origin| log(&log_name, entry, origin),
         )
         .await?;
+        let bound = server.proxy_addr;
+        if remembered != Some(bound) {
+            // Only a hint for the next start: the rollout runs whether or not it is written.
+            let _ =
+                tokio::task::block_in_place(|| self.store.set_listen(&name, &bound.to_string()));
+        }
         let snapshot = server.snapshot.clone();
         let started_at = Some(snapshot.borrow().origin);
         let entry = Entry {
             control: server.control.clone(),
             snapshot,
-            listen: server.proxy_addr,
+            listen: bound,
             started_at,
         };
         if let Ok(mut r) = self.rollouts.write() {
@@ -191,7 +275,7 @@ impl Registry {
         if let Ok(mut s) = self.servers.lock() {
             s.push(server);
         }
-        Ok(())
+        Ok(bound)
     }
 
     fn entry_status(name: &str, e: &Entry) -> RolloutStatus {
@@ -289,11 +373,20 @@ impl Rollouts for Registry {
         }
     }
 
-    async fn signal(&self, name: &str, signal: Signal) -> Result<u64, ControlError> {
+    async fn signal(
+        &self,
+        name: &str,
+        signal: Signal,
+        key: Option<String>,
+    ) -> Result<Recorded, ControlError> {
         let control = self.control(name)?;
         let (tx, rx) = oneshot::channel();
         control
-            .send(Control::Signal(signal, Some(tx)))
+            .send(Control::Signal {
+                signal,
+                key,
+                reply: Some(tx),
+            })
             .await
             .map_err(|_| {
                 ControlError::Unavailable("the rollout's controller has stopped".into())

@@ -250,6 +250,9 @@ pub fn event_lines(e: &Event, origin: Millis) -> Vec<String> {
                 vec![format!("⚑ signal: {}", signal.describe())]
             }
         }
+        EventKind::SignalRepeated { key } => {
+            vec![format!("⚑ repeated signal not counted again ({key})")]
+        }
         EventKind::TriggerFired {
             trigger,
             explanation,

@@ -6,13 +6,14 @@
 //! channel and are stepped the moment they arrive. The controller never decides anything itself.
 
 use crate::clock::Clock;
+use crate::control::Recorded;
 use crate::proxy::{self, BackendHealth, Limits, ProxyConfig, ProxyHandle};
 use crate::store::Store;
 use ramp_core::cohort::ShareBp;
 use ramp_core::evidence::{Signal, VariantStats, Verdict};
 use ramp_core::plan::Plan;
 use ramp_core::rollout::{
-    Command, Effect, Event, Input, Notification, Rejection, ReportKind, State, Status,
+    Command, Effect, Event, EventKind, Input, Notification, Rejection, ReportKind, State, Status,
     current_verdicts, step,
 };
 use ramp_core::time::Millis;
@@ -62,9 +63,17 @@ pub enum ServeError {
 /// Something for the controller from outside the proxy.
 #[derive(Debug)]
 pub enum Control {
-    /// A signal (PCI alert, security alert, bug report, feedback). The reply, if asked for,
-    /// comes once the signal is journaled (durable): its journal position, or why it failed.
-    Signal(Signal, Option<oneshot::Sender<Result<u64, String>>>),
+    /// A signal (PCI alert, security alert, bug report, feedback). With a `key`, a signal
+    /// already counted under that key is journaled as repeated and not counted again. The
+    /// reply, if asked for, comes once the signal is journaled (durable).
+    Signal {
+        /// The signal.
+        signal: Signal,
+        /// Identifies it at its source, for senders that deliver more than once.
+        key: Option<String>,
+        /// Its journal position and whether it was a repeat, or why it failed.
+        reply: Option<oneshot::Sender<Result<Recorded, String>>>,
+    },
     /// Cumulative per-variant numbers since the rollout started (stable, canary).
     Totals(oneshot::Sender<(VariantStats, VariantStats)>),
     /// An operator command; the reply says whether it was applied.
@@ -289,13 +298,24 @@ pub async fn start(
                 msg = rx.recv() => {
                     let now = clock.now();
                     match msg {
-                        Some(Control::Signal(sig, reply)) => {
-                            let (s, fx) = step(&plan, state, Input::Signal(sig), now);
+                        Some(Control::Signal { signal, key, reply }) => {
+                            let input = match key {
+                                Some(key) => Input::SignalOnce { key, signal },
+                                None => Input::Signal(signal),
+                            };
+                            let (s, fx) = step(&plan, state, input, now);
                             state = s;
+                            let duplicate = fx.iter().any(|e| matches!(
+                                e,
+                                Effect::Journal(ev) if matches!(ev.kind, EventKind::SignalRepeated { .. })
+                            ));
                             let seq = persist(store.as_deref(), &name, None, &fx, &state, &mut log, origin);
                             apply(&proxy, fx, origin, &mut log, &mut events);
                             if let Some(reply) = reply {
-                                let _ = reply.send(seq.map(|s| s.unwrap_or(events.len() as u64)));
+                                let _ = reply.send(seq.map(|s| Recorded {
+                                    seq: s.unwrap_or(events.len() as u64),
+                                    duplicate,
+                                }));
                             }
                         }
                         Some(Control::Totals(reply)) => {

@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use ramp::api::{ApiConfig, Role, Tokens};
 use ramp::control::{
-    ControlError, EventPage, JournalEntry, RolloutMetrics, RolloutStatus, Rollouts,
+    ControlError, EventPage, JournalEntry, Recorded, RolloutMetrics, RolloutStatus, Rollouts,
 };
 use ramp::proxy::BackendHealth;
 use ramp::serve::{Snapshot, VariantView};
@@ -36,6 +36,8 @@ enum Call {
 struct FakeRollout {
     status: RolloutStatus,
     events: Vec<JournalEntry>,
+    /// Signal keys counted (the real state machine keeps these in its journaled state).
+    keys: BTreeSet<String>,
 }
 
 /// In-memory rollouts. Special names: `done` refuses every command (409), `down` has a broken
@@ -129,6 +131,7 @@ impl Fake {
                             },
                         })
                         .collect(),
+                    keys: BTreeSet::new(),
                 },
             );
         }
@@ -214,7 +217,12 @@ impl Rollouts for Fake {
         Ok(rollout.status.clone())
     }
 
-    async fn signal(&self, name: &str, signal: Signal) -> Result<u64, ControlError> {
+    async fn signal(
+        &self,
+        name: &str,
+        signal: Signal,
+        key: Option<String>,
+    ) -> Result<Recorded, ControlError> {
         if name == "slow" {
             self.gate.acquire().await.unwrap().forget();
         }
@@ -226,21 +234,36 @@ impl Rollouts for Fake {
             .get_mut(name)
             .ok_or_else(|| ControlError::NotFound(name.into()))?;
         let seq = rollout.events.len() as u64 + 1;
+        let duplicate = key
+            .as_ref()
+            .is_some_and(|k| !rollout.keys.insert(k.clone()));
         rollout.events.push(JournalEntry {
             seq,
             event: Event {
                 at: T0 + seq,
                 phase: "canary".into(),
-                kind: EventKind::SignalReceived {
-                    signal: signal.clone(),
+                kind: match key {
+                    Some(key) if duplicate => EventKind::SignalRepeated { key },
+                    _ => EventKind::SignalReceived {
+                        signal: signal.clone(),
+                    },
                 },
             },
         });
+        if duplicate {
+            return Ok(Recorded {
+                seq,
+                duplicate: true,
+            });
+        }
         self.calls
             .lock()
             .unwrap()
             .push(Call::Signal(name.into(), signal));
-        Ok(seq)
+        Ok(Recorded {
+            seq,
+            duplicate: false,
+        })
     }
 
     async fn create(&self, plan_toml: &str) -> Result<RolloutStatus, ControlError> {
@@ -282,6 +305,7 @@ impl Rollouts for Fake {
             FakeRollout {
                 status: status.clone(),
                 events: Vec::new(),
+                keys: BTreeSet::new(),
             },
         );
         Ok(status)
@@ -1148,7 +1172,10 @@ async fn signals_are_validated_field_by_field() {
     for (i, (body, signal)) in good.into_iter().enumerate() {
         let resp = post().json(body).send(addr).await;
         assert_eq!(resp.status, 202, "{}", resp.text());
-        assert_eq!(resp.json(), json!({"seq": 6 + i as u64}));
+        assert_eq!(
+            resp.json(),
+            json!({"seq": 6 + i as u64, "duplicate": false})
+        );
         assert_eq!(
             server.fake.signals().last().unwrap(),
             &("demo".to_string(), signal)
@@ -1216,6 +1243,15 @@ async fn signals_are_validated_field_by_field() {
         ),
         (post().json(json!("pci_alert")), &["body"]),
         (post().body("application/json", "{not json"), &["body"]),
+        (
+            post().json(json!({"kind": "bug_report", "id": ""})),
+            &["id"],
+        ),
+        (post().json(json!({"kind": "bug_report", "id": 7})), &["id"]),
+        (
+            post().json(json!({"kind": "bug_report", "id": "x".repeat(201)})),
+            &["id"],
+        ),
     ];
     let before = server.fake.signals().len();
     for (req, fields) in bad {
@@ -1231,6 +1267,21 @@ async fn signals_are_validated_field_by_field() {
         server.fake.signals().len(),
         before,
         "nothing invalid is recorded"
+    );
+
+    // A sender that retries with the same id is counted once; the repeat is acknowledged.
+    let with_id = json!({"kind": "pci_alert", "id": "siem-4711", "note": "PAN in logs"});
+    let first = post().json(with_id.clone()).send(addr).await;
+    assert_eq!(first.status, 202);
+    assert_eq!(first.json()["duplicate"], false);
+    let count = server.fake.signals().len();
+    let again = post().json(with_id).send(addr).await;
+    assert_eq!(again.status, 202);
+    assert_eq!(again.json()["duplicate"], true);
+    assert_eq!(
+        server.fake.signals().len(),
+        count,
+        "a repeat is not counted"
     );
 
     let r = post().body("text/plain", "pci_alert").send(addr).await;

@@ -136,6 +136,30 @@ async fn traffic(proxy: SocketAddr, n: u32) {
     }
 }
 
+/// POSTs `body` to the API; answers with the status and the JSON body (Null if none).
+async fn api_post(
+    api: &str,
+    token: &str,
+    path: &str,
+    content_type: &str,
+    body: String,
+) -> (u16, Value) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let req = Request::post(format!("{api}{path}"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+    )
+}
+
 fn kill9(mut s: Server) {
     s.child.kill().unwrap(); // SIGKILL
     s.child.wait().unwrap();
@@ -202,6 +226,7 @@ async fn kill_9_at_several_points_resumes_the_same_rollout() {
     let requests_before = before["canary"]["requests"].as_u64().unwrap();
     assert!(requests_before > 100, "{before}");
     let elapsed_before = before["phase_elapsed"].as_u64().unwrap();
+    let proxy_before = s.proxy;
     kill9(s);
     // Every analysis window's aggregates were journaled, and they add up to the evidence.
     {
@@ -223,6 +248,10 @@ async fn kill_9_at_several_points_resumes_the_same_rollout() {
     assert!(
         s.token.is_none(),
         "the token survives restarts (only its hash is stored)"
+    );
+    assert_eq!(
+        s.proxy, proxy_before,
+        "the proxy serves on the address its clients know (it was a free port, remembered)"
     );
     let after = status(&s, &token);
     assert_eq!(after["status"], "running");
@@ -340,25 +369,9 @@ async fn one_server_runs_several_rollouts_created_over_the_api() {
     let body = format!(
         "name = \"search\"\n[proxy]\nlisten = \"127.0.0.1:0\"\n[upstreams]\nstable = \"http://{other_stable}\"\ncanary = \"http://{other_canary}\"\n[[phase]]\nname = \"canary\"\ntraffic = \"10%\"\nduration = \"240h\"\n"
     );
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
     let post = |body: String, token: String| {
-        let client = client.clone();
-        let url = format!("{}/v1/rollouts", s.api);
-        async move {
-            let req = Request::post(url)
-                .header("authorization", format!("Bearer {token}"))
-                .header("content-type", "application/toml")
-                .body(Full::new(Bytes::from(body)))
-                .unwrap();
-            let resp = client.request(req).await.unwrap();
-            let status = resp.status().as_u16();
-            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-            (
-                status,
-                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
-            )
-        }
+        let api = s.api.clone();
+        async move { api_post(&api, &token, "/v1/rollouts", "application/toml", body).await }
     };
     let (code, created) = post(body.clone(), token.clone()).await;
     assert_eq!(code, 201, "{created}");
@@ -391,6 +404,145 @@ async fn one_server_runs_several_rollouts_created_over_the_api() {
         .map(|r| r["listen"].as_str().unwrap())
         .collect();
     assert_ne!(listens[0], listens[1], "each rollout has its own listener");
+    kill9(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An Alertmanager alert delivered before a SIGKILL and re-delivered after the restart (as
+/// Alertmanager does on every group notification) is counted once: with `pci_alerts >= 2` as a
+/// trigger, a double count would roll back a healthy canary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_re_delivered_after_a_restart_is_counted_once() {
+    let dir = fresh_dir("ramp-am");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let stable = upstream(Arc::new(AtomicBool::new(false))).await;
+    let canary = upstream(Arc::new(AtomicBool::new(false))).await;
+    let plan = plan_file(&dir, stable, canary);
+    let payload = |fingerprint: &str, starts_at: &str| {
+        serde_json::json!({
+            "version": "4",
+            "groupKey": "{}:{rollout=\"ctl\"}",
+            "truncatedAlerts": 0,
+            "status": "firing",
+            "receiver": "ramp",
+            "groupLabels": {"rollout": "ctl"},
+            "commonLabels": {"rollout": "ctl", "category": "pci"},
+            "commonAnnotations": {},
+            "externalURL": "http://alertmanager.example:9093",
+            "alerts": [{
+                "status": "firing",
+                "labels": {"alertname": "PanInLogs", "rollout": "ctl", "category": "pci"},
+                "annotations": {"summary": "card number in a log line"},
+                "startsAt": starts_at,
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "http://prometheus.example:9090/graph",
+                "fingerprint": fingerprint
+            }]
+        })
+        .to_string()
+    };
+    let deliver = |s: &Server, token: &str, body: String| {
+        let api = s.api.clone();
+        let token = token.to_string();
+        async move { api_post(&api, &token, "/v1/alertmanager", "application/json", body).await }
+    };
+
+    let s = start(&dir, Some(&plan));
+    let token = s.token.clone().unwrap();
+    let (code, v) = deliver(&s, &token, payload("c0ffee", "2026-11-27T01:00:00Z")).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["accepted"], 1, "{v}");
+    // The group is notified again at once (another alert joined, say): a duplicate.
+    let (code, v) = deliver(&s, &token, payload("c0ffee", "2026-11-27T01:00:00Z")).await;
+    assert_eq!(
+        (code, &v["accepted"], &v["duplicates"]),
+        (200, &0.into(), &1.into()),
+        "{v}"
+    );
+    kill9(s);
+
+    let s = start(&dir, None);
+    let (code, v) = deliver(&s, &token, payload("c0ffee", "2026-11-27T01:00:00Z")).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        (&v["accepted"], &v["duplicates"]),
+        (&0.into(), &1.into()),
+        "the repeat after a restart is recognised: {v}"
+    );
+    let st = status(&s, &token);
+    assert_eq!(
+        st["status"], "running",
+        "one PCI alert is not 'multiple': {st}"
+    );
+    let (code, out) = cli(&s, &token, &["events", "ctl", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let events: Value = serde_json::from_str(&out).unwrap();
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "signal_received").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "signal_repeated").count(),
+        2,
+        "{kinds:?}"
+    );
+    // The same alert resolved and firing again (a new startsAt) is a new alert: the second PCI
+    // alert rolls back.
+    let (code, v) = deliver(&s, &token, payload("c0ffee", "2026-11-27T05:00:00Z")).await;
+    assert_eq!((code, &v["accepted"]), (200, &1.into()), "{v}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(status(&s, &token)["status"], "rolled_back");
+    kill9(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One rollout whose journal cannot be read does not keep the others from resuming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_rollout_does_not_stop_the_others_from_resuming() {
+    let dir = fresh_dir("ramp-corrupt");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let stable = upstream(Arc::new(AtomicBool::new(false))).await;
+    let canary = upstream(Arc::new(AtomicBool::new(false))).await;
+    let plan = plan_file(&dir, stable, canary);
+    let s = start(&dir, Some(&plan));
+    let token = s.token.clone().unwrap();
+    let body = format!(
+        "name = \"broken\"\n[proxy]\nlisten = \"127.0.0.1:0\"\n[upstreams]\nstable = \"http://{stable}\"\ncanary = \"http://{canary}\"\n[[phase]]\nname = \"canary\"\ntraffic = \"10%\"\nduration = \"240h\"\n"
+    );
+    let (code, v) = api_post(&s.api, &token, "/v1/rollouts", "application/toml", body).await;
+    assert_eq!(code, 201, "{v}");
+    kill9(s);
+    {
+        let conn = rusqlite::Connection::open(dir.join("ramp.db")).unwrap();
+        conn.execute(
+            "UPDATE snapshots SET state = '{\"garbage\": true}' WHERE rollout = 'broken'",
+            [],
+        )
+        .unwrap();
+    }
+    let s = start(&dir, None);
+    let st = status(&s, &token);
+    assert_eq!(st["status"], "running", "ctl resumed: {st}");
+    traffic(s.proxy, 20).await;
+    let (code, out) = cli(&s, &token, &["status", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let all: Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["ctl"], "the broken rollout is not served");
     kill9(s);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -209,7 +209,13 @@ fn a_realistic_run_round_trips_through_a_reopened_file() {
     assert_eq!(stored.created_at, 1_700_000_000_000);
     assert_eq!(stored.last_seq, journal.len() as u64);
     assert_eq!(stored.state, run.state, "the state comes back exactly");
-    assert_eq!(store.load_all().unwrap(), vec![stored.clone()]);
+    let all: Vec<_> = store
+        .load_all()
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(all, vec![stored.clone()]);
 
     let mut back = Vec::new();
     let mut after = 0;
@@ -371,7 +377,12 @@ fn names_and_load_all_list_every_rollout() {
     }
     store.append("mid", &[signal_event(1, 1)], &state).unwrap();
     assert_eq!(store.names().unwrap(), ["alpha", "mid", "zeta"]);
-    let all = store.load_all().unwrap();
+    let all: Vec<_> = store
+        .load_all()
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     let summary: Vec<(&str, u64, u64, u64)> = all
         .iter()
         .map(|r| (r.name.as_str(), r.created_at, r.last_seq, r.state.now))
@@ -380,6 +391,60 @@ fn names_and_load_all_list_every_rollout() {
         summary,
         [("alpha", 1, 0, 1), ("mid", 2, 1, 2), ("zeta", 0, 0, 0)]
     );
+}
+
+#[test]
+fn the_listen_address_is_remembered() {
+    let dir = TempDir::new("listen");
+    let path = dir.file("ramp.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .create("r", SEED, 1, &State::new(&seed_plan()))
+            .unwrap();
+        assert_eq!(store.load("r").unwrap().listen, None);
+        store.set_listen("r", "127.0.0.1:41234").unwrap();
+        assert!(matches!(
+            store.set_listen("nope", "127.0.0.1:1"),
+            Err(StoreError::NotFound(_))
+        ));
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        store.load("r").unwrap().listen.as_deref(),
+        Some("127.0.0.1:41234")
+    );
+}
+
+/// Regression: one rollout with an unreadable state used to fail `load_all` as a whole, so a
+/// restart resumed none of the others either.
+#[test]
+fn one_corrupt_rollout_does_not_hide_the_others() {
+    let dir = TempDir::new("corrupt-one");
+    let path = dir.file("ramp.db");
+    let state = State::new(&seed_plan());
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        for name in ["a", "b", "c"] {
+            store.create(name, SEED, 1, &state).unwrap();
+        }
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE snapshots SET state = '{\"not\": \"a state\"}' WHERE rollout = 'b'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path).unwrap();
+    let all = store.load_all().unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0].as_ref().unwrap().name, "a");
+    match &all[1] {
+        Err(StoreError::Corrupt { rollout, .. }) => assert_eq!(rollout, "b"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(all[2].as_ref().unwrap().name, "c");
 }
 
 #[test]

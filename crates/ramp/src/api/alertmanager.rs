@@ -3,9 +3,11 @@
 //!
 //! Alertmanager sends every alert of a group again on each notification (a new alert joining
 //! the group, `repeat_interval`), so the same firing alert arrives many times. Each one is
-//! counted once: alerts are recognised by rollout, fingerprint (or labels) and `startsAt`, and
-//! a repeat is skipped and counted as a duplicate. An alert that resolves and fires again has a
-//! new `startsAt` and counts again.
+//! counted once: an alert is identified by its fingerprint (or its labels) and `startsAt`, the
+//! identity goes to the rollout as the signal's key, and the rollout's state machine skips a key
+//! it has counted before. The keys are part of the journaled state, so a repeat after a restart
+//! is still recognised. An alert that resolves and fires again has a new `startsAt` and counts
+//! again.
 
 use super::error::{FieldError, Problem};
 use super::input::MAX_TEXT;
@@ -14,11 +16,8 @@ use ramp_core::evidence::Signal;
 use ramp_core::plan::Severity;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::sync::Mutex;
-
-/// How many alert identities are remembered for deduplication.
-const REMEMBERED: usize = 16_384;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 /// The answer to a webhook call.
 #[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
@@ -176,15 +175,20 @@ fn alert(value: &Value, group_status: Option<&str>) -> Item {
     };
     let starts_at = alert.get("startsAt").and_then(Value::as_str).unwrap_or("");
     let who = match alert.get("fingerprint").and_then(Value::as_str) {
-        Some(f) if !f.is_empty() => format!("f:{f}"),
+        Some(f) if !f.is_empty() && f.len() <= 64 => format!("fingerprint {f}"),
         _ => {
-            // Without a fingerprint, the label set (sorted) identifies the alert.
+            // Without a (sane) fingerprint, the label set (sorted) identifies the alert; its
+            // digest keeps the key short, since the key is journaled with every repeat.
             let sorted: BTreeMap<&String, &Value> = labels.into_iter().flatten().collect();
-            format!("l:{}", serde_json::to_string(&sorted).unwrap_or_default())
+            let text = serde_json::to_string(&sorted).unwrap_or_default();
+            let digest = Sha256::digest(text.as_bytes());
+            let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+            format!("labels {hex}")
         }
     };
+    let starts_at: String = starts_at.chars().take(64).collect();
     Item::Signal {
-        identity: format!("{rollout_name}\u{0}{who}\u{0}{starts_at}"),
+        identity: format!("alertmanager {who} {starts_at}"),
         rollout: rollout_name,
         signal,
     }
@@ -201,49 +205,11 @@ pub(crate) fn severity(label: Option<&str>) -> Severity {
     }
 }
 
-/// Alert identities already recorded (bounded, oldest forgotten first).
-#[derive(Debug, Default)]
-pub(crate) struct Seen {
-    inner: Mutex<SeenInner>,
-}
-
-#[derive(Debug, Default)]
-struct SeenInner {
-    set: HashSet<String>,
-    order: VecDeque<String>,
-}
-
-impl Seen {
-    /// Claims an identity; false when it was already claimed.
-    fn claim(&self, identity: &str) -> bool {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if inner.set.contains(identity) {
-            return false;
-        }
-        inner.set.insert(identity.to_string());
-        inner.order.push_back(identity.to_string());
-        while inner.order.len() > REMEMBERED {
-            if let Some(old) = inner.order.pop_front() {
-                inner.set.remove(&old);
-            }
-        }
-        true
-    }
-
-    /// Gives a claim back (the signal was not recorded, so a retry must count).
-    fn release(&self, identity: &str) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.set.remove(identity);
-        inner.order.retain(|i| i != identity);
-    }
-}
-
 /// Records each mapped alert. Returns the answer and whether the store was unavailable for any
 /// of them (then the caller answers 503 so that Alertmanager retries; the alerts recorded this
 /// time are recognised as duplicates on the retry).
 pub(crate) async fn deliver<R: Rollouts>(
     rollouts: &R,
-    seen: &Seen,
     items: Vec<Item>,
 ) -> (AlertmanagerResult, bool) {
     let mut result = AlertmanagerResult::default();
@@ -260,25 +226,21 @@ pub(crate) async fn deliver<R: Rollouts>(
                 rollout,
                 signal,
                 identity,
-            } => {
-                if !seen.claim(&identity) {
+            } => match rollouts.signal(&rollout, signal, Some(identity)).await {
+                Ok(r) if r.duplicate => {
                     result.skipped += 1;
                     result.duplicates += 1;
-                    continue;
                 }
-                match rollouts.signal(&rollout, signal).await {
-                    Ok(_) => result.accepted += 1,
-                    Err(e) => {
-                        seen.release(&identity);
-                        unavailable |= matches!(e, ControlError::Unavailable(_));
-                        result.errors.push(AlertError {
-                            index,
-                            rollout: Some(rollout),
-                            error: e.to_string(),
-                        });
-                    }
+                Ok(_) => result.accepted += 1,
+                Err(e) => {
+                    unavailable |= matches!(e, ControlError::Unavailable(_));
+                    result.errors.push(AlertError {
+                        index,
+                        rollout: Some(rollout),
+                        error: e.to_string(),
+                    });
                 }
-            }
+            },
         }
     }
     if unavailable {
@@ -312,15 +274,21 @@ mod tests {
         let Item::Signal { identity, .. } = &items[0] else {
             panic!("{items:?}")
         };
-        assert!(identity.contains("\"a\":\"2\",\"b\":\"1\""), "{identity}");
-    }
-
-    #[test]
-    fn seen_forgets_released_claims() {
-        let seen = Seen::default();
-        assert!(seen.claim("x"));
-        assert!(!seen.claim("x"));
-        seen.release("x");
-        assert!(seen.claim("x"));
+        assert!(identity.starts_with("alertmanager labels "), "{identity}");
+        // The same labels in another order are the same alert; other labels are not.
+        let again = parse(Some(json!({"alerts": [
+            {"status": "firing", "labels": {"a": "2", "b": "1", "category": "pci", "rollout": "r"}},
+            {"status": "firing", "labels": {"a": "3", "b": "1", "category": "pci", "rollout": "r"}},
+        ]})))
+        .unwrap();
+        let ids: Vec<&String> = again
+            .iter()
+            .filter_map(|i| match i {
+                Item::Signal { identity, .. } => Some(identity),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids[0], identity);
+        assert_ne!(ids[1], identity);
     }
 }

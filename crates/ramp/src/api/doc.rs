@@ -316,6 +316,10 @@ pub(crate) enum SignalRequest {
     PciAlert {
         /// Free text.
         note: Option<String>,
+        /// The sender's identity for this signal (1 to 200 characters). A signal whose id was
+        /// already counted for the rollout is acknowledged with `duplicate: true` and not counted
+        /// again, so a sender may safely retry.
+        id: Option<String>,
     },
     /// A security alert.
     SecurityAlert {
@@ -323,11 +327,19 @@ pub(crate) enum SignalRequest {
         severity: Severity,
         /// Free text.
         note: Option<String>,
+        /// The sender's identity for this signal (1 to 200 characters). A signal whose id was
+        /// already counted for the rollout is acknowledged with `duplicate: true` and not counted
+        /// again, so a sender may safely retry.
+        id: Option<String>,
     },
     /// A bug report.
     BugReport {
         /// Free text.
         note: Option<String>,
+        /// The sender's identity for this signal (1 to 200 characters). A signal whose id was
+        /// already counted for the rollout is acknowledged with `duplicate: true` and not counted
+        /// again, so a sender may safely retry.
+        id: Option<String>,
     },
     /// User feedback.
     Feedback {
@@ -336,6 +348,10 @@ pub(crate) enum SignalRequest {
         score: f64,
         /// Free text.
         note: Option<String>,
+        /// The sender's identity for this signal (1 to 200 characters). A signal whose id was
+        /// already counted for the rollout is acknowledged with `duplicate: true` and not counted
+        /// again, so a sender may safely retry.
+        id: Option<String>,
     },
 }
 
@@ -354,6 +370,8 @@ pub(crate) enum Severity {
 pub(crate) struct SignalAccepted {
     /// Its position in the rollout's journal.
     pub(crate) seq: u64,
+    /// The request carried an `id` already counted: journaled as a repeat, not counted again.
+    pub(crate) duplicate: bool,
 }
 
 /// Alertmanager's webhook payload (version 4). Firing alerts with labels `rollout` and

@@ -2,7 +2,7 @@
 //! its input, then calls [`Rollouts`] and turns the answer into JSON.
 
 use super::ApiConfig;
-use super::alertmanager::{self, AlertmanagerResult, Seen};
+use super::alertmanager::{self, AlertmanagerResult};
 use super::auth::{Access, Tokens};
 use super::doc;
 use super::error::{ErrorBody, Problem, json_body};
@@ -27,7 +27,6 @@ pub(crate) struct Inner<R> {
     open_metrics: bool,
     body_limit: usize,
     registry: Registry,
-    seen: Seen,
     openapi: Bytes,
 }
 
@@ -49,7 +48,6 @@ pub(crate) fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> Router
         open_metrics: config.open_metrics,
         body_limit: config.body_limit,
         registry: metrics::registry(source),
-        seen: Seen::default(),
         openapi,
     });
     Router::new()
@@ -407,7 +405,7 @@ pub(crate) async fn rollback<R: Rollouts>(
     params(("name" = String, Path, description = "The rollout's name.")),
     request_body = doc::SignalRequest,
     responses(
-        (status = 202, description = "Recorded durably; its journal position.", body = doc::SignalAccepted),
+        (status = 202, description = "Recorded durably (or, with an `id` already counted, recognised as a repeat); its journal position.", body = doc::SignalAccepted),
         (status = 400, description = "Invalid signal; `fields` names each bad field.", body = ErrorBody),
         (status = 401, description = "Missing or unknown token.", body = ErrorBody),
         (status = 403, description = "Needs ingest or admin.", body = ErrorBody),
@@ -428,11 +426,17 @@ pub(crate) async fn post_signal<R: Rollouts>(
     let name = rollout_name(name)?;
     let bytes = input::read_body(&parts.headers, body, s.body_limit).await?;
     let value = input::json(&parts.headers, &bytes)?;
-    let signal = input::signal(value).map_err(Problem::fields)?;
-    let seq = s.rollouts.signal(&name, signal).await?;
+    let (signal, id) = input::signal(value).map_err(Problem::fields)?;
+    let recorded = s
+        .rollouts
+        .signal(&name, signal, id.map(|i| format!("id {i}")))
+        .await?;
     Ok(json_status(
         StatusCode::ACCEPTED,
-        &doc::SignalAccepted { seq },
+        &doc::SignalAccepted {
+            seq: recorded.seq,
+            duplicate: recorded.duplicate,
+        },
     ))
 }
 
@@ -465,7 +469,7 @@ pub(crate) async fn alertmanager<R: Rollouts>(
     let bytes = input::read_body(&parts.headers, body, s.body_limit).await?;
     let value = input::json(&parts.headers, &bytes)?;
     let items = alertmanager::parse(value)?;
-    let (result, unavailable) = alertmanager::deliver(&*s.rollouts, &s.seen, items).await;
+    let (result, unavailable) = alertmanager::deliver(&*s.rollouts, items).await;
     let status = if unavailable {
         StatusCode::SERVICE_UNAVAILABLE
     } else {

@@ -161,8 +161,12 @@ fn text_field(
 pub(crate) const SIGNAL_KINDS: [&str; 4] =
     ["pci_alert", "security_alert", "bug_report", "feedback"];
 
-/// Validates a signal body, naming every bad field.
-pub(crate) fn signal(body: Option<Value>) -> Result<Signal, Vec<FieldError>> {
+/// The longest signal `id` accepted.
+pub(crate) const MAX_SIGNAL_ID: usize = 200;
+
+/// Validates a signal body, naming every bad field. Answers with the signal and its optional
+/// `id` (the sender's identity for it: a repeat with the same id is not counted twice).
+pub(crate) fn signal(body: Option<Value>) -> Result<(Signal, Option<String>), Vec<FieldError>> {
     let Some(value) = body else {
         return Err(vec![FieldError::new(
             "kind",
@@ -201,6 +205,16 @@ pub(crate) fn signal(body: Option<Value>) -> Result<Signal, Vec<FieldError>> {
         }
     };
     let note = text_field(object, "note", &mut errors).unwrap_or_default();
+    let id = match text_field(object, "id", &mut errors) {
+        Some(id) if id.is_empty() || id.chars().count() > MAX_SIGNAL_ID => {
+            errors.push(FieldError::new(
+                "id",
+                format!("must be 1 to {MAX_SIGNAL_ID} characters"),
+            ));
+            None
+        }
+        id => id,
+    };
     let severity = match object.get("severity") {
         None => None,
         Some(Value::String(s)) => match Severity::parse(s) {
@@ -238,15 +252,15 @@ pub(crate) fn signal(body: Option<Value>) -> Result<Signal, Vec<FieldError>> {
     let Some(kind) = kind else {
         errors.extend(unknown_fields(
             object,
-            &["kind", "note", "severity", "score"],
+            &["kind", "id", "note", "severity", "score"],
             "",
         ));
         return Err(errors);
     };
     let allowed: &[&str] = match kind {
-        "security_alert" => &["kind", "severity", "note"],
-        "feedback" => &["kind", "score", "note"],
-        _ => &["kind", "note"],
+        "security_alert" => &["kind", "id", "severity", "note"],
+        "feedback" => &["kind", "id", "score", "note"],
+        _ => &["kind", "id", "note"],
     };
     errors.extend(unknown_fields(object, allowed, ""));
     if kind == "security_alert" && !object.contains_key("severity") {
@@ -264,7 +278,7 @@ pub(crate) fn signal(body: Option<Value>) -> Result<Signal, Vec<FieldError>> {
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(match kind {
+    let signal = match kind {
         "pci_alert" => Signal::PciAlert { note },
         "bug_report" => Signal::BugReport { note },
         "security_alert" => Signal::SecurityAlert {
@@ -275,7 +289,8 @@ pub(crate) fn signal(body: Option<Value>) -> Result<Signal, Vec<FieldError>> {
             score: score.unwrap_or_default(),
             note,
         },
-    })
+    };
+    Ok((signal, id))
 }
 
 /// The operator actions.

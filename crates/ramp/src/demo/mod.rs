@@ -222,13 +222,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
                 rng_state ^= rng_state << 17;
                 let good = rng_state % 100 < 97;
                 let _ = control
-                    .send(Control::Signal(
-                        Signal::Feedback {
+                    .send(Control::Signal {
+                        signal: Signal::Feedback {
                             score: if good { 0.9 } else { 0.3 },
                             note: String::new(),
                         },
-                        None,
-                    ))
+                        key: None,
+                        reply: None,
+                    })
                     .await;
             }
         }

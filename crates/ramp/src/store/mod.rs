@@ -69,6 +69,8 @@ pub struct StoredRollout {
     pub state: State,
     /// The seq of the last journal event (0 when the journal is empty).
     pub last_seq: u64,
+    /// Where its proxy last listened (set by [`Store::set_listen`]), if recorded.
+    pub listen: Option<String>,
 }
 
 /// A durable journal of rollouts. Every method is synchronous and, for writes, returns only
@@ -111,7 +113,13 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<(u64, ramp_core::evidence::MetricWindow)>, StoreError>;
 
     /// Every rollout with its latest state, for resuming after a restart (ordered by name).
-    fn load_all(&self) -> Result<Vec<StoredRollout>, StoreError>;
+    /// A rollout that cannot be read is an `Err` in its place, so one corrupt rollout does not
+    /// keep the others from resuming; the outer error means the store itself failed.
+    fn load_all(&self) -> Result<Vec<Result<StoredRollout, StoreError>>, StoreError>;
+
+    /// Records the address a rollout's proxy listens on, so a restart can serve on the same
+    /// one. `NotFound` for an unknown rollout.
+    fn set_listen(&self, name: &str, listen: &str) -> Result<(), StoreError>;
 
     /// One rollout with its latest state; `NotFound` for an unknown name.
     fn load(&self, name: &str) -> Result<StoredRollout, StoreError>;

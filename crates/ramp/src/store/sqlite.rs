@@ -50,6 +50,8 @@ const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL
     );
     CREATE INDEX windows_by_rollout ON windows (rollout, at);",
+    // 3: the address each rollout's proxy last listened on, so a restart serves on the same one.
+    "ALTER TABLE rollouts ADD COLUMN listen TEXT;",
 ];
 
 /// A [`Store`] in a SQLite file (or in memory, for tests and `simulate`).
@@ -178,10 +180,11 @@ struct Row {
     snapshot_seq: Option<i64>,
     state: Option<String>,
     journal_max: Option<i64>,
+    listen: Option<String>,
 }
 
 const SELECT_ROLLOUT: &str = "SELECT r.name, r.plan_toml, r.created_at, s.seq, s.state,
-        (SELECT MAX(j.seq) FROM journal j WHERE j.rollout = r.name)
+        (SELECT MAX(j.seq) FROM journal j WHERE j.rollout = r.name), r.listen
     FROM rollouts r LEFT JOIN snapshots s ON s.rollout = r.name";
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
@@ -192,6 +195,7 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         snapshot_seq: r.get(3)?,
         state: r.get(4)?,
         journal_max: r.get(5)?,
+        listen: r.get(6)?,
     })
 }
 
@@ -228,6 +232,7 @@ impl Row {
             created_at,
             state,
             last_seq,
+            listen: self.listen,
         })
     }
 }
@@ -372,7 +377,18 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    fn load_all(&self) -> Result<Vec<StoredRollout>, StoreError> {
+    fn set_listen(&self, name: &str, listen: &str) -> Result<(), StoreError> {
+        let changed = self.lock().execute(
+            "UPDATE rollouts SET listen = ?2 WHERE name = ?1",
+            params![name, listen],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(name.to_string()));
+        }
+        Ok(())
+    }
+
+    fn load_all(&self) -> Result<Vec<Result<StoredRollout, StoreError>>, StoreError> {
         let mut conn = self.lock();
         // One read transaction: a consistent view even if another process writes meanwhile.
         let tx = conn.transaction()?;
@@ -381,7 +397,7 @@ impl Store for SqliteStore {
             .query_map([], read_row)?
             .collect::<Result<Vec<_>, _>>()?;
         tx.commit()?;
-        rows.into_iter().map(Row::parse).collect()
+        Ok(rows.into_iter().map(Row::parse).collect())
     }
 
     fn load(&self, name: &str) -> Result<StoredRollout, StoreError> {
@@ -534,8 +550,8 @@ mod tests {
             Err(StoreError::Corrupt { seq: 3, .. })
         ));
         assert!(matches!(
-            s.load_all(),
-            Err(StoreError::Corrupt { seq: 3, .. })
+            s.load_all().unwrap().as_slice(),
+            [Err(StoreError::Corrupt { seq: 3, .. })]
         ));
     }
 
@@ -584,7 +600,13 @@ mod tests {
             Err(StoreError::Sqlite(_))
         ));
         assert_eq!(count(&s, "journal"), 1);
-        let err = s.load_all().unwrap_err().to_string();
+        let err = s
+            .load_all()
+            .unwrap()
+            .pop()
+            .unwrap()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("journal ends at 2"), "{err}");
     }
 
