@@ -58,6 +58,20 @@ pub fn need(plan: &Plan, c: &Criterion) -> Option<Need> {
                 unit: "canary requests",
             })
         }
+        (Test::LatencyNotWorseThanStable { .. }, _) => {
+            // The fewest canary requests with which the share above stable's quantile (plus the
+            // margin) can be bounded below the tail at all: none of them above it. How many it
+            // takes in practice depends on the two latency distributions.
+            let Metric::Latency(q) = c.metric else {
+                return None;
+            };
+            let split = 1.0 - (1.0 - conf) / 2.0;
+            Some(Need {
+                best: stats::min_n_upper_below(0.0, 1.0 - f64::from(q) / 1000.0, split),
+                typical: None,
+                unit: "canary requests",
+            })
+        }
         (Test::Compare { op, threshold, .. }, MetricKind::Users) => Some(Need {
             best: Some(*threshold as u64 + u64::from(*op == Op::Gt)),
             typical: None,

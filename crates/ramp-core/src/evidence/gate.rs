@@ -338,6 +338,165 @@ pub fn judge(plan: &Plan, criterion: &Criterion, ev: &Evidence) -> Verdict {
             }
         }
         (Test::NotWorseThanStable { margin }, _) => not_worse(plan, criterion, ev, *margin),
+        (
+            Test::LatencyNotWorseThanStable {
+                relative,
+                absolute_ms,
+            },
+            _,
+        ) => {
+            let Metric::Latency(q) = criterion.metric else {
+                unreachable!("the parser allows latency metrics only")
+            };
+            latency_not_worse(plan, criterion, q, ev, *relative, *absolute_ms)
+        }
+    }
+}
+
+/// Requests in buckets `index..` of a histogram's counts: those at or above the bucket's lower
+/// edge. `suffix[i]` for every bucket, plus a final 0.
+fn at_or_above(counts: &[u64]) -> Vec<u64> {
+    let mut suffix = vec![0u64; counts.len() + 1];
+    for i in (0..counts.len()).rev() {
+        suffix[i] = suffix[i + 1].saturating_add(counts[i]);
+    }
+    suffix
+}
+
+/// `pNN_latency not worse than stable`: is the canary's quantile at most stable's
+/// `× (1 + relative) + absolute`? Quantiles are compared through exceedance shares, with exact
+/// per-variant bounds at the Bonferroni-split confidence, on the display histogram's bucket edges
+/// (exact counts per bucket, edges at most 1/128 apart):
+///
+/// * **pass**: a lower confidence bound `L` on stable's quantile (the highest edge `e` with
+///   `P(stable ≥ e) > 1 - p` proven, so `q_s ≥ e`), then the canary's quantile proven at most
+///   `L × (1 + relative) + absolute` (the share of canary requests at or above the next edge is
+///   proven at most `1 - p`). Then `q_c ≤ q_s × (1 + relative) + absolute`.
+/// * **fail**: an upper bound `U` on stable's quantile (the lowest edge with the share at or
+///   above it proven at most `1 - p`), and the canary's quantile proven above
+///   `U × (1 + relative) + absolute`.
+/// * otherwise inconclusive. Each of the two statements holds with the plan's confidence.
+fn latency_not_worse(
+    plan: &Plan,
+    criterion: &Criterion,
+    q: u16,
+    ev: &Evidence,
+    relative: f64,
+    absolute_ms: f64,
+) -> Verdict {
+    use super::sketch::{bucket_index, bucket_lower};
+    let c = plan.analysis.confidence;
+    let split = 1.0 - (1.0 - c) / 2.0;
+    let tail = 1.0 - f64::from(q) / 1000.0;
+    let (hs, hc) = (&ev.stable.latency, &ev.canary.latency);
+    let (ns, nc) = (hs.count(), hc.count());
+    let (ss, sc) = (at_or_above(hs.counts()), at_or_above(hc.counts()));
+    let allowed = |us: u64| us as f64 * (1.0 + relative) + absolute_ms * 1000.0;
+    // Lower bound on stable's quantile: the share at or above an edge only falls as the edge
+    // rises, so the proven edges form a prefix; take the last (0 when none is proven).
+    let lower_s = if ns == 0 {
+        0
+    } else {
+        let proven = ss[..ss.len() - 1].partition_point(|&x| stats::cp_lower(x, ns, split) > tail);
+        proven.checked_sub(1).map_or(0, bucket_lower)
+    };
+    // Upper bound on stable's quantile: the first edge whose share is proven at most the tail;
+    // q_s is then below that edge.
+    let upper_s = if ns == 0 {
+        None
+    } else {
+        let first = ss[..ss.len() - 1].partition_point(|&x| stats::cp_upper(x, ns, split) > tail);
+        (first < ss.len() - 1).then(|| bucket_lower(first).saturating_sub(1))
+    };
+    // Pass: canary's share at or above the edge just past the allowed value, proven ≤ tail.
+    let pass_limit = allowed(lower_s);
+    let pass_edge = bucket_index(pass_limit.floor() as u64 + 1);
+    let (x_pass, pass_bound) = (sc[pass_edge], stats::cp_upper(sc[pass_edge], nc, split));
+    let passes = ns > 0 && nc > 0 && pass_bound <= tail && lower_s > 0;
+    // Fail: canary's share strictly above the allowed value, proven > tail.
+    let fail = upper_s.filter(|_| nc > 0).and_then(|u| {
+        let limit = allowed(u);
+        let edge = bucket_index(limit.floor() as u64) + 1;
+        let x = *sc.get(edge)?;
+        let bound = stats::cp_lower(x, nc, split);
+        (bound > tail).then_some((limit, x, bound))
+    });
+    let outcome = if passes {
+        Outcome::Pass
+    } else if fail.is_some() {
+        Outcome::Fail
+    } else {
+        Outcome::Inconclusive
+    };
+    let share = ratio(x_pass, nc);
+    let needed = if outcome == Outcome::Inconclusive && nc > 0 && ns > 0 && lower_s > 0 {
+        stats::min_n_upper_below(share, tail, split).map(|n| n.saturating_sub(nc))
+    } else {
+        None
+    };
+    let name = format!("p{}", q_name(q));
+    let shown = |h: &super::window::VariantStats| {
+        h.quantile_ms(f64::from(q) / 1000.0)
+            .map_or_else(|| "-".to_string(), ms)
+    };
+    let margin = match (relative > 0.0, absolute_ms > 0.0) {
+        (true, true) => format!("+{} +{}", pct(relative), ms(absolute_ms)),
+        (false, true) => format!("+{}", ms(absolute_ms)),
+        _ => format!("+{}", pct(relative)),
+    };
+    let cl = conf_label(c);
+    let mut explanation = if nc == 0 || ns == 0 {
+        "needs requests on both variants in the same window".to_string()
+    } else if let Some((limit, x, bound)) = fail {
+        format!(
+            "{name} canary ≈{} vs stable ≈{}: stable {name} ≤ {} ({cl}), and {} of {} canary requests ({}) slower than {} ({margin}), lower bound {} > {}",
+            shown(&ev.canary),
+            shown(&ev.stable),
+            ms(upper_s.unwrap_or(0) as f64 / 1000.0),
+            count(x),
+            count(nc),
+            pct(ratio(x, nc)),
+            ms(limit / 1000.0),
+            pct(bound),
+            pct(tail)
+        )
+    } else if lower_s == 0 {
+        format!(
+            "{name} canary ≈{} vs stable ≈{}: not enough stable requests ({}) to bound stable's {name} from below",
+            shown(&ev.canary),
+            shown(&ev.stable),
+            count(ns)
+        )
+    } else {
+        format!(
+            "{name} canary ≈{} vs stable ≈{}: stable {name} ≥ {} ({cl}); {} of {} canary requests ({}) slower than {} ({margin}), upper bound {} vs {}",
+            shown(&ev.canary),
+            shown(&ev.stable),
+            ms(lower_s as f64 / 1000.0),
+            count(x_pass),
+            count(nc),
+            pct(share),
+            ms(pass_limit / 1000.0),
+            pct(pass_bound),
+            pct(tail)
+        )
+    };
+    add_needed(&mut explanation, outcome, needed, "canary requests");
+    let (events, bound, side) = match fail {
+        Some((_, x, b)) => (x, b, BoundSide::Lower),
+        None => (x_pass, pass_bound, BoundSide::Upper),
+    };
+    Verdict {
+        criterion: criterion.text.clone(),
+        outcome,
+        observed: (nc > 0).then(|| ratio(events, nc)),
+        bound: (nc > 0 && ns > 0).then_some(bound),
+        bound_side: Some(side),
+        events,
+        n: nc,
+        threshold: tail,
+        needed,
+        explanation,
     }
 }
 

@@ -283,7 +283,18 @@ pub enum Test {
         /// Allowed difference, as a fraction.
         margin: f64,
     },
+    /// `pNN_latency not worse than stable [by 10% | by 20ms]`: the canary's quantile is at most
+    /// stable's times `1 + relative`, plus `absolute_ms`, measured over the same window.
+    LatencyNotWorseThanStable {
+        /// Allowed relative excess (0.1 = 10% slower).
+        relative: f64,
+        /// Allowed absolute excess in milliseconds.
+        absolute_ms: f64,
+    },
 }
+
+/// Allowed relative excess of `pNN_latency not worse than stable` written without `by`.
+pub const DEFAULT_LATENCY_MARGIN: f64 = 0.10;
 
 /// A parsed criterion, with the text it came from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -982,15 +982,14 @@ fn criterion(
                 | Metric::SuccessRate
                 | Metric::RateLimitRate
                 | Metric::AuthFailureRate
+                | Metric::Latency(_)
         ) {
             return Err((
                 *name_at,
                 format!(
-                    "`not worse than stable` works for error_rate, success_rate, rate_limit_rate and auth_failure_rate, not {name}"
+                    "`not worse than stable` works for error_rate, success_rate, rate_limit_rate, auth_failure_rate and the latency quantiles, not {name}"
                 ),
-                matches!(kind, MetricKind::Latency).then(|| {
-                    format!("compare latency with the baseline instead: \"{name} <= baseline\"")
-                }),
+                None,
             ));
         }
         if full {
@@ -999,6 +998,56 @@ fn criterion(
                 "`not worse than stable` cannot be judged in a phase that sends 100% of users to the canary: no stable traffic is left to compare with".into(),
                 Some("move it to an earlier phase, or compare with a threshold or the baseline".into()),
             ));
+        }
+        if kind == MetricKind::Latency {
+            let (relative, absolute_ms) = match raw.value {
+                None => (crate::plan::criterion::DEFAULT_LATENCY_MARGIN, 0.0),
+                Some((
+                    RawValue::Number {
+                        value,
+                        unit: Unit::Percent,
+                    },
+                    at,
+                )) => {
+                    if !(0.0..=1000.0).contains(&value) {
+                        return Err((at, "the margin must lie in [0%, 1000%]".into(), None));
+                    }
+                    (value / 100.0, 0.0)
+                }
+                Some((
+                    RawValue::Number {
+                        value,
+                        unit: unit @ (Unit::Millis | Unit::Seconds),
+                    },
+                    at,
+                )) => {
+                    let ms = if unit == Unit::Seconds {
+                        value * 1000.0
+                    } else {
+                        value
+                    };
+                    if !(0.0..=3_600_000.0).contains(&ms) {
+                        return Err((at, "the margin must lie in [0ms, 1h]".into(), None));
+                    }
+                    (0.0, ms)
+                }
+                Some((_, at)) => {
+                    return Err((
+                        at,
+                        "a latency margin is relative or a duration, e.g. `by 10%` or `by 20ms`"
+                            .into(),
+                        None,
+                    ));
+                }
+            };
+            return Ok(Criterion {
+                text: text.trim().to_string(),
+                metric,
+                test: Test::LatencyNotWorseThanStable {
+                    relative,
+                    absolute_ms,
+                },
+            });
         }
         let margin = match raw.value {
             None => default_margin,
