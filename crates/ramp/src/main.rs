@@ -514,6 +514,14 @@ struct ServeArgs {
     /// Serve /metrics without a token.
     #[arg(long)]
     open_metrics: bool,
+    /// Log every API request (masked path, status, latency, token name; never tokens or
+    /// bodies) to stderr.
+    #[arg(long)]
+    api_log: bool,
+    /// Most API connections open at once (others wait); each must send its request head
+    /// within 10 s and idle connections close after 10 s.
+    #[arg(long, default_value_t = 256)]
+    api_max_connections: usize,
     /// Token hashes file (default: the --db path with `.tokens` appended).
     #[arg(long)]
     tokens: Option<PathBuf>,
@@ -738,6 +746,11 @@ fn serve_cmd(a: ServeArgs) -> anyhow::Result<Result<(), Invalid>> {
             ramp::api::ApiConfig {
                 tokens,
                 open_metrics: a.open_metrics,
+                request_log: a.api_log,
+                limits: ramp::api::ApiLimits {
+                    max_connections: a.api_max_connections.max(1),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             async move {

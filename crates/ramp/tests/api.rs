@@ -363,14 +363,19 @@ impl Server {
     }
 
     async fn with(fake: Arc<Fake>, open_metrics: bool) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
         let config = ApiConfig {
             tokens: tokens(),
             open_metrics,
             body_limit: LIMIT,
+            ..Default::default()
         };
+        Server::with_config(fake, config).await
+    }
+
+    async fn with_config(fake: Arc<Fake>, config: ApiConfig) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(ramp::api::serve(
             listener,
             Arc::clone(&fake),
@@ -2203,4 +2208,76 @@ fn checking_a_token_looks_at_every_entry_whatever_matches() {
         m_first * 5 > m_none,
         "first-entry match {m_first:?} vs no match {m_none:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The listener's limits
+
+/// A client that sends half a request head and stalls is cut off; so is one that connects and
+/// says nothing.
+#[tokio::test]
+async fn slow_and_silent_clients_are_cut_off() {
+    let config = ApiConfig {
+        tokens: tokens(),
+        limits: ramp::api::ApiLimits {
+            header_read_timeout: Duration::from_millis(300),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let server = Server::with_config(Fake::new(&["demo"]), config).await;
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    for conn in [&mut slow, &mut silent] {
+        let mut buf = Vec::new();
+        // The server closes (possibly after a 408): the read ends well before this bound.
+        let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "the connection was not closed");
+    }
+    server.shutdown().await;
+}
+
+/// Over the connection cap, a new client waits until a slot frees; it is never refused.
+#[tokio::test]
+async fn the_connection_cap_holds_new_clients_until_a_slot_frees() {
+    let config = ApiConfig {
+        tokens: tokens(),
+        limits: ramp::api::ApiLimits {
+            max_connections: 1,
+            header_read_timeout: Duration::from_secs(30),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let server = Server::with_config(Fake::new(&["demo"]), config).await;
+    let holder = TcpStream::connect(server.addr).await.unwrap();
+    // Give the server time to accept the holder (it takes the only slot).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut waiting = TcpStream::connect(server.addr).await.unwrap();
+    waiting
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let early =
+        tokio::time::timeout(Duration::from_millis(300), waiting.read_to_end(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "answered while over the cap: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    drop(holder);
+    tokio::time::timeout(Duration::from_secs(10), waiting.read_to_end(&mut buf))
+        .await
+        .expect("answered once the slot freed")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    server.shutdown().await;
 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 /// What every handler shares.
 pub(crate) struct Inner<R> {
     rollouts: Arc<R>,
-    tokens: Tokens,
+    tokens: Arc<Tokens>,
     open_metrics: bool,
     body_limit: usize,
     registry: Registry,
@@ -33,7 +33,9 @@ pub(crate) struct Inner<R> {
 type St<R> = State<Arc<Inner<R>>>;
 type Name = Result<Path<String>, PathRejection>;
 
-pub(crate) fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> Router {
+/// The routes, and the tokens they check (shared with the request log).
+pub(crate) fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> (Router, Arc<Tokens>) {
+    let tokens = Arc::new(config.tokens);
     let source = {
         let rollouts = Arc::clone(&rollouts);
         Arc::new(move || rollouts.metrics())
@@ -44,13 +46,13 @@ pub(crate) fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> Router
         .unwrap_or_default();
     let inner = Arc::new(Inner {
         rollouts,
-        tokens: config.tokens,
+        tokens: tokens.clone(),
         open_metrics: config.open_metrics,
         body_limit: config.body_limit,
         registry: metrics::registry(source),
         openapi,
     });
-    Router::new()
+    let router = Router::new()
         .route(
             "/v1/rollouts",
             get(list_rollouts::<R>).post(create_rollout::<R>),
@@ -70,7 +72,8 @@ pub(crate) fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> Router
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .layer(axum::middleware::map_response(super::error::jsonify_errors))
-        .with_state(inner)
+        .with_state(inner);
+    (router, tokens)
 }
 
 impl<R: Rollouts> Inner<R> {

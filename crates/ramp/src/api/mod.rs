@@ -24,9 +24,11 @@ mod error;
 mod handlers;
 mod input;
 mod metrics;
+mod server;
 
 pub use auth::{Role, Tokens};
 pub use doc::openapi;
+pub use server::ApiLimits;
 
 use crate::control::Rollouts;
 use std::future::Future;
@@ -58,6 +60,10 @@ pub struct ApiConfig {
     pub open_metrics: bool,
     /// Largest request body accepted, in bytes (larger: 413).
     pub body_limit: usize,
+    /// Connection cap and timeouts of the listener.
+    pub limits: ApiLimits,
+    /// Write one line per request to stderr (masked path, status, latency, token name).
+    pub request_log: bool,
 }
 
 impl Default for ApiConfig {
@@ -66,24 +72,28 @@ impl Default for ApiConfig {
             tokens: Tokens::new(),
             open_metrics: false,
             body_limit: DEFAULT_BODY_LIMIT,
+            limits: ApiLimits::default(),
+            request_log: false,
         }
     }
 }
 
 /// The API's routes over a [`Rollouts`] implementation.
 pub fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> axum::Router {
-    handlers::router(rollouts, config)
+    handlers::router(rollouts, config).0
 }
 
-/// Serves the API on `listener` until `shutdown` resolves (then drains open requests).
+/// Serves the API on `listener` until `shutdown` resolves (then drains open requests), over
+/// HTTP/1.1 with the connection cap and head deadline of `config.limits`.
 pub async fn serve<R: Rollouts>(
     listener: tokio::net::TcpListener,
     rollouts: Arc<R>,
     config: ApiConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(rollouts, config);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = config.limits.clone();
+    let request_log = config.request_log;
+    let (app, tokens) = handlers::router(rollouts, config);
+    let log = request_log.then(|| server::RequestLog::new(tokens));
+    server::run(listener, app, limits, log, shutdown).await
 }

@@ -72,6 +72,7 @@ mod routing;
 
 pub use access_log::AccessLog;
 pub use health::{BackendHealth, HealthSnapshot, HealthState};
+pub use pan::mask_pans;
 pub use recorder::{Outcome, Recorder, user_hash};
 pub use routing::Routing;
 
