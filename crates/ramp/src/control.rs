@@ -118,4 +118,9 @@ pub trait Rollouts: Send + Sync + 'static {
     ) -> impl Future<Output = Result<RolloutStatus, ControlError>> + Send;
     /// Cumulative numbers for `/metrics`.
     fn metrics(&self) -> Vec<RolloutMetrics>;
+    /// Rollouts that should be running but are not (could not be resumed, or their controller
+    /// stopped), each with the reason. Empty when everything runs; `/readyz` reports them.
+    fn unavailable(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }

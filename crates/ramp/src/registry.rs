@@ -52,6 +52,8 @@ pub struct Registry {
     servers: std::sync::Mutex<Vec<Server>>,
     /// Whether a rollout already listens on `defaults.default_listen`.
     default_taken: std::sync::atomic::AtomicBool,
+    /// Stored rollouts that could not be resumed, with the reason.
+    failed: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 /// What became of one stored rollout on restart.
@@ -101,6 +103,7 @@ impl Registry {
             rollouts: RwLock::new(BTreeMap::new()),
             servers: std::sync::Mutex::new(Vec::new()),
             default_taken: std::sync::atomic::AtomicBool::new(false),
+            failed: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -153,6 +156,17 @@ impl Registry {
                 name: r.name,
                 outcome,
             });
+        }
+        if let Ok(mut failed) = self.failed.lock() {
+            *failed = report
+                .iter()
+                .filter_map(|r| {
+                    r.outcome
+                        .as_ref()
+                        .err()
+                        .map(|e| (r.name.clone(), e.clone()))
+                })
+                .collect();
         }
         Ok(report)
     }
@@ -403,6 +417,18 @@ impl Rollouts for Registry {
     async fn create(&self, plan_toml: &str) -> Result<RolloutStatus, ControlError> {
         let now = crate::clock::Clock::scaled(1.0).now();
         self.start_new(plan_toml, "request body", None, now).await
+    }
+
+    fn unavailable(&self) -> Vec<(String, String)> {
+        let mut out = self.failed.lock().map(|f| f.clone()).unwrap_or_default();
+        if let Ok(r) = self.rollouts.read() {
+            for (name, e) in r.iter() {
+                if e.control.is_closed() {
+                    out.push((name.clone(), "its controller has stopped".into()));
+                }
+            }
+        }
+        out
     }
 
     fn metrics(&self) -> Vec<RolloutMetrics> {

@@ -543,6 +543,18 @@ async fn a_corrupt_rollout_does_not_stop_the_others_from_resuming() {
         .map(|r| r["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, vec!["ctl"], "the broken rollout is not served");
+    // ...and readiness says so, naming it, so an orchestrator or a person notices.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let resp = client
+        .get(format!("{}/readyz", s.api).parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("rollout broken:"), "{body}");
+    assert!(!body.contains("rollout ctl"), "{body}");
     kill9(s);
     let _ = std::fs::remove_dir_all(&dir);
 }
