@@ -380,7 +380,10 @@ impl Rollouts for Registry {
                 .settled(name)
                 .await
                 .ok_or_else(|| ControlError::NotFound(name.to_string())),
-            Ok(Err(rejection)) => Err(ControlError::Conflict(rejection.reason)),
+            Ok(Err(serve::CommandError::Rejected(rejection))) => {
+                Err(ControlError::Conflict(rejection.reason))
+            }
+            Ok(Err(serve::CommandError::Unavailable(e))) => Err(ControlError::Unavailable(e)),
             Err(_) => Err(ControlError::Unavailable(
                 "the rollout's controller has stopped".into(),
             )),

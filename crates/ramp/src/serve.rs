@@ -77,12 +77,21 @@ pub enum Control {
     /// Cumulative per-variant numbers since the rollout started (stable, canary).
     Totals(oneshot::Sender<(VariantStats, VariantStats)>),
     /// An operator command; the reply says whether it was applied.
-    Command(Command, oneshot::Sender<Result<(), Rejection>>),
+    Command(Command, oneshot::Sender<Result<(), CommandError>>),
     /// From now on, add every canary window to the blast-radius tally (used by `ramp demo`,
     /// which knows when it made the canary worse).
     MarkHarm,
     /// Stop serving (drains the proxy).
     Stop,
+}
+
+/// Why a command was not applied.
+#[derive(Debug)]
+pub enum CommandError {
+    /// The state machine refused it (e.g. promote while paused).
+    Rejected(Rejection),
+    /// It could not be journaled, so it was not carried out; retry.
+    Unavailable(String),
 }
 
 /// One variant's numbers for displays.
@@ -247,6 +256,7 @@ pub async fn start(
     .await?;
     let proxy_addr = proxy.local_addr;
     let mut events = Vec::new();
+    let mut journal = Journal::default();
     apply(&proxy, effects, origin, &mut log, &mut events);
     let (control, mut rx) = mpsc::channel::<Control>(1024);
     let (snap_tx, snapshot) = watch::channel(snapshot_of(
@@ -278,7 +288,7 @@ pub async fn start(
             let mut stop = false;
             tokio::select! {
                 _ = ticker.tick() => {
-                    let window = proxy.recorder.take_window();
+                    let mut window = proxy.recorder.take_window();
                     let secs = interval.as_secs_f64();
                     rates.0 += alpha * (window.stable.requests as f64 / secs - rates.0);
                     rates.1 += alpha * (window.canary.requests as f64 / secs - rates.1);
@@ -287,13 +297,22 @@ pub async fn start(
                     {
                         b.merge(&window.canary);
                     }
+                    // A window whose step could not be journaled is fed again with this one.
+                    if let Some(mut earlier) = journal.carry.take() {
+                        earlier.stable.merge(&window.stable);
+                        earlier.canary.merge(&window.canary);
+                        window = earlier;
+                    }
                     let now = clock.now();
                     // The window is journaled with the step it caused, in one transaction.
                     let recorded = store.is_some().then(|| window.clone());
+                    let prev = store.is_some().then(|| state.clone());
                     let (s, fx) = step(&plan, state, Input::Window(window), now);
+                    let (s, outcome) = journal.commit(store.as_deref(), &name, recorded, prev, s, &fx, &mut log, origin);
                     state = s;
-                    let _ = persist(store.as_deref(), &name, recorded.as_ref(), &fx, &state, &mut log, origin);
-                    apply(&proxy, fx, origin, &mut log, &mut events);
+                    if !matches!(outcome, Commit::Reverted(_)) {
+                        apply(&proxy, fx, origin, &mut log, &mut events);
+                    }
                 }
                 msg = rx.recv() => {
                     let now = clock.now();
@@ -303,34 +322,58 @@ pub async fn start(
                                 Some(key) => Input::SignalOnce { key, signal },
                                 None => Input::Signal(signal),
                             };
+                            let prev = store.is_some().then(|| state.clone());
                             let (s, fx) = step(&plan, state, input, now);
-                            state = s;
                             let duplicate = fx.iter().any(|e| matches!(
                                 e,
                                 Effect::Journal(ev) if matches!(ev.kind, EventKind::SignalRepeated { .. })
                             ));
-                            let seq = persist(store.as_deref(), &name, None, &fx, &state, &mut log, origin);
-                            apply(&proxy, fx, origin, &mut log, &mut events);
+                            let (s, outcome) = journal.commit(store.as_deref(), &name, None, prev, s, &fx, &mut log, origin);
+                            state = s;
+                            let answer = match outcome {
+                                Commit::Durable(seq) => {
+                                    apply(&proxy, fx, origin, &mut log, &mut events);
+                                    Ok(Recorded {
+                                        seq: seq.unwrap_or(events.len() as u64),
+                                        duplicate,
+                                    })
+                                }
+                                Commit::ActedUnsaved(e) => {
+                                    apply(&proxy, fx, origin, &mut log, &mut events);
+                                    Err(e)
+                                }
+                                Commit::Reverted(e) => Err(e),
+                            };
                             if let Some(reply) = reply {
-                                let _ = reply.send(seq.map(|s| Recorded {
-                                    seq: s.unwrap_or(events.len() as u64),
-                                    duplicate,
-                                }));
+                                let _ = reply.send(answer);
                             }
                         }
                         Some(Control::Totals(reply)) => {
                             let _ = reply.send((state.totals.stable.clone(), state.totals.canary.clone()));
                         }
                         Some(Control::Command(cmd, reply)) => {
+                            let prev = store.is_some().then(|| state.clone());
                             let (s, fx) = step(&plan, state, Input::Command(cmd), now);
-                            state = s;
                             let rejected = fx.iter().find_map(|e| match e {
                                 Effect::Rejected(r) => Some(r.clone()),
                                 _ => None,
                             });
-                            let _ = persist(store.as_deref(), &name, None, &fx, &state, &mut log, origin);
-                            apply(&proxy, fx, origin, &mut log, &mut events);
-                            let _ = reply.send(rejected.map_or(Ok(()), Err));
+                            let (s, outcome) = journal.commit(store.as_deref(), &name, None, prev, s, &fx, &mut log, origin);
+                            state = s;
+                            let answer = match (outcome, rejected) {
+                                (Commit::Reverted(e), _) => Err(CommandError::Unavailable(e)),
+                                (_, Some(r)) => {
+                                    apply(&proxy, fx, origin, &mut log, &mut events);
+                                    Err(CommandError::Rejected(r))
+                                }
+                                // A rollback carried out although its journal write failed: it
+                                // took effect, so it is not an error for the operator.
+                                (Commit::Durable(_) | Commit::ActedUnsaved(_), None) => {
+                                    apply(&proxy, fx, origin, &mut log, &mut events);
+                                    Ok(())
+                                }
+                            };
+                            let _ = reply.send(answer);
                         }
                         Some(Control::MarkHarm) => {
                             if blast.is_none() {
@@ -422,34 +465,103 @@ fn journal_of(effects: &[Effect]) -> Vec<Event> {
         .collect()
 }
 
-/// Writes a step's journal entries and the new state, durably, before its effects are carried
-/// out. Returns the journal position of the last entry (`Ok(None)` without a store). A failed
-/// write is logged and reported; the effects are still carried out (a rollback must not wait
-/// for a disk), and the next successful append writes the full state again.
-fn persist(
-    store: Option<&dyn Store>,
-    name: &str,
-    window: Option<&ramp_core::evidence::MetricWindow>,
-    effects: &[Effect],
-    state: &State,
-    log: &mut impl FnMut(&LogEntry, Millis),
-    origin: Millis,
-) -> Result<Option<u64>, String> {
-    let Some(store) = store else {
-        return Ok(None);
-    };
-    let events = journal_of(effects);
-    let result = tokio::task::block_in_place(|| match window {
-        Some(w) => store.append_window(name, w, &events, state),
-        None => store.append(name, &events, state),
-    });
-    match result {
-        Ok(seq) => Ok(Some(seq)),
-        Err(e) => {
-            let msg = format!("journal write failed: {e}");
-            log(&LogEntry::StoreError(msg.clone()), origin);
-            Err(msg)
+/// How a step's journal write went, and so what the controller does with the step.
+enum Commit {
+    /// Journaled durably (with its position; `None` without a store): carry out its effects.
+    Durable(Option<u64>),
+    /// Not journaled, but it lowers the traffic share (a rollback): carried out anyway, since a
+    /// rollback must not wait for a disk; its entries are written with the next successful
+    /// append.
+    ActedUnsaved(String),
+    /// Not journaled, and not a rollback: undone, as if the input had not arrived (a signal or
+    /// command is answered with the error and may be retried; a window is fed again with the
+    /// next one, so no evidence is lost and nothing is promoted without a durable record).
+    Reverted(String),
+}
+
+/// The controller's side of the journal: what is still to be written after a failed append.
+#[derive(Default)]
+struct Journal {
+    /// Entries of steps carried out without a durable record, oldest first.
+    unsaved: Vec<Event>,
+    /// Windows of such steps, merged, to be recorded with the next append.
+    unsaved_window: Option<ramp_core::evidence::MetricWindow>,
+    /// A window whose step was undone, to be fed again with the next one.
+    carry: Option<ramp_core::evidence::MetricWindow>,
+}
+
+impl Journal {
+    /// Writes a step's journal entries (after any left unsaved) and the new state in one
+    /// durable transaction, before its effects are carried out, and decides what happens when
+    /// that fails (see [`Commit`]). `prev` is the state before the step (needed only with a
+    /// store). Returns the state to keep.
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &mut self,
+        store: Option<&dyn Store>,
+        name: &str,
+        window: Option<ramp_core::evidence::MetricWindow>,
+        prev: Option<State>,
+        next: State,
+        effects: &[Effect],
+        log: &mut impl FnMut(&LogEntry, Millis),
+        origin: Millis,
+    ) -> (State, Commit) {
+        let Some(store) = store else {
+            return (next, Commit::Durable(None));
+        };
+        let mut entries = self.unsaved.clone();
+        entries.extend(journal_of(effects));
+        let record = merge_windows(self.unsaved_window.clone(), window.clone());
+        let result = tokio::task::block_in_place(|| match &record {
+            Some(w) => store.append_window(name, w, &entries, &next),
+            None => store.append(name, &entries, &next),
+        });
+        match result {
+            Ok(seq) => {
+                self.unsaved.clear();
+                self.unsaved_window = None;
+                (next, Commit::Durable(Some(seq)))
+            }
+            Err(e) => {
+                let before = prev.as_ref().map_or(next.share, |p| p.share);
+                let lowers = effects
+                    .iter()
+                    .any(|e| matches!(e, Effect::SetShare { share } if *share < before));
+                match prev {
+                    Some(prev) if !lowers => {
+                        let msg = format!("journal write failed, not carried out (retry): {e}");
+                        log(&LogEntry::StoreError(msg.clone()), origin);
+                        self.carry = merge_windows(self.carry.take(), window);
+                        (prev, Commit::Reverted(msg))
+                    }
+                    _ => {
+                        let msg = format!(
+                            "journal write failed; the rollback was carried out anyway and will be journaled with the next write: {e}"
+                        );
+                        log(&LogEntry::StoreError(msg.clone()), origin);
+                        self.unsaved = entries;
+                        self.unsaved_window = record;
+                        (next, Commit::ActedUnsaved(msg))
+                    }
+                }
+            }
         }
+    }
+}
+
+/// Two optional windows as one.
+fn merge_windows(
+    a: Option<ramp_core::evidence::MetricWindow>,
+    b: Option<ramp_core::evidence::MetricWindow>,
+) -> Option<ramp_core::evidence::MetricWindow> {
+    match (a, b) {
+        (Some(mut a), Some(b)) => {
+            a.stable.merge(&b.stable);
+            a.canary.merge(&b.canary);
+            Some(a)
+        }
+        (a, b) => a.or(b),
     }
 }
 
