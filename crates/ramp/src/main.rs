@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use ramp::{out, outln};
 use ramp::{plancheck, render, scenario, simulate};
 use ramp_core::plan::parse_plan;
 use std::path::{Path, PathBuf};
@@ -223,14 +224,14 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), Invalid>> {
                 Err(e) => return Ok(Err(e)),
             };
             let (text, warnings) = plancheck::render(&p, rps);
-            print!("{text}");
+            out!("{text}");
             if !warnings.is_empty() {
-                println!();
+                outln!();
                 for w in &warnings {
-                    println!("warning: {w}");
+                    outln!("warning: {w}");
                 }
             }
-            println!("\n{}: ok", plan.display());
+            outln!("\n{}: ok", plan.display());
             Ok(Ok(()))
         }
         Command::Simulate {
@@ -257,7 +258,7 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), Invalid>> {
             let wall = started.elapsed();
             if json {
                 let doc = render::json(&p, &result);
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&doc).context("encoding JSON")?
                 );
@@ -266,8 +267,8 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), Invalid>> {
                     .file_stem()
                     .map(|s| s.to_string_lossy().to_string())
                     .unwrap_or_default();
-                print!("{}", render::timeline(&p, &result, &name));
-                println!(
+                out!("{}", render::timeline(&p, &result, &name));
+                outln!(
                     "simulated {} of virtual time ({} requests) in {:.0} ms",
                     ramp_core::time::Human(result.ended_at),
                     ramp_core::evidence::gate::count(result.requests),
@@ -301,12 +302,12 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), Invalid>> {
                 };
                 if watch {
                     // Clear the screen and redraw in place.
-                    print!("\x1b[H\x1b[2J{text}");
+                    out!("\x1b[H\x1b[2J{text}");
                     use std::io::Write;
                     let _ = std::io::stdout().flush();
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 } else {
-                    print!("{text}");
+                    out!("{text}");
                     return Ok(());
                 }
             }
@@ -341,11 +342,9 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), Invalid>> {
             let v = c.signal(&name, body).await?;
             let seq = v.get("seq").cloned().unwrap_or_default();
             if v.get("duplicate").and_then(serde_json::Value::as_bool) == Some(true) {
-                println!(
-                    "already counted under this id; the repeat is journaled at position {seq}"
-                );
+                outln!("already counted under this id; the repeat is journaled at position {seq}");
             } else {
-                println!("signal journaled at position {seq}");
+                outln!("signal journaled at position {seq}");
             }
             Ok(())
         }),
@@ -358,7 +357,7 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), Invalid>> {
         } => client_cmd(&server, |c| async move {
             let v = c.events(&name, after, limit).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 return Ok(());
             }
             for e in v
@@ -372,17 +371,17 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), Invalid>> {
                     Ok(ev) => {
                         for (i, line) in ramp::render::event_lines(&ev, 0).into_iter().enumerate() {
                             if i == 0 {
-                                println!("{seq:>6}  {}  {line}", ramp::render::utc(ev.at));
+                                outln!("{seq:>6}  {}  {line}", ramp::render::utc(ev.at));
                             } else {
-                                println!("{:>6}  {line}", "");
+                                outln!("{:>6}  {line}", "");
                             }
                         }
                     }
-                    Err(_) => println!("{seq:>6}  {e}"),
+                    Err(_) => outln!("{seq:>6}  {e}"),
                 }
             }
             if let Some(next) = v.get("next").and_then(|n| n.as_u64()) {
-                println!("(more: --after {next})");
+                outln!("(more: --after {next})");
             }
             Ok(())
         }),
@@ -405,7 +404,7 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), Invalid>> {
             }
             let path = tokens_path(&db, tokens);
             let token = add_token(&path, &name, role)?;
-            println!("{token}");
+            outln!("{token}");
             eprintln!(
                 "token {name} ({}) added to {}; it is shown only now",
                 role.name(),
@@ -457,14 +456,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// `println!` that never panics (a server's stdout may be a closed pipe).
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
 fn print_entry(entry: &ramp::serve::LogEntry, origin: ramp_core::time::Millis) {
     use ramp::serve::LogEntry;
     let name = |v: serde_json::Result<serde_json::Value>| {
@@ -477,18 +468,18 @@ fn print_entry(entry: &ramp::serve::LogEntry, origin: ramp_core::time::Millis) {
             let at = ramp::render::clock(e.at.saturating_sub(origin));
             for (i, l) in ramp::render::event_lines(e, origin).into_iter().enumerate() {
                 if i == 0 {
-                    out!("{at}  {l}");
+                    outln!("{at}  {l}");
                 } else {
-                    out!("               {l}");
+                    outln!("               {l}");
                 }
             }
         }
-        LogEntry::Notify(n) => out!(
+        LogEntry::Notify(n) => outln!(
             "           notify ({}): {}",
             name(serde_json::to_value(n.kind)),
             n.headline
         ),
-        LogEntry::Report(r) => out!("           report: {}", name(serde_json::to_value(r))),
+        LogEntry::Report(r) => outln!("           report: {}", name(serde_json::to_value(r))),
         LogEntry::StoreError(e) => {
             use std::io::Write as _;
             let _ = writeln!(std::io::stderr(), "ramp serve: {e}");
@@ -652,11 +643,11 @@ fn serve_cmd(a: ServeArgs) -> anyhow::Result<Result<(), Invalid>> {
     };
     if tokens.is_empty() {
         let token = add_token(&tokens_file, "admin", ramp::api::Role::Admin)?;
-        println!(
+        outln!(
             "ramp serve: no API tokens were configured; created an admin token (shown once, keep it):"
         );
-        println!("  {token}");
-        println!(
+        outln!("  {token}");
+        outln!(
             "  (its hash is in {}; add more with `ramp token add NAME ROLE`)",
             tokens_file.display()
         );
@@ -692,7 +683,7 @@ fn serve_cmd(a: ServeArgs) -> anyhow::Result<Result<(), Invalid>> {
         for r in &resumed {
             match &r.outcome {
                 Ok(at) => {
-                    println!("ramp serve: resumed rollout {} from {}", r.name, a.db.display());
+                    outln!("ramp serve: resumed rollout {} from {}", r.name, a.db.display());
                     if let Some(before) = at.moved_from {
                         eprintln!(
                             "ramp serve: warning: rollout {} served on {before} before, which is taken now; it serves on {} instead",
@@ -730,7 +721,7 @@ fn serve_cmd(a: ServeArgs) -> anyhow::Result<Result<(), Invalid>> {
         }
         use ramp::control::Rollouts;
         for r in registry.list() {
-            println!(
+            outln!(
                 "ramp serve: rollout {} proxy listening on http://{} (time scale ×{time_scale})",
                 r.name, r.listen
             );
@@ -738,7 +729,7 @@ fn serve_cmd(a: ServeArgs) -> anyhow::Result<Result<(), Invalid>> {
         let listener = tokio::net::TcpListener::bind(a.api)
             .await
             .with_context(|| format!("binding the API on {}", a.api))?;
-        println!("ramp serve: API on http://{}", listener.local_addr()?);
+        outln!("ramp serve: API on http://{}", listener.local_addr()?);
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let api = tokio::spawn(ramp::api::serve(
             listener,
@@ -775,7 +766,7 @@ fn serve_cmd(a: ServeArgs) -> anyhow::Result<Result<(), Invalid>> {
         registry.shutdown().await;
         let _ = api.await;
         for r in registry.list() {
-            println!("ramp serve: stopped; rollout {} is {}", r.name, r.snapshot.status);
+            outln!("ramp serve: stopped; rollout {} is {}", r.name, r.snapshot.status);
         }
         Ok(Ok(()))
     })
@@ -885,7 +876,7 @@ fn action_cmd(action: &'static str, a: ActionArgs) -> anyhow::Result<Result<(), 
         let s = c
             .action(&a.name, action, a.reason.as_deref(), a.force)
             .await?;
-        print!("{}", ramp::client::render_status(&s));
+        out!("{}", ramp::client::render_status(&s));
         Ok(())
     })
 }

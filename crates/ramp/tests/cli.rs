@@ -258,3 +258,31 @@ fn bad_input_exits_2_without_a_panic() {
     assert_eq!(o.status.code(), Some(2), "usage errors exit 2");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Regression: `ramp simulate ... | head` used to panic ("failed printing to stdout: Broken
+/// pipe") when the reader went away; a closed stdout now just drops the rest of the output.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ramp"))
+        .args([
+            "simulate",
+            PLAN,
+            "--scenario",
+            "examples/scenarios/healthy.toml",
+            "--json",
+        ])
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The pipe's read end is closed now (dropped above).
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}

@@ -135,7 +135,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         },
     )
     .await?;
-    println!(
+    crate::outln!(
         "ramp demo: plan {} ({} phases, {} planned) compressed ×{:.0} into ~{:.0}s of real time",
         plan.name,
         plan.phases.len(),
@@ -143,19 +143,23 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         time_scale,
         opts.seconds
     );
-    println!(
+    crate::outln!(
         "  proxy http://{}  stable http://{}  canary http://{}  load {} req/s from {} users",
-        server.proxy_addr, stable.addr, canary.addr, opts.rps, opts.users
+        server.proxy_addr,
+        stable.addr,
+        canary.addr,
+        opts.rps,
+        opts.users
     );
     match opts.canary {
-        CanaryBehaviour::Healthy => println!("  the canary stays healthy\n"),
-        CanaryBehaviour::FailsAt { at, error_rate } => println!(
+        CanaryBehaviour::Healthy => crate::outln!("  the canary stays healthy\n"),
+        CanaryBehaviour::FailsAt { at, error_rate } => crate::outln!(
             "  the canary starts failing {} of requests at {} of the plan ({})\n",
             pct(error_rate),
             pct(at),
             Human((planned as f64 * at) as Millis)
         ),
-        CanaryBehaviour::SlowsAt { at, p95_ms } => println!(
+        CanaryBehaviour::SlowsAt { at, p95_ms } => crate::outln!(
             "  the canary's p95 goes to {p95_ms}ms at {} of the plan ({})\n",
             pct(at),
             Human((planned as f64 * at) as Millis)
@@ -276,7 +280,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     if !opts.live {
         let all = lines.lock().unwrap_or_else(|p| p.into_inner());
         for l in &all[printed..] {
-            println!("{l}");
+            crate::outln!("{l}");
         }
     }
     let outcome = match result.state.status {
@@ -284,10 +288,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         Status::RolledBack => "rolled_back",
         _ => "held",
     };
-    println!();
+    crate::outln!();
     let phase = &plan.phases[result.state.phase];
     let ended = result.state.ended_at.unwrap_or(result.state.now);
-    println!(
+    crate::outln!(
         "outcome: {} in phase {} after {} of plan time ({:.1}s real); {} requests sent through the proxy",
         outcome.replace('_', " "),
         phase.name,
@@ -296,10 +300,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         count(sent)
     );
     if let Some(r) = &result.state.reason {
-        println!("reason: {r}");
+        crate::outln!("reason: {r}");
     }
     match (&result.blast, result.harm_at) {
-        (Some(b), Some(h)) => println!(
+        (Some(b), Some(h)) => crate::outln!(
             "blast radius (from the canary's degradation at {} to {}): {} canary requests, {} failed, ≈{} distinct users",
             render::clock(h.saturating_sub(result.origin)).trim(),
             if outcome == "rolled_back" {
@@ -311,7 +315,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             count(b.errors),
             count(b.users.estimate())
         ),
-        _ => println!("blast radius: none (the canary was never made worse)"),
+        _ => crate::outln!("blast radius: none (the canary was never made worse)"),
     }
     Ok(DemoOutcome { outcome, result })
 }
