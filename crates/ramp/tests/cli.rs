@@ -286,3 +286,52 @@ fn a_closed_stdout_is_not_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
+
+/// `p95_latency not worse than stable` end to end in `ramp simulate`: a canary a third slower
+/// than stable (but still inside the 200 ms baseline) fails its gate and is rolled back; one
+/// as fast as stable passes.
+#[test]
+fn latency_not_worse_than_stable_decides_in_simulate() {
+    let dir = fresh_dir("ramp-latvs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let seed = std::fs::read_to_string(root().join(PLAN)).unwrap();
+    let plan = seed.replacen(
+        "\"p95_latency <= baseline\",         # Response times within baseline",
+        "\"p95_latency <= baseline\",\n  \"p95_latency not worse than stable\",",
+        1,
+    );
+    assert_ne!(
+        plan, seed,
+        "the seed plan's canary criteria changed: update this test"
+    );
+    let plan_path = dir.join("plan.toml");
+    std::fs::write(&plan_path, plan).unwrap();
+    let scenario = |canary_p95: u32| {
+        format!(
+            "seed = 3\nrequests_per_second = 200\nusers = 20000\n[stable]\nerror_rate = 0.0005\nlatency_ms = {{ p50 = 40, p95 = 120 }}\n[canary]\nerror_rate = 0.0005\nlatency_ms = {{ p50 = 40, p95 = {canary_p95} }}\n[feedback]\nper_hour = 12\npositive = 0.97\n"
+        )
+    };
+    let run = |name: &str, canary_p95: u32| {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, scenario(canary_p95)).unwrap();
+        let o = ramp(&[
+            "simulate",
+            plan_path.to_str().unwrap(),
+            "--scenario",
+            path.to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    let slow = run("slow", 160);
+    assert_eq!(slow["outcome"], "rolled_back", "{}", slow["reason"]);
+    let reason = slow["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("p95_latency not worse than stable"),
+        "{reason}"
+    );
+    let same = run("same", 120);
+    assert_eq!(same["outcome"], "completed", "{}", same["reason"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
