@@ -2,8 +2,8 @@
 # Throughput and tail latency: direct to a trivial upstream, through nginx (reverse proxy with
 # keep-alive upstreams) and through ramp, at the same concurrency, in one run.
 #
-#   bash bench/proxy.sh            # 10 s per target, 50 connections
-#   DURATION=5s CONNS=100 bash bench/proxy.sh
+#   bash bench/proxy.sh            # 3 rounds of 10 s per target, 50 connections
+#   DURATION=5s CONNS=100 ROUNDS=5 bash bench/proxy.sh
 #
 # Installs wrk and nginx from Debian packages when missing. Everything listens on 127.0.0.1 and
 # stops by itself at the end. Every request carries a random x-user-id, so ramp really buckets
@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10s}"
 CONNS="${CONNS:-50}"
 THREADS="${THREADS:-1}"
+ROUNDS="${ROUNDS:-3}"
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need wrk || ! need nginx; then
@@ -105,23 +106,33 @@ for port in $UP1 $NGX $RMP; do
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
 
-run() { # name port
+run() { # name port round -> prints one line, appends "rps p99ms" to $work/<name>.all
   wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$work/users.lua" "http://127.0.0.1:$2/" > "$work/$1.txt" 2>&1
   local rps p99
   rps=$(awk '/^Requests\/sec/ {print $2}' "$work/$1.txt")
   p99=$(awk '$1=="99%" {print $2}' "$work/$1.txt")
-  printf '%-8s %12s req/s   p99 %s\n' "$1" "$rps" "$p99"
-  eval "RPS_$1=$rps; P99_$1=$p99"
+  printf '  round %s  %-8s %12s req/s   p99 %s\n' "$3" "$1" "$rps" "$p99"
+  echo "$rps $(to_ms "$p99")" >> "$work/$1.all"
 }
 to_ms() { # 1.23ms | 850.00us | 1.2s -> ms
   awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/,"",v); print v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v); print v } else if (v ~ /s$/) { sub(/s$/,"",v); print v*1000 } else print v }'
 }
+median() { # column file
+  sort -g -k"$1" "$2" | awk -v c="$1" '{ v[NR] = $c } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
 
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); wrk -t$THREADS -c$CONNS -d$DURATION"
-run direct "$UP1"
-run nginx "$NGX"
-run ramp "$RMP"
-ratio_rps=$(awk -v a="$RPS_ramp" -v b="$RPS_nginx" 'BEGIN { printf "%.2f", a/b }')
-ratio_p99=$(awk -v a="$(to_ms "$P99_ramp")" -v b="$(to_ms "$P99_nginx")" 'BEGIN { printf "%.2f", a/b }')
-echo "ramp/nginx: throughput ×$ratio_rps, p99 ×$ratio_p99 (target: throughput >= 1.00, p99 <= 1.00)"
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS interleaved rounds"
+# Rounds interleave the three targets so that drift in the machine's speed (other tenants,
+# thermal state) hits all of them alike; the medians are compared.
+for round in $(seq "$ROUNDS"); do
+  run direct "$UP1" "$round"
+  run nginx "$NGX" "$round"
+  run ramp "$RMP" "$round"
+done
+for name in direct nginx ramp; do
+  printf '%-8s median %12s req/s   p99 %s ms\n' "$name" "$(median 1 "$work/$name.all")" "$(median 2 "$work/$name.all")"
+done
+ratio_rps=$(awk -v a="$(median 1 "$work/ramp.all")" -v b="$(median 1 "$work/nginx.all")" 'BEGIN { printf "%.2f", a/b }')
+ratio_p99=$(awk -v a="$(median 2 "$work/ramp.all")" -v b="$(median 2 "$work/nginx.all")" 'BEGIN { printf "%.2f", a/b }')
+echo "ramp/nginx (medians): throughput ×$ratio_rps, p99 ×$ratio_p99 (target: throughput >= 1.00, p99 <= 1.00)"
 if grep -qi "error" "$work/ramp.log"; then echo "ramp log:"; tail -5 "$work/ramp.log"; fi
