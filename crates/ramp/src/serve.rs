@@ -404,6 +404,31 @@ pub async fn start(
                 break;
             }
         }
+        // Nothing carried out may stay unjournaled: a window still waiting to be fed is fed,
+        // and entries of a rollback made while the store failed are written now, with a few
+        // retries. (A restart from a journal without them would route by the old share.)
+        if let Some(window) = journal.carry.take() {
+            let recorded = store.is_some().then(|| window.clone());
+            let prev = store.is_some().then(|| state.clone());
+            let (s, fx) = step(&plan, state, Input::Window(window), clock.now());
+            let (s, outcome) = journal.commit(
+                store.as_deref(),
+                &name,
+                recorded,
+                prev,
+                s,
+                &fx,
+                &mut log,
+                origin,
+            );
+            state = s;
+            if !matches!(outcome, Commit::Reverted(_)) {
+                apply(&proxy, fx, origin, &mut log, &mut events);
+            }
+        }
+        journal
+            .flush(store.as_deref(), &name, &state, &mut log, origin)
+            .await;
         proxy.shutdown().await;
         ServeResult {
             state,
@@ -544,6 +569,53 @@ impl Journal {
                         self.unsaved_window = record;
                         (next, Commit::ActedUnsaved(msg))
                     }
+                }
+            }
+        }
+    }
+}
+
+impl Journal {
+    /// Writes entries left unsaved by failed appends, retrying for a few seconds; logs loudly
+    /// if they still cannot be written.
+    async fn flush(
+        &mut self,
+        store: Option<&dyn Store>,
+        name: &str,
+        state: &State,
+        log: &mut impl FnMut(&LogEntry, Millis),
+        origin: Millis,
+    ) {
+        let Some(store) = store else { return };
+        if self.unsaved.is_empty() && self.unsaved_window.is_none() {
+            return;
+        }
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=6 {
+            let result = tokio::task::block_in_place(|| match &self.unsaved_window {
+                Some(w) => store.append_window(name, w, &self.unsaved, state),
+                None => store.append(name, &self.unsaved, state),
+            });
+            match result {
+                Ok(_) => {
+                    self.unsaved.clear();
+                    self.unsaved_window = None;
+                    return;
+                }
+                Err(e) if attempt == 6 => {
+                    log(
+                        &LogEntry::StoreError(format!(
+                            "LOST: {} journal entries (the latest state: {}, share {}) could not be written before stopping: {e}. The journal still holds the state before them; check the rollout before restarting.",
+                            self.unsaved.len(),
+                            state.status.name(),
+                            state.share
+                        )),
+                        origin,
+                    );
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
                 }
             }
         }

@@ -142,8 +142,8 @@ async fn until(server: &serve::Server, what: &str, f: impl Fn(&serve::Snapshot) 
     assert!(ok.is_ok(), "timed out waiting for: {what}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_journal_undoes_signals_keeps_evidence_and_still_rolls_back() {
+/// A server for the test plan over a [`FlakyStore`]; also returns the canary's hit counter.
+async fn start() -> (serve::Server, Arc<FlakyStore>, Arc<AtomicU64>) {
     let canary_hits = Arc::new(AtomicU64::new(0));
     let stable = upstream(
         Arc::new(AtomicBool::new(false)),
@@ -174,6 +174,12 @@ async fn a_failing_journal_undoes_signals_keeps_evidence_and_still_rolls_back() 
     )
     .await
     .unwrap();
+    (server, store, canary_hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_journal_undoes_signals_keeps_evidence_and_still_rolls_back() {
+    let (server, store, canary_hits) = start().await;
 
     // The disk fills up. Two PCI alerts arrive; neither can be journaled, so neither counts
     // (two would roll back) and each sender is told to retry.
@@ -265,4 +271,51 @@ async fn a_failing_journal_undoes_signals_keeps_evidence_and_still_rolls_back() 
     );
     let _ = server.control.send(Control::Stop).await;
     let _ = server.wait().await;
+}
+
+/// Regression (review): a rollback made while the store failed was kept only in memory until
+/// the next window's write; stopping before that (Ctrl-C, `--exit-on-end`) lost it, and a
+/// restart would have routed canary traffic again. Stopping now writes it, with retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_made_while_the_store_fails_is_written_before_stopping() {
+    let (server, store, _) = start().await;
+    store.broken.store(true, Ordering::SeqCst);
+    let r = signal(
+        &server.control,
+        Signal::SecurityAlert {
+            severity: Severity::Critical,
+            note: "token leak".into(),
+        },
+    )
+    .await;
+    assert!(r.is_err());
+    until(&server, "rolled back", |s| s.status == "rolled_back").await;
+    // Stop while the store still fails; it recovers moments later.
+    server.control.send(Control::Stop).await.unwrap();
+    let fixer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            store.broken.store(false, Ordering::SeqCst);
+        })
+    };
+    let result = tokio::time::timeout(Duration::from_secs(20), server.wait())
+        .await
+        .expect("stops");
+    fixer.await.unwrap();
+    assert_eq!(result.state.status.name(), "rolled_back");
+    let stored = store.load("flaky").unwrap();
+    assert_eq!(
+        stored.state.status.name(),
+        "rolled_back",
+        "the journal has the rollback"
+    );
+    assert_eq!(stored.state.share.bp(), 0);
+    assert!(
+        store
+            .events("flaky", 0, 1000)
+            .unwrap()
+            .iter()
+            .any(|(_, e)| matches!(e.kind, EventKind::RolledBack { .. }))
+    );
 }
