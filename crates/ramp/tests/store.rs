@@ -445,6 +445,23 @@ fn one_corrupt_rollout_does_not_hide_the_others() {
         other => panic!("{other:?}"),
     }
     assert_eq!(all[2].as_ref().unwrap().name, "c");
+
+    // A value SQLite cannot even hand back as text (found in review: bad UTF-8 used to fail
+    // load_all as a whole) fails only its own rollout too.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE snapshots SET state = CAST(X'FFFE7B7D' AS TEXT) WHERE rollout = 'c'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let all = store.load_all().unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0].as_ref().unwrap().name, "a");
+    match &all[2] {
+        Err(StoreError::Corrupt { rollout, .. }) => assert_eq!(rollout, "c"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -392,12 +392,30 @@ impl Store for SqliteStore {
         let mut conn = self.lock();
         // One read transaction: a consistent view even if another process writes meanwhile.
         let tx = conn.transaction()?;
-        let rows = tx
-            .prepare(&format!("{SELECT_ROLLOUT} ORDER BY r.name"))?
-            .query_map([], read_row)?
-            .collect::<Result<Vec<_>, _>>()?;
+        // Names as bytes, so that even a damaged name is listed; then each rollout on its own,
+        // so that a row that cannot be read (bad UTF-8, a wrong type) fails only that rollout.
+        let names: Vec<Vec<u8>> = tx
+            .prepare("SELECT CAST(name AS BLOB) FROM rollouts ORDER BY name")?
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(names.len());
+        {
+            let mut one =
+                tx.prepare(&format!("{SELECT_ROLLOUT} WHERE CAST(r.name AS BLOB) = ?1"))?;
+            for raw in names {
+                let name = String::from_utf8_lossy(&raw).into_owned();
+                let row = one
+                    .query_row([&raw], read_row)
+                    .map_err(|e| StoreError::Corrupt {
+                        rollout: name.clone(),
+                        seq: 0,
+                        reason: format!("the rollout's row cannot be read: {e}"),
+                    });
+                out.push(row.and_then(Row::parse));
+            }
+        }
         tx.commit()?;
-        Ok(rows.into_iter().map(Row::parse).collect())
+        Ok(out)
     }
 
     fn load(&self, name: &str) -> Result<StoredRollout, StoreError> {
