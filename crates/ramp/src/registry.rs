@@ -227,27 +227,33 @@ impl Registry {
         // Otherwise the server's default address if no other rollout has it yet, else a free
         // port on the same interface (shown in its status), so several such rollouts can run,
         // and resume, side by side.
-        let listen = match listen.or(plan.listen) {
-            Some(a) => a,
-            None => match remembered.filter(|&a| a.port() != 0 && bindable(a)) {
-                Some(a) => {
-                    if a == default {
-                        self.default_taken
-                            .store(true, std::sync::atomic::Ordering::SeqCst);
-                    }
-                    a
+        let take_default = || {
+            if self
+                .default_taken
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                SocketAddr::new(default.ip(), 0)
+            } else {
+                default
+            }
+        };
+        let remembered = remembered.filter(|r| r.port() != 0);
+        let listen = match (listen.or(plan.listen), remembered) {
+            (Some(a), _) if a.port() != 0 => a,
+            // An explicit port 0 means "any free port": a resumed rollout keeps the one it had.
+            (Some(a), Some(r)) if r.ip() == a.ip() && bindable(r) => r,
+            (Some(a), _) => a,
+            (None, Some(r)) if bindable(r) => {
+                if r == default {
+                    self.default_taken
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
                 }
-                None => {
-                    if self
-                        .default_taken
-                        .swap(true, std::sync::atomic::Ordering::SeqCst)
-                    {
-                        SocketAddr::new(default.ip(), 0)
-                    } else {
-                        default
-                    }
-                }
-            },
+                r
+            }
+            // Its old address is taken now: a free port beside it, never the default (which
+            // may be the very address that is taken).
+            (None, Some(r)) => SocketAddr::new(r.ip(), 0),
+            (None, None) => take_default(),
         };
         let log = self.log.clone();
         let log_name = name.clone();

@@ -558,3 +558,62 @@ async fn a_corrupt_rollout_does_not_stop_the_others_from_resuming() {
     kill9(s);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A resumed rollout serves where it served before, also when its plan asked for "any free
+/// port" (`listen = "127.0.0.1:0"`); when that address has been taken meanwhile it moves to a
+/// free port and still resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_rollouts_keep_their_port_or_move_when_it_is_taken() {
+    let dir = fresh_dir("ramp-ports");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let stable = upstream(Arc::new(AtomicBool::new(false))).await;
+    let canary = upstream(Arc::new(AtomicBool::new(false))).await;
+    let plan = plan_file(&dir, stable, canary);
+    let s = start(&dir, Some(&plan));
+    let token = s.token.clone().unwrap();
+    let body = format!(
+        "name = \"search\"\n[proxy]\nlisten = \"127.0.0.1:0\"\n[upstreams]\nstable = \"http://{stable}\"\ncanary = \"http://{canary}\"\n[[phase]]\nname = \"canary\"\ntraffic = \"10%\"\nduration = \"240h\"\n"
+    );
+    let (code, created) = api_post(&s.api, &token, "/v1/rollouts", "application/toml", body).await;
+    assert_eq!(code, 201, "{created}");
+    let search_before = created["listen"].as_str().unwrap().to_string();
+    let ctl_before = s.proxy;
+    kill9(s);
+
+    // Someone else takes ctl's old port while ramp is down.
+    let squatter = std::net::TcpListener::bind(ctl_before).unwrap();
+    let s = start(&dir, None);
+    let (code, out) = cli(&s, &token, &["status", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let all: Value = serde_json::from_str(&out).unwrap();
+    let listen = |name: &str| {
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .map(|r| {
+                (
+                    r["listen"].as_str().unwrap().to_string(),
+                    r["status"].clone(),
+                )
+            })
+            .unwrap_or_else(|| panic!("{name} not resumed: {all}"))
+    };
+    let (search_after, search_status) = listen("search");
+    assert_eq!(
+        search_after, search_before,
+        "an explicit :0 keeps the port it got"
+    );
+    assert_eq!(search_status, "running");
+    let (ctl_after, ctl_status) = listen("ctl");
+    assert_ne!(
+        ctl_after,
+        ctl_before.to_string(),
+        "moved off the taken port"
+    );
+    assert_eq!(ctl_status, "running");
+    drop(squatter);
+    kill9(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
