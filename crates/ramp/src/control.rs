@@ -116,11 +116,7 @@ pub trait Rollouts: Send + Sync + 'static {
         &self,
         plan_toml: &str,
     ) -> impl Future<Output = Result<RolloutStatus, ControlError>> + Send;
-    /// Cumulative numbers for `/metrics`.
+    /// Cumulative numbers for `/metrics`; rollouts that should run but do not (could not be
+    /// resumed, or their controller stopped) are listed with status `unavailable`.
     fn metrics(&self) -> Vec<RolloutMetrics>;
-    /// Rollouts that should be running but are not (could not be resumed, or their controller
-    /// stopped), each with the reason. Empty when everything runs; `/readyz` reports them.
-    fn unavailable(&self) -> Vec<(String, String)> {
-        Vec::new()
-    }
 }

@@ -428,18 +428,6 @@ impl Rollouts for Registry {
         self.start_new(plan_toml, "request body", None, now).await
     }
 
-    fn unavailable(&self) -> Vec<(String, String)> {
-        let mut out = self.failed.lock().map(|f| f.clone()).unwrap_or_default();
-        if let Ok(r) = self.rollouts.read() {
-            for (name, e) in r.iter() {
-                if e.control.is_closed() {
-                    out.push((name.clone(), "its controller has stopped".into()));
-                }
-            }
-        }
-        out
-    }
-
     fn metrics(&self) -> Vec<RolloutMetrics> {
         let entries: Vec<(String, mpsc::Sender<Control>, Snapshot)> = self
             .rollouts
@@ -451,12 +439,24 @@ impl Rollouts for Registry {
             })
             .unwrap_or_default();
         let mut out = Vec::new();
+        let unavailable = |name: String| RolloutMetrics {
+            name,
+            status: "unavailable".into(),
+            phase: 0,
+            share_bp: 0,
+            stable: ramp_core::evidence::VariantStats::default(),
+            canary: ramp_core::evidence::VariantStats::default(),
+        };
         for (name, control, snap) in entries {
             let (tx, rx) = oneshot::channel();
             if control.try_send(Control::Totals(tx)).is_err() {
+                if control.is_closed() {
+                    out.push(unavailable(name));
+                }
                 continue;
             }
             let Ok((stable, canary)) = tokio::task::block_in_place(|| rx.blocking_recv()) else {
+                out.push(unavailable(name));
                 continue;
             };
             out.push(RolloutMetrics {
@@ -468,6 +468,9 @@ impl Rollouts for Registry {
                 canary,
             });
         }
+        // Stored rollouts that could not be resumed: their proxy is not serving (share 0).
+        let failed = self.failed.lock().map(|f| f.clone()).unwrap_or_default();
+        out.extend(failed.into_iter().map(|(name, _)| unavailable(name)));
         out
     }
 }

@@ -543,18 +543,31 @@ async fn a_corrupt_rollout_does_not_stop_the_others_from_resuming() {
         .map(|r| r["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, vec!["ctl"], "the broken rollout is not served");
-    // ...and readiness says so, naming it, so an orchestrator or a person notices.
+    // The server stays ready (the healthy rollout's proxy must stay in rotation), and the
+    // metrics name the broken rollout as unavailable, for alerting.
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Empty<Bytes>>();
     let resp = client
         .get(format!("{}/readyz", s.api).parse().unwrap())
         .await
         .unwrap();
-    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.status(), 200);
+    let req = Request::get(format!("{}/metrics", s.api))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Empty::new())
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let body = String::from_utf8_lossy(&body);
-    assert!(body.contains("rollout broken:"), "{body}");
-    assert!(!body.contains("rollout ctl"), "{body}");
+    assert!(
+        body.contains(r#"ramp_rollout_status{rollout="broken",status="unavailable"} 1"#),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"ramp_rollout_status{rollout="ctl",status="running"} 1"#),
+        "{body}"
+    );
     kill9(s);
     let _ = std::fs::remove_dir_all(&dir);
 }
