@@ -16,7 +16,7 @@ use crate::plan::{Criterion, Metric, MetricKind, Op, Plan, StopAction, Test};
 use crate::time::{Human, Millis};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
-use xxhash_rust::xxh3::xxh3_64;
+use sha2::{Digest, Sha256};
 
 /// Where a rollout is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,11 +150,13 @@ pub struct State {
     pub reason: Option<String>,
     /// Finished phases.
     pub history: Vec<PhaseRecord>,
-    /// Hashes (xxh3-64) of the keys of signals counted through [`Input::SignalOnce`], oldest
-    /// first, at most [`REMEMBERED_SIGNAL_KEYS`]. Part of the journaled state, so a sender that
-    /// re-delivers after a restart is still recognised.
+    /// Digests (SHA-256, first 128 bits, in hex) of the keys of signals counted through
+    /// [`Input::SignalOnce`], oldest first, at most [`REMEMBERED_SIGNAL_KEYS`]. Part of the
+    /// journaled state, so a sender that re-delivers after a restart is still recognised. A
+    /// cryptographic digest, because keys come from outside: a crafted key must not be able to
+    /// collide with a future alert's and make it count as a repeat.
     #[serde(default)]
-    pub signal_keys: VecDeque<u64>,
+    pub signal_keys: VecDeque<String>,
 }
 
 /// How many signal keys a rollout remembers for [`Input::SignalOnce`]. Alertmanager re-sends
@@ -991,7 +993,8 @@ impl Machine<'_> {
     }
 
     fn signal_once(&mut self, key: String, sig: Signal) {
-        let hash = xxh3_64(key.as_bytes());
+        let digest = Sha256::digest(key.as_bytes());
+        let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
         if self.s.signal_keys.contains(&hash) {
             self.journal(EventKind::SignalRepeated { key });
             return;
