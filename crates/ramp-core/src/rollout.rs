@@ -15,8 +15,8 @@ use crate::evidence::{
 use crate::plan::{Criterion, Metric, MetricKind, Op, Plan, StopAction, Test};
 use crate::time::{Human, Millis};
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
 use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
 
 /// Where a rollout is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,13 +1,13 @@
 //! Masking of card-number-like digit runs (PANs) in logged URLs (PCI).
 //!
 //! A *digit run* is a maximal sequence of ASCII digits in which single separators (a space, a
-//! dash, or a `+`, which is a space in a query string) may stand between two digits, e.g.
-//! `4111111111111111`, `5500-0000-0000-0004` or `4111 1111 1111 1111`. A run with 13 to 19
-//! digits that passes the Luhn check is replaced, separators included, by one `*` per digit
-//! except the last four, followed by those four digits: `************1111`. Runs that are
-//! shorter or longer (a 12- or 20-digit order number) or fail the Luhn check are left alone.
-//! Percent-encoded separators (`%20`, `%2D`) end a run; the digits on either side are judged as
-//! runs of their own.
+//! dash, or a `+`, which is a space in a query string, each also percent-encoded: `%20`,
+//! `%2D`, `%2B`) may stand between two digits, e.g. `4111111111111111`,
+//! `5500-0000-0000-0004`, `4111 1111 1111 1111` or `4111%201111%201111%201111`. A run with 13
+//! to 19 digits that passes the Luhn check is replaced, separators included, by one `*` per
+//! digit except the last four, followed by those four digits: `************1111`. Runs that
+//! are shorter or longer (a 12- or 20-digit order number) or fail the Luhn check are left
+//! alone.
 
 use std::borrow::Cow;
 
@@ -16,9 +16,14 @@ const MIN_DIGITS: usize = 13;
 /// Longest card number masked.
 const MAX_DIGITS: usize = 19;
 
-/// Whether `b` may stand between two digits of one run.
-fn is_separator(b: u8) -> bool {
-    matches!(b, b' ' | b'-' | b'+')
+/// The length of the separator that `rest` starts with, if it starts with one that may stand
+/// between two digits of one run.
+fn separator_len(rest: &[u8]) -> Option<usize> {
+    match rest {
+        [b' ' | b'-' | b'+', ..] => Some(1),
+        [b'%', b'2', b'0' | b'd' | b'D' | b'b' | b'B', ..] => Some(3),
+        _ => None,
+    }
 }
 
 /// The Luhn check over ASCII digits (other bytes are skipped).
@@ -53,30 +58,28 @@ pub fn mask_pans(text: &str) -> Cow<'_, str> {
         // A run starts here (the previous byte is not a digit, nor a separator after a digit,
         // since that would have continued the previous run).
         let start = i;
-        let mut digits = 0usize;
+        // The run's digits only (an encoded separator such as `%20` holds digits of its own).
+        let mut run_digits: Vec<u8> = Vec::new();
         let mut end = i;
         let mut j = i;
         while j < bytes.len() {
             if bytes[j].is_ascii_digit() {
-                digits += 1;
+                run_digits.push(bytes[j]);
                 j += 1;
                 end = j;
-            } else if is_separator(bytes[j]) && bytes.get(j + 1).is_some_and(u8::is_ascii_digit) {
-                j += 1;
+            } else if let Some(len) = separator_len(&bytes[j..])
+                && bytes.get(j + len).is_some_and(u8::is_ascii_digit)
+            {
+                j += len;
             } else {
                 break;
             }
         }
-        let run = &bytes[start..end];
-        if (MIN_DIGITS..=MAX_DIGITS).contains(&digits) && luhn_valid(run.iter().copied()) {
+        let digits = run_digits.len();
+        if (MIN_DIGITS..=MAX_DIGITS).contains(&digits) && luhn_valid(run_digits.iter().copied()) {
             let out = out.get_or_insert_with(|| String::with_capacity(text.len()));
             out.push_str(&text[copied..start]);
-            let last4: Vec<u8> = run
-                .iter()
-                .copied()
-                .filter(u8::is_ascii_digit)
-                .skip(digits - 4)
-                .collect();
+            let last4: Vec<u8> = run_digits[digits - 4..].to_vec();
             out.extend(std::iter::repeat_n('*', digits - 4));
             out.extend(last4.iter().map(|&b| char::from(b)));
             copied = end;
@@ -130,6 +133,17 @@ mod tests {
             "/pay/************1111?card=************0004"
         );
         assert_eq!(mask_pans("4111 1111 1111 1111"), "************1111");
+        // Percent-encoded separators (found in review: these were logged readable).
+        assert_eq!(
+            mask_pans("/a/4111%201111%201111%201111"),
+            "/a/************1111"
+        );
+        assert_eq!(
+            mask_pans("/a/5500%2D0000%2d0000%2B0004/x"),
+            "/a/************0004/x"
+        );
+        // A separator's own digits do not count: 4111%2011 is six digits, not eight.
+        assert_eq!(mask_pans("/a/4111%2011"), "/a/4111%2011");
         assert_eq!(
             mask_pans("q=4111+1111+1111+1111&x=1"),
             "q=************1111&x=1"
@@ -157,7 +171,7 @@ mod tests {
             "/order/411111111111",          // 12 digits
             "/order/41111111111111111113",  // 20 digits, Luhn-valid or not
             "/a/4111--1111-1111-1111",      // double separator splits the run
-            "/a/4111%201111%201111%201111", // percent-encoded separators are not followed
+            "/a/4111%2F1111%2F1111%2F1111", // an encoded slash is not a separator
             "/users/42?page=3",
             "",
             "no digits at all",
