@@ -2281,3 +2281,31 @@ async fn the_connection_cap_holds_new_clients_until_a_slot_frees() {
     );
     server.shutdown().await;
 }
+
+/// A body that trickles in is cut off with 408 instead of holding a connection slot.
+#[tokio::test]
+async fn a_body_that_never_finishes_gets_408() {
+    let config = ApiConfig {
+        tokens: tokens(),
+        limits: ramp::api::ApiLimits {
+            body_read_timeout: Duration::from_millis(300),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let server = Server::with_config(Fake::new(&["demo"]), config).await;
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/rollouts/demo/signals HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {INGEST}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"kind\":"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+        .await
+        .expect("answered before the test's bound")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(server.fake.signals().is_empty());
+    server.shutdown().await;
+}

@@ -9,9 +9,11 @@
 //! uses integer operations only (`leading_zeros` and shifts). Values above [`MAX_VALUE`] (2^36 µs,
 //! about 19 hours) are recorded as `MAX_VALUE`.
 //!
-//! Gates never use this sketch: they use exact exceedance counters. It serves p50/p95/p99 for
-//! status, dashboard and reports, and reports each bucket by its upper edge so that a displayed
-//! quantile never understates latency.
+//! Gates against a fixed threshold (`p95_latency < 200ms`) use exact exceedance counters, not
+//! this sketch. `pNN_latency not worse than stable` uses its per-bucket counts, which are exact
+//! at bucket edges (see `gate::latency_not_worse`). It serves p50/p95/p99 for status, dashboard
+//! and reports, and reports each bucket by its upper edge so that a displayed quantile never
+//! understates latency.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

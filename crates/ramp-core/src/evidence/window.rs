@@ -23,7 +23,8 @@ pub struct VariantStats {
     /// Requests slower than each of the plan's latency thresholds
     /// ([`crate::plan::Plan::latency_thresholds_us`]), in the same order.
     pub slow: Vec<u64>,
-    /// Latency distribution, for display (gates use `slow`, which is exact).
+    /// Latency distribution: display quantiles, and exact counts at bucket edges for
+    /// `pNN_latency not worse than stable` (threshold gates use `slow`).
     pub latency: LatencyHistogram,
     /// Distinct users.
     pub users: UserSketch,

@@ -26,6 +26,7 @@ pub(crate) struct Inner<R> {
     tokens: Arc<Tokens>,
     open_metrics: bool,
     body_limit: usize,
+    body_timeout: std::time::Duration,
     registry: Registry,
     openapi: Bytes,
 }
@@ -49,6 +50,7 @@ pub(crate) fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> (Route
         tokens: tokens.clone(),
         open_metrics: config.open_metrics,
         body_limit: config.body_limit,
+        body_timeout: config.limits.body_read_timeout,
         registry: metrics::registry(source),
         openapi,
     });
@@ -186,7 +188,7 @@ pub(crate) async fn create_rollout<R: Rollouts>(
 ) -> Result<Response, Problem> {
     let (parts, body) = request.into_parts();
     s.authorize(&parts.headers, Access::Create)?;
-    let bytes = input::read_body(&parts.headers, body, s.body_limit).await?;
+    let bytes = input::read_body(&parts.headers, body, s.body_limit, s.body_timeout).await?;
     let plan = input::plan_text(&parts.headers, &bytes)?;
     let status = s.rollouts.create(&plan).await?;
     Ok(json_status(StatusCode::CREATED, &status))
@@ -261,7 +263,7 @@ async fn action<R: Rollouts>(
     let (parts, body) = request.into_parts();
     let by = s.authorize(&parts.headers, Access::Operate)?;
     let name = rollout_name(name)?;
-    let bytes = input::read_body(&parts.headers, body, s.body_limit).await?;
+    let bytes = input::read_body(&parts.headers, body, s.body_limit, s.body_timeout).await?;
     let value = input::json(&parts.headers, &bytes)?;
     let command = input::command(action, value, &by).map_err(Problem::fields)?;
     let status = s.rollouts.command(&name, command).await?;
@@ -427,7 +429,7 @@ pub(crate) async fn post_signal<R: Rollouts>(
     let (parts, body) = request.into_parts();
     s.authorize(&parts.headers, Access::Ingest)?;
     let name = rollout_name(name)?;
-    let bytes = input::read_body(&parts.headers, body, s.body_limit).await?;
+    let bytes = input::read_body(&parts.headers, body, s.body_limit, s.body_timeout).await?;
     let value = input::json(&parts.headers, &bytes)?;
     let (signal, id) = input::signal(value).map_err(Problem::fields)?;
     let recorded = s
@@ -469,7 +471,7 @@ pub(crate) async fn alertmanager<R: Rollouts>(
 ) -> Result<Response, Problem> {
     let (parts, body) = request.into_parts();
     s.authorize(&parts.headers, Access::Ingest)?;
-    let bytes = input::read_body(&parts.headers, body, s.body_limit).await?;
+    let bytes = input::read_body(&parts.headers, body, s.body_limit, s.body_timeout).await?;
     let value = input::json(&parts.headers, &bytes)?;
     let items = alertmanager::parse(value)?;
     let (result, unavailable) = alertmanager::deliver(&*s.rollouts, items).await;

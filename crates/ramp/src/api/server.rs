@@ -26,6 +26,8 @@ pub struct ApiLimits {
     /// A request head must arrive within this time, and an idle keep-alive connection is
     /// closed after it.
     pub header_read_timeout: Duration,
+    /// A request body must arrive within this time (else 408).
+    pub body_read_timeout: Duration,
     /// On shutdown, open requests get this long to finish.
     pub drain_timeout: Duration,
 }
@@ -35,6 +37,7 @@ impl Default for ApiLimits {
         ApiLimits {
             max_connections: 256,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(5),
         }
     }
