@@ -166,3 +166,49 @@ fn identical_variants_rarely_fail() {
         "{fails} of {trials} healthy canaries failed"
     );
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A sample of `n` latencies from a shifted exponential scaled by `slower`, from a seed.
+    fn sample(n: usize, slower: f64, seed: u64) -> Vec<u64> {
+        let mut state = seed | 1;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                latency_us(((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64, slower)
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Speeding the canary up never turns a pass into anything else, and slowing it down
+        /// never turns a fail into anything else.
+        #[test]
+        fn verdicts_are_monotone_in_canary_speed(
+            seed in any::<u64>(),
+            slower in 0.7f64..1.6,
+            ns in 200usize..6_000,
+            nc in 50usize..3_000,
+        ) {
+            let stable = sample(ns, 1.0, seed);
+            let canary = sample(nc, slower, seed.rotate_left(17));
+            let judge_at = |factor: f64| {
+                let scaled: Vec<u64> = canary.iter().map(|&us| (us as f64 * factor) as u64).collect();
+                verdict("p95_latency not worse than stable", &evidence(&stable, &scaled)).outcome
+            };
+            let here = judge_at(1.0);
+            if here == Outcome::Pass {
+                prop_assert_eq!(judge_at(0.9), Outcome::Pass);
+            }
+            if here == Outcome::Fail {
+                prop_assert_eq!(judge_at(1.1), Outcome::Fail);
+            }
+        }
+    }
+}
