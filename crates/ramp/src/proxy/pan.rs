@@ -7,7 +7,9 @@
 //! to 19 digits that passes the Luhn check is replaced, separators included, by one `*` per
 //! digit except the last four, followed by those four digits: `************1111`. Runs that
 //! are shorter or longer (a 12- or 20-digit order number) or fail the Luhn check are left
-//! alone.
+//! alone, except that a stretch of whole separator-delimited groups inside a run that
+//! qualifies on its own is masked (the card number in `4111111111111111 2024`). A percent
+//! escape is one unit: its hex digits never start or join a run.
 
 use std::borrow::Cow;
 
@@ -46,53 +48,84 @@ pub fn luhn_valid(digits: impl DoubleEndedIterator<Item = u8>) -> bool {
 /// nothing needs masking.
 pub fn mask_pans(text: &str) -> Cow<'_, str> {
     let bytes = text.as_bytes();
-    let mut out: Option<String> = None;
-    // Everything before `copied` is already in `out` (when `out` exists).
-    let mut copied = 0;
+    // Byte ranges to mask, in order, each with the last four digits it keeps.
+    let mut spans: Vec<(usize, usize, [u8; 4], usize)> = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
+        // A percent escape is one unit: its hex digits never start (or join) a run, so
+        // `q=visa%204111111111111111` is judged on the 16 digits after `%20`.
+        if bytes[i] == b'%'
+            && bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+            && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
+        {
+            i += 3;
+            continue;
+        }
         if !bytes[i].is_ascii_digit() {
             i += 1;
             continue;
         }
-        // A run starts here (the previous byte is not a digit, nor a separator after a digit,
-        // since that would have continued the previous run).
-        let start = i;
-        // The run's digits only (an encoded separator such as `%20` holds digits of its own).
-        let mut run_digits: Vec<u8> = Vec::new();
-        let mut end = i;
+        // The run's digit groups (byte range and digits), split at single separators.
+        let mut groups: Vec<(usize, usize, Vec<u8>)> = Vec::new();
+        let mut start = i;
+        let mut digits = Vec::new();
         let mut j = i;
-        while j < bytes.len() {
-            if bytes[j].is_ascii_digit() {
-                run_digits.push(bytes[j]);
+        loop {
+            if j < bytes.len() && bytes[j].is_ascii_digit() {
+                digits.push(bytes[j]);
                 j += 1;
-                end = j;
-            } else if let Some(len) = separator_len(&bytes[j..])
-                && bytes.get(j + len).is_some_and(u8::is_ascii_digit)
-            {
-                j += len;
-            } else {
-                break;
+                continue;
+            }
+            groups.push((start, j, std::mem::take(&mut digits)));
+            match separator_len(&bytes[j..]) {
+                Some(len) if bytes.get(j + len).is_some_and(u8::is_ascii_digit) => {
+                    j += len;
+                    start = j;
+                }
+                _ => break,
             }
         }
-        let digits = run_digits.len();
-        if (MIN_DIGITS..=MAX_DIGITS).contains(&digits) && luhn_valid(run_digits.iter().copied()) {
-            let out = out.get_or_insert_with(|| String::with_capacity(text.len()));
-            out.push_str(&text[copied..start]);
-            let last4: Vec<u8> = run_digits[digits - 4..].to_vec();
-            out.extend(std::iter::repeat_n('*', digits - 4));
-            out.extend(last4.iter().map(|&b| char::from(b)));
-            copied = end;
+        // The longest card-number-like stretch of whole groups from each group on: the whole
+        // run when it qualifies, otherwise e.g. the card number in `4111111111111111 2024`.
+        let mut g = 0;
+        while g < groups.len() {
+            let mut stretch: Vec<u8> = Vec::new();
+            let mut found = None;
+            for (h, group) in groups.iter().enumerate().skip(g) {
+                stretch.extend_from_slice(&group.2);
+                if stretch.len() > MAX_DIGITS {
+                    break;
+                }
+                if stretch.len() >= MIN_DIGITS && luhn_valid(stretch.iter().copied()) {
+                    found = Some((h, stretch.len()));
+                }
+            }
+            match found {
+                Some((h, n)) => {
+                    let all: Vec<u8> = groups[g..=h].iter().flat_map(|x| x.2.clone()).collect();
+                    let mut last4 = [0u8; 4];
+                    last4.copy_from_slice(&all[n - 4..]);
+                    spans.push((groups[g].0, groups[h].1, last4, n));
+                    g = h + 1;
+                }
+                None => g += 1,
+            }
         }
-        i = end;
+        i = j;
     }
-    match out {
-        None => Cow::Borrowed(text),
-        Some(mut out) => {
-            out.push_str(&text[copied..]);
-            Cow::Owned(out)
-        }
+    if spans.is_empty() {
+        return Cow::Borrowed(text);
     }
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (start, end, last4, n) in spans {
+        out.push_str(&text[copied..start]);
+        out.extend(std::iter::repeat_n('*', n - 4));
+        out.extend(last4.iter().map(|&b| char::from(b)));
+        copied = end;
+    }
+    out.push_str(&text[copied..]);
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -144,6 +177,22 @@ mod tests {
         );
         // A separator's own digits do not count: 4111%2011 is six digits, not eight.
         assert_eq!(mask_pans("/a/4111%2011"), "/a/4111%2011");
+        // Found in review: an escape just before the number used to lend it its digits.
+        assert_eq!(
+            mask_pans("/search?q=visa%204111111111111111"),
+            "/search?q=visa%20************1111"
+        );
+        assert_eq!(
+            mask_pans("/a/x%204111%201111%201111%201111"),
+            "/a/x%20************1111"
+        );
+        // Extra digit groups after the number (an expiry year) do not hide it.
+        assert_eq!(
+            mask_pans("/p/4111111111111111%202024"),
+            "/p/************1111%202024"
+        );
+        assert_eq!(mask_pans("4111111111111111 2024"), "************1111 2024");
+        assert_eq!(mask_pans("12 4111111111111111"), "12 ************1111");
         assert_eq!(
             mask_pans("q=4111+1111+1111+1111&x=1"),
             "q=************1111&x=1"
@@ -200,5 +249,24 @@ mod tests {
             mask_pans("4111-1111-1111-1111- 4111111111111111"),
             "************1111- ************1111"
         );
+    }
+
+    proptest::proptest! {
+        /// Any text (ASCII soup around card numbers, separators, escapes, multi-byte
+        /// characters): no panic, and a Luhn-valid 16-digit number placed between slashes
+        /// never survives (its last four digits do).
+        #[test]
+        fn never_panics_and_hides_pans(
+            before in "[0-9a-z %+\\-/é]{0,24}",
+            after in "[0-9a-z %+\\-/é]{0,24}",
+            body in "[0-9]{15}",
+        ) {
+            let pan = with_check_digit(&body);
+            let text = format!("{before}/{pan}/{after}");
+            let once = mask_pans(&text).into_owned();
+            proptest::prop_assert!(!once.contains(&pan), "{} -> {}", text, once);
+            proptest::prop_assert!(once.contains(&pan[12..]), "the last four stay: {}", once);
+            let _ = mask_pans(&before);
+        }
     }
 }
