@@ -2309,3 +2309,41 @@ async fn a_body_that_never_finishes_gets_408() {
     assert!(server.fake.signals().is_empty());
     server.shutdown().await;
 }
+
+/// A client that sends requests but never reads the answers loses its connection once a write
+/// has been blocked for the write timeout, so it cannot hold a slot for ever (found in review).
+#[tokio::test]
+async fn a_client_that_never_reads_is_cut_off() {
+    let config = ApiConfig {
+        tokens: tokens(),
+        limits: ramp::api::ApiLimits {
+            max_connections: 1,
+            write_timeout: Duration::from_millis(300),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let server = Server::with_config(Fake::new(&["demo"]), config).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let hog = socket.connect(server.addr).await.unwrap();
+    let (_hog_read, mut hog_write) = hog.into_split();
+    // Pipelined requests, never reading: the server's writes fill the buffers and block.
+    let writer = tokio::spawn(async move {
+        let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(64);
+        while hog_write.write_all(&request).await.is_ok() {}
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut next = TcpStream::connect(server.addr).await.unwrap();
+    next.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), next.read_to_end(&mut buf))
+        .await
+        .expect("the hog was cut off and the next client answered")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
+    writer.abort();
+    server.shutdown().await;
+}
