@@ -239,7 +239,13 @@ impl Registry {
         };
         let remembered = remembered.filter(|r| r.port() != 0);
         let listen = match (listen.or(plan.listen), remembered) {
-            (Some(a), _) if a.port() != 0 => a,
+            (Some(a), _) if a.port() != 0 => {
+                if a == default {
+                    self.default_taken
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                a
+            }
             // An explicit port 0 means "any free port": a resumed rollout keeps the one it had.
             (Some(a), Some(r)) if r.ip() == a.ip() && bindable(r) => r,
             (Some(a), _) => a,
@@ -252,7 +258,9 @@ impl Registry {
             }
             // Its old address is taken now: a free port beside it, never the default (which
             // may be the very address that is taken).
-            (None, Some(r)) => SocketAddr::new(r.ip(), 0),
+            // (If even that interface is gone, the default rules below.)
+            (None, Some(r)) if bindable(SocketAddr::new(r.ip(), 0)) => SocketAddr::new(r.ip(), 0),
+            (None, Some(_)) => take_default(),
             (None, None) => take_default(),
         };
         let log = self.log.clone();

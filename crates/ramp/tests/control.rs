@@ -568,6 +568,10 @@ async fn a_corrupt_rollout_does_not_stop_the_others_from_resuming() {
         body.contains(r#"ramp_rollout_status{rollout="ctl",status="running"} 1"#),
         "{body}"
     );
+    assert!(
+        !body.contains(r#"ramp_requests_total{rollout="broken""#),
+        "no zeroed counters for a rollout that is not running: {body}"
+    );
     kill9(s);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -462,6 +462,22 @@ fn one_corrupt_rollout_does_not_hide_the_others() {
         Err(StoreError::Corrupt { rollout, .. }) => assert_eq!(rollout, "c"),
         other => panic!("{other:?}"),
     }
+
+    // A row without a name (SQLite lets a TEXT PRIMARY KEY be NULL) fails only itself.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO rollouts (name, plan_toml, created_at) VALUES (NULL, 'x', 0)",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let all = store.load_all().unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all.iter().filter(|r| r.is_ok()).count(), 1, "{all:?}");
+    assert!(all.iter().any(|r| matches!(
+        r,
+        Err(StoreError::Corrupt { rollout, .. }) if rollout.starts_with("(unnamed row")
+    )));
 }
 
 #[test]

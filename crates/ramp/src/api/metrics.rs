@@ -105,6 +105,9 @@ pub(crate) fn histogram(stats: &VariantStats) -> (Vec<(f64, u64)>, f64, u64) {
 impl Collector for RolloutCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let all = (self.source)();
+        // A rollout that is not running has no numbers to export (zeros would read as counter
+        // resets); it appears only in `ramp_rollout_status`.
+        let live: Vec<&RolloutMetrics> = all.iter().filter(|m| m.status != "unavailable").collect();
         type Get = fn(&VariantStats) -> u64;
         let counters: [(&str, &str, Get); 5] = [
             (
@@ -125,7 +128,7 @@ impl Collector for RolloutCollector {
         ];
         for (name, help, get) in counters {
             let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for m in &all {
+            for m in &live {
                 for (labels, stats) in variants(m) {
                     metric
                         .encode_family(&labels)?
@@ -140,7 +143,7 @@ impl Collector for RolloutCollector {
                 None,
                 MetricType::Histogram,
             )?;
-            for m in &all {
+            for m in &live {
                 for (labels, stats) in variants(m) {
                     let (buckets, sum, count) = histogram(stats);
                     metric
@@ -156,7 +159,7 @@ impl Collector for RolloutCollector {
                 None,
                 MetricType::Gauge,
             )?;
-            for m in &all {
+            for m in &live {
                 let labels: Labels = vec![("rollout", escape(&m.name))];
                 metric
                     .encode_family(&labels)?
@@ -170,7 +173,7 @@ impl Collector for RolloutCollector {
                 None,
                 MetricType::Gauge,
             )?;
-            for m in &all {
+            for m in &live {
                 let labels: Labels = vec![("rollout", escape(&m.name))];
                 metric
                     .encode_family(&labels)?

@@ -392,20 +392,23 @@ impl Store for SqliteStore {
         let mut conn = self.lock();
         // One read transaction: a consistent view even if another process writes meanwhile.
         let tx = conn.transaction()?;
-        // Names as bytes, so that even a damaged name is listed; then each rollout on its own,
-        // so that a row that cannot be read (bad UTF-8, a wrong type) fails only that rollout.
-        let names: Vec<Vec<u8>> = tx
-            .prepare("SELECT CAST(name AS BLOB) FROM rollouts ORDER BY name")?
-            .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+        // Rows by rowid (names as bytes, so that even a damaged name is listed), then each
+        // rollout on its own, so that a row that cannot be read (bad UTF-8, a wrong type, no
+        // name) fails only that rollout.
+        let rows: Vec<(i64, Option<Vec<u8>>)> = tx
+            .prepare("SELECT rowid, CAST(name AS BLOB) FROM rollouts ORDER BY name")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
-        let mut out = Vec::with_capacity(names.len());
+        let mut out = Vec::with_capacity(rows.len());
         {
-            let mut one =
-                tx.prepare(&format!("{SELECT_ROLLOUT} WHERE CAST(r.name AS BLOB) = ?1"))?;
-            for raw in names {
-                let name = String::from_utf8_lossy(&raw).into_owned();
+            let mut one = tx.prepare(&format!("{SELECT_ROLLOUT} WHERE r.rowid = ?1"))?;
+            for (rowid, raw) in rows {
+                let name = raw.map_or_else(
+                    || format!("(unnamed row {rowid})"),
+                    |raw| String::from_utf8_lossy(&raw).into_owned(),
+                );
                 let row = one
-                    .query_row([&raw], read_row)
+                    .query_row([rowid], read_row)
                     .map_err(|e| StoreError::Corrupt {
                         rollout: name.clone(),
                         seq: 0,
