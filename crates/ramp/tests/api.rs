@@ -372,6 +372,16 @@ impl Server {
         Server::with_config(fake, config).await
     }
 
+    /// The fake with one rollout `demo`, behind a listener with these limits.
+    async fn limited(limits: ramp::api::ApiLimits) -> Server {
+        let config = ApiConfig {
+            tokens: tokens(),
+            limits,
+            ..Default::default()
+        };
+        Server::with_config(Fake::new(&["demo"]), config).await
+    }
+
     async fn with_config(fake: Arc<Fake>, config: ApiConfig) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -2217,15 +2227,11 @@ fn checking_a_token_looks_at_every_entry_whatever_matches() {
 /// says nothing.
 #[tokio::test]
 async fn slow_and_silent_clients_are_cut_off() {
-    let config = ApiConfig {
-        tokens: tokens(),
-        limits: ramp::api::ApiLimits {
-            header_read_timeout: Duration::from_millis(300),
-            ..Default::default()
-        },
+    let server = Server::limited(ramp::api::ApiLimits {
+        header_read_timeout: Duration::from_millis(300),
         ..Default::default()
-    };
-    let server = Server::with_config(Fake::new(&["demo"]), config).await;
+    })
+    .await;
     let mut slow = TcpStream::connect(server.addr).await.unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         .await
@@ -2243,16 +2249,12 @@ async fn slow_and_silent_clients_are_cut_off() {
 /// Over the connection cap, a new client waits until a slot frees; it is never refused.
 #[tokio::test]
 async fn the_connection_cap_holds_new_clients_until_a_slot_frees() {
-    let config = ApiConfig {
-        tokens: tokens(),
-        limits: ramp::api::ApiLimits {
-            max_connections: 1,
-            header_read_timeout: Duration::from_secs(30),
-            ..Default::default()
-        },
+    let server = Server::limited(ramp::api::ApiLimits {
+        max_connections: 1,
+        header_read_timeout: Duration::from_secs(30),
         ..Default::default()
-    };
-    let server = Server::with_config(Fake::new(&["demo"]), config).await;
+    })
+    .await;
     let holder = TcpStream::connect(server.addr).await.unwrap();
     // Give the server time to accept the holder (it takes the only slot).
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -2285,15 +2287,11 @@ async fn the_connection_cap_holds_new_clients_until_a_slot_frees() {
 /// A body that trickles in is cut off with 408 instead of holding a connection slot.
 #[tokio::test]
 async fn a_body_that_never_finishes_gets_408() {
-    let config = ApiConfig {
-        tokens: tokens(),
-        limits: ramp::api::ApiLimits {
-            body_read_timeout: Duration::from_millis(300),
-            ..Default::default()
-        },
+    let server = Server::limited(ramp::api::ApiLimits {
+        body_read_timeout: Duration::from_millis(300),
         ..Default::default()
-    };
-    let server = Server::with_config(Fake::new(&["demo"]), config).await;
+    })
+    .await;
     let mut conn = TcpStream::connect(server.addr).await.unwrap();
     let head = format!(
         "POST /v1/rollouts/demo/signals HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {INGEST}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"kind\":"
@@ -2314,16 +2312,12 @@ async fn a_body_that_never_finishes_gets_408() {
 /// has been blocked for the write timeout, so it cannot hold a slot for ever (found in review).
 #[tokio::test]
 async fn a_client_that_never_reads_is_cut_off() {
-    let config = ApiConfig {
-        tokens: tokens(),
-        limits: ramp::api::ApiLimits {
-            max_connections: 1,
-            write_timeout: Duration::from_millis(300),
-            ..Default::default()
-        },
+    let server = Server::limited(ramp::api::ApiLimits {
+        max_connections: 1,
+        write_timeout: Duration::from_millis(300),
         ..Default::default()
-    };
-    let server = Server::with_config(Fake::new(&["demo"]), config).await;
+    })
+    .await;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let hog = socket.connect(server.addr).await.unwrap();

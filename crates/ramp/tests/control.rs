@@ -123,17 +123,7 @@ fn status(server: &Server, token: &str) -> Value {
 }
 
 async fn traffic(proxy: SocketAddr, n: u32) {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<Bytes>>();
-    for i in 0..n {
-        let req = Request::get(format!("http://{proxy}/pay"))
-            .header("x-user-id", format!("user-{}", i % 300))
-            .body(Empty::new())
-            .unwrap();
-        if let Ok(resp) = client.request(req).await {
-            let _ = resp.into_body().collect().await;
-        }
-    }
+    common::traffic(proxy, n, 300).await;
 }
 
 /// POSTs `body` to the API; answers with the status and the JSON body (Null if none).
@@ -193,6 +183,13 @@ triggers = ["error_rate > 1%", "pci_alerts >= 2"]
     )
     .unwrap();
     p
+}
+
+/// A second rollout's plan (10% canary, its own free port), for `POST /v1/rollouts`.
+fn other_plan(name: &str, stable: SocketAddr, canary: SocketAddr) -> String {
+    format!(
+        "name = \"{name}\"\n[proxy]\nlisten = \"127.0.0.1:0\"\n[upstreams]\nstable = \"http://{stable}\"\ncanary = \"http://{canary}\"\n[[phase]]\nname = \"canary\"\ntraffic = \"10%\"\nduration = \"240h\"\n"
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,9 +363,7 @@ async fn one_server_runs_several_rollouts_created_over_the_api() {
     // A second rollout, with its own upstreams and listener, created by POST /v1/rollouts.
     let other_stable = upstream(Arc::new(AtomicBool::new(false))).await;
     let other_canary = upstream(Arc::new(AtomicBool::new(false))).await;
-    let body = format!(
-        "name = \"search\"\n[proxy]\nlisten = \"127.0.0.1:0\"\n[upstreams]\nstable = \"http://{other_stable}\"\ncanary = \"http://{other_canary}\"\n[[phase]]\nname = \"canary\"\ntraffic = \"10%\"\nduration = \"240h\"\n"
-    );
+    let body = other_plan("search", other_stable, other_canary);
     let post = |body: String, token: String| {
         let api = s.api.clone();
         async move { api_post(&api, &token, "/v1/rollouts", "application/toml", body).await }
@@ -515,9 +510,7 @@ async fn a_corrupt_rollout_does_not_stop_the_others_from_resuming() {
     let plan = plan_file(&dir, stable, canary);
     let s = start(&dir, Some(&plan));
     let token = s.token.clone().unwrap();
-    let body = format!(
-        "name = \"broken\"\n[proxy]\nlisten = \"127.0.0.1:0\"\n[upstreams]\nstable = \"http://{stable}\"\ncanary = \"http://{canary}\"\n[[phase]]\nname = \"canary\"\ntraffic = \"10%\"\nduration = \"240h\"\n"
-    );
+    let body = other_plan("broken", stable, canary);
     let (code, v) = api_post(&s.api, &token, "/v1/rollouts", "application/toml", body).await;
     assert_eq!(code, 201, "{v}");
     kill9(s);
@@ -589,9 +582,7 @@ async fn resumed_rollouts_keep_their_port_or_move_when_it_is_taken() {
     let plan = plan_file(&dir, stable, canary);
     let s = start(&dir, Some(&plan));
     let token = s.token.clone().unwrap();
-    let body = format!(
-        "name = \"search\"\n[proxy]\nlisten = \"127.0.0.1:0\"\n[upstreams]\nstable = \"http://{stable}\"\ncanary = \"http://{canary}\"\n[[phase]]\nname = \"canary\"\ntraffic = \"10%\"\nduration = \"240h\"\n"
-    );
+    let body = other_plan("search", stable, canary);
     let (code, created) = api_post(&s.api, &token, "/v1/rollouts", "application/toml", body).await;
     assert_eq!(code, 201, "{created}");
     let search_before = created["listen"].as_str().unwrap().to_string();

@@ -5,10 +5,7 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::upstream;
-use http_body_util::{BodyExt, Empty};
-use hyper::Request;
 use ramp::serve::{self, Control, ServeConfig};
 use ramp::store::{SqliteStore, Store, StoreError, StoredRollout};
 use ramp_core::evidence::{MetricWindow, Signal};
@@ -113,16 +110,11 @@ async fn signal(
 }
 
 async fn traffic(proxy: SocketAddr, n: u32) {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<Bytes>>();
-    for i in 0..n {
-        let req = Request::get(format!("http://{proxy}/pay"))
-            .header("x-user-id", format!("user-{i}"))
-            .body(Empty::new())
-            .unwrap();
-        let resp = client.request(req).await.unwrap();
-        let _ = resp.into_body().collect().await;
-    }
+    assert_eq!(
+        common::traffic(proxy, n, n).await,
+        n,
+        "every request answered"
+    );
 }
 
 /// Waits (bounded) until `f` holds for the latest snapshot.

@@ -95,6 +95,17 @@ struct Entry {
     hash: [u8; 32],
 }
 
+/// The token of an `Authorization: Bearer <token>` header value (`None` when malformed or
+/// another scheme).
+pub(crate) fn bearer(value: &http::HeaderValue) -> Option<&str> {
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+}
+
 /// The known tokens: SHA-256 hashes with a name (recorded as `by` in the journal) and a role.
 /// The tokens themselves are never stored.
 #[derive(Default)]

@@ -86,15 +86,9 @@ impl<R: Rollouts> Inner<R> {
                 "missing token: send Authorization: Bearer <token>",
             ));
         };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .ok_or_else(|| {
-                Problem::unauthorized("malformed Authorization header: expected Bearer <token>")
-            })?;
+        let token = super::auth::bearer(value).ok_or_else(|| {
+            Problem::unauthorized("malformed Authorization header: expected Bearer <token>")
+        })?;
         let (name, role) = self
             .tokens
             .check(token)

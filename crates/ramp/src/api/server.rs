@@ -75,10 +75,8 @@ impl RequestLog {
     fn caller(&self, headers: &http::HeaderMap) -> String {
         headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .and_then(|(_, token)| self.tokens.check(token.trim()))
+            .and_then(super::auth::bearer)
+            .and_then(|token| self.tokens.check(token))
             .map_or_else(|| "-".to_string(), |(name, _)| name)
     }
 }

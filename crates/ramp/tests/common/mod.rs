@@ -60,3 +60,23 @@ pub fn fresh_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("create a temporary directory");
     dir
 }
+
+/// Sends `n` GET requests to `proxy` with `x-user-id` values `user-0`, `user-1`, ... cycling
+/// through `users` distinct users; answers how many got a response (bodies are drained).
+pub async fn traffic(proxy: SocketAddr, n: u32, users: u32) -> u32 {
+    use http_body_util::{BodyExt, Empty};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let mut answered = 0;
+    for i in 0..n {
+        let req = Request::get(format!("http://{proxy}/pay"))
+            .header("x-user-id", format!("user-{}", i % users.max(1)))
+            .body(Empty::new())
+            .unwrap();
+        if let Ok(resp) = client.request(req).await {
+            let _ = resp.into_body().collect().await;
+            answered += 1;
+        }
+    }
+    answered
+}
