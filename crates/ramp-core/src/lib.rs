@@ -8,5 +8,6 @@
 pub mod cohort;
 pub mod evidence;
 pub mod plan;
+pub mod report;
 pub mod rollout;
 pub mod time;

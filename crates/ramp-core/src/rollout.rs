@@ -7,13 +7,9 @@
 
 use crate::cohort::ShareBp;
 use crate::evidence::stats::{self, Cusum};
-use crate::evidence::{
-    Evidence, MetricWindow, Outcome, Signal, Verdict, combine,
-    gate::{count, pct},
-    judge_all,
-};
+use crate::evidence::{Evidence, MetricWindow, Outcome, Signal, Verdict, combine, judge_all};
 use crate::plan::{Criterion, Metric, MetricKind, Op, Plan, StopAction, Test};
-use crate::time::{Human, Millis};
+use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
@@ -45,6 +41,12 @@ impl Status {
         matches!(self, Status::RolledBack | Status::Completed)
     }
 
+    /// True once the rollout has come to rest and nothing more happens without a person:
+    /// completed, rolled back, or holding.
+    pub fn is_settled(self) -> bool {
+        self.is_terminal() || self == Status::Holding
+    }
+
     /// The name used in the API and timelines.
     pub fn name(self) -> &'static str {
         match self {
@@ -63,7 +65,7 @@ impl Status {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Health {
-    /// Completed with every gate passed.
+    /// Completed with every gate passed (a forced completion is `Degraded`).
     Healthy,
     /// In progress, nothing wrong so far.
     Monitoring,
@@ -84,7 +86,33 @@ pub struct TriggerState {
     pub fired: bool,
 }
 
-/// A finished (or abandoned) phase, for reports.
+/// How a phase ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PhaseResult {
+    /// Its gates passed and the next phase started (or waits for approval).
+    Passed,
+    /// An operator promoted past unproven gates.
+    Forced,
+    /// The last phase passed: the rollout completed.
+    Completed,
+    /// Rolled back during the phase.
+    RolledBack,
+}
+
+impl PhaseResult {
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            PhaseResult::Passed => "passed",
+            PhaseResult::Forced => "forced",
+            PhaseResult::Completed => "completed",
+            PhaseResult::RolledBack => "rolled_back",
+        }
+    }
+}
+
+/// A finished (or abandoned) phase, for reports. Each phase has at most one.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PhaseRecord {
     /// The phase's name.
@@ -95,8 +123,8 @@ pub struct PhaseRecord {
     pub started_at: Millis,
     /// When it ended.
     pub ended_at: Millis,
-    /// How it ended: "passed", "forced", "failed", "rolled_back", "held", "completed".
-    pub result: String,
+    /// How it ended.
+    pub result: PhaseResult,
     /// The last gate verdicts.
     pub verdicts: Vec<Verdict>,
     /// Canary requests and errors during the phase.
@@ -146,10 +174,17 @@ pub struct State {
     pub next_summary_at: Option<Millis>,
     /// When the rollout ended.
     pub ended_at: Option<Millis>,
-    /// Why it ended, stopped or is holding.
-    pub reason: Option<String>,
-    /// Finished phases.
+    /// Why it ended, stopped or is holding (`None` for a completion).
+    pub reason: Option<StopReason>,
+    /// True when the rollout completed through a forced promotion.
+    #[serde(default)]
+    pub forced: bool,
+    /// Finished phases, one record each.
     pub history: Vec<PhaseRecord>,
+    /// Whether the current phase already has its record in `history` (it passed and the
+    /// next one waits for approval).
+    #[serde(default)]
+    pub phase_recorded: bool,
     /// Digests (SHA-256, first 128 bits, in hex) of the keys of signals counted through
     /// [`Input::SignalOnce`], oldest first, at most [`REMEMBERED_SIGNAL_KEYS`]. Part of the
     /// journaled state, so a sender that re-delivers after a restart is still recognised. A
@@ -158,6 +193,11 @@ pub struct State {
     #[serde(default)]
     pub signal_keys: VecDeque<String>,
 }
+
+/// A restored state that does not fit its plan (see [`State::check`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the stored state does not fit its plan: {0}")]
+pub struct Inconsistent(pub String);
 
 /// How many signal keys a rollout remembers for [`Input::SignalOnce`]. Alertmanager re-sends
 /// every firing alert of a group on each notification; a few thousand distinct alerts per
@@ -201,15 +241,68 @@ impl State {
             next_summary_at: None,
             ended_at: None,
             reason: None,
+            forced: false,
             history: Vec::new(),
+            phase_recorded: false,
             signal_keys: VecDeque::new(),
         }
+    }
+
+    /// Checks that a restored state fits its plan: the phase exists, there is one trigger
+    /// state per plan trigger (the same triggers, in order) and one latency counter per plan
+    /// threshold. A state that loads but does not fit (a plan edited under a journal, a
+    /// damaged snapshot) must never reach [`step`], which indexes by these.
+    pub fn check(&self, plan: &Plan) -> Result<(), Inconsistent> {
+        if self.phase >= plan.phases.len() {
+            return Err(Inconsistent(format!(
+                "phase index {} but the plan has {} phases",
+                self.phase,
+                plan.phases.len()
+            )));
+        }
+        if self.triggers.len() != plan.triggers.len() {
+            return Err(Inconsistent(format!(
+                "{} trigger states but the plan has {} triggers",
+                self.triggers.len(),
+                plan.triggers.len()
+            )));
+        }
+        for (t, p) in self.triggers.iter().zip(&plan.triggers) {
+            if t.trigger != p.text {
+                return Err(Inconsistent(format!(
+                    "trigger state for {:?} where the plan has {:?}",
+                    t.trigger, p.text
+                )));
+            }
+            if t.cusum.is_some() != trigger_stream(plan, p).is_some() {
+                return Err(Inconsistent(format!(
+                    "trigger {:?}: sequential state does not match its kind",
+                    p.text
+                )));
+            }
+        }
+        let thresholds = plan.latency_thresholds_us().len();
+        for (what, v) in [
+            ("phase canary", &self.evidence.canary),
+            ("phase stable", &self.evidence.stable),
+            ("total canary", &self.totals.canary),
+            ("total stable", &self.totals.stable),
+        ] {
+            if v.slow.len() != thresholds {
+                return Err(Inconsistent(format!(
+                    "{what} evidence has {} latency counters but the plan has {thresholds} thresholds",
+                    v.slow.len()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The health summary.
     pub fn health(&self) -> Health {
         match self.status {
             Status::RolledBack => Health::Critical,
+            Status::Completed if self.forced => Health::Degraded,
             Status::Completed => Health::Healthy,
             _ if self.triggers.iter().any(|t| t.fired) => Health::Critical,
             Status::Holding => Health::Degraded,
@@ -410,29 +503,137 @@ pub enum EventKind {
         /// The trigger as written.
         trigger: String,
         /// The numbers.
-        explanation: String,
+        evidence: TriggerEvidence,
     },
     /// All traffic went back to stable.
     RolledBack {
-        /// Why.
+        /// Why, in one word.
         cause: Cause,
-        /// Details.
-        reason: String,
+        /// Why, with the evidence.
+        reason: StopReason,
         /// The canary share before.
         share_before: ShareBp,
     },
     /// Stopped at the current share, waiting for a person.
     Held {
-        /// Why.
-        reason: String,
+        /// Why, with the evidence.
+        reason: StopReason,
     },
-    /// The last phase passed.
-    Completed,
+    /// The last phase passed (or was promoted past by force).
+    Completed {
+        /// True when an operator promoted past unproven gates of the last phase.
+        #[serde(default)]
+        forced: bool,
+        /// Who, for a forced completion.
+        #[serde(default)]
+        by: Option<String>,
+        /// Why, for a forced completion.
+        #[serde(default)]
+        reason: Option<String>,
+    },
     /// The controller restarted from its journal.
     Restarted {
         /// How long it was down (not counted as phase time).
         downtime: Millis,
     },
+}
+
+/// The numbers behind a fired trigger.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "test", rename_all = "snake_case")]
+pub enum TriggerEvidence {
+    /// A rate or latency trigger's sequential test crossed its boundary.
+    Sequential {
+        /// The rate at and below which the trigger must not fire (H0).
+        p0: f64,
+        /// The rate the test is tuned to detect (H1).
+        p1: f64,
+        /// The boundary crossed.
+        boundary: f64,
+        /// The statistic when it crossed.
+        statistic: f64,
+        /// Bad events in the stretch that drove the statistic up.
+        events: u64,
+        /// Observations in that stretch.
+        observations: u64,
+        /// Exact lower confidence bound on that stretch's rate.
+        lower_bound: f64,
+        /// The confidence of `lower_bound`.
+        confidence: f64,
+        /// Bad events and observations of the window that made it cross, if it came from one.
+        window: Option<(u64, u64)>,
+    },
+    /// A counting trigger (PCI, security alerts) reached its threshold.
+    Count {
+        /// Signals counted since the rollout started.
+        count: u64,
+        /// The trigger's comparison.
+        op: Op,
+        /// Its threshold.
+        threshold: f64,
+        /// The signal that made it fire.
+        latest: Signal,
+    },
+    /// The explanation as journal format 1 recorded it.
+    Text {
+        /// The explanation.
+        text: String,
+    },
+}
+
+/// Why a rollout rolled back or holds, with the evidence.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "why", rename_all = "snake_case")]
+pub enum StopReason {
+    /// A rollback trigger fired.
+    Trigger {
+        /// The trigger as written.
+        trigger: String,
+        /// Its numbers.
+        evidence: TriggerEvidence,
+    },
+    /// A success gate failed.
+    GateFailed {
+        /// The phase.
+        phase: String,
+        /// The verdicts that failed.
+        verdicts: Vec<Verdict>,
+    },
+    /// Gates stayed inconclusive past the phase's extension.
+    NotEnoughEvidence {
+        /// The phase.
+        phase: String,
+        /// Phase time spent.
+        elapsed: Millis,
+        /// The extension that was used up.
+        extension: Millis,
+        /// The verdicts still inconclusive.
+        verdicts: Vec<Verdict>,
+    },
+    /// An operator rolled back.
+    Operator {
+        /// Who.
+        by: String,
+        /// What they said.
+        note: String,
+    },
+    /// The reason as journal format 1 recorded it.
+    Text {
+        /// The reason.
+        text: String,
+    },
+}
+
+impl StopReason {
+    /// The cause, in one word.
+    pub fn cause(&self) -> Cause {
+        match self {
+            StopReason::Trigger { .. } | StopReason::Text { .. } => Cause::Trigger,
+            StopReason::GateFailed { .. } => Cause::GateFailed,
+            StopReason::NotEnoughEvidence { .. } => Cause::Deadline,
+            StopReason::Operator { .. } => Cause::Operator,
+        }
+    }
 }
 
 /// How urgent a notification is.
@@ -447,13 +648,85 @@ pub enum NotifyKind {
     Critical,
 }
 
-/// A notification to send.
+/// A notice to send: how urgent, and what it is about (rendered to prose at the edges,
+/// [`crate::report::headline`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Notification {
+pub struct Notice {
     /// How urgent.
     pub kind: NotifyKind,
-    /// One line.
-    pub headline: String,
+    /// What happened, with its numbers.
+    pub about: About,
+}
+
+/// What a notice is about.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "about", rename_all = "snake_case")]
+pub enum About {
+    /// A phase started.
+    PhaseStarted {
+        /// The phase.
+        phase: String,
+        /// Its share.
+        share: ShareBp,
+        /// Its planned duration.
+        duration: Millis,
+    },
+    /// A phase was extended to collect more evidence.
+    Extended {
+        /// The phase.
+        phase: String,
+        /// By up to this much.
+        by: Millis,
+    },
+    /// A phase passed and the next waits for approval.
+    AwaitingApproval {
+        /// The phase that passed.
+        passed: String,
+        /// The phase waiting.
+        next: String,
+        /// Its share.
+        share: ShareBp,
+    },
+    /// The rollout completed.
+    Completed {
+        /// Through a forced promotion.
+        forced: bool,
+    },
+    /// The rollout holds and needs a decision.
+    Held {
+        /// Why.
+        reason: StopReason,
+    },
+    /// The rollout rolled back.
+    RolledBack {
+        /// Why.
+        reason: StopReason,
+        /// The canary share before.
+        share_before: ShareBp,
+    },
+    /// A scheduled status update.
+    StatusUpdate(Progress),
+    /// A scheduled summary.
+    Summary(Progress),
+}
+
+/// Where a rollout stands, for scheduled notices.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Its status.
+    pub status: Status,
+    /// The current phase.
+    pub phase: String,
+    /// The canary share.
+    pub share: ShareBp,
+    /// Phase time spent.
+    pub elapsed: Millis,
+    /// The phase's planned duration.
+    pub duration: Millis,
+    /// Canary requests in the phase.
+    pub canary_requests: u64,
+    /// Canary errors in the phase.
+    pub canary_errors: u64,
 }
 
 /// A document to write.
@@ -467,12 +740,47 @@ pub enum ReportKind {
 }
 
 /// A command the current state does not allow.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Rejection {
     /// The command.
     pub command: String,
     /// Why not.
-    pub reason: String,
+    pub reason: RejectReason,
+}
+
+/// Why a command was refused.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "why", rename_all = "snake_case")]
+pub enum RejectReason {
+    /// The rollout has ended.
+    Ended {
+        /// How it ended.
+        status: Status,
+    },
+    /// The command does not apply in this status.
+    NotWhile {
+        /// The command's verb.
+        action: String,
+        /// The status.
+        status: Status,
+    },
+    /// Resume when not paused.
+    NotPaused {
+        /// The status.
+        status: Status,
+    },
+    /// Approve when nothing waits.
+    NothingAwaitsApproval {
+        /// The status.
+        status: Status,
+    },
+    /// An unforced promotion while gates are not proven.
+    Unproven {
+        /// The verdicts that are not a pass.
+        verdicts: Vec<Verdict>,
+    },
+    /// A forced promotion without a reason.
+    ForceNeedsReason,
 }
 
 /// What the shell must do, in order.
@@ -486,8 +794,8 @@ pub enum Effect {
         /// The share.
         share: ShareBp,
     },
-    /// Send a notification.
-    Notify(Notification),
+    /// Send a notice.
+    Notify(Notice),
     /// Write a report.
     Report {
         /// Which.
@@ -546,6 +854,32 @@ pub fn step(plan: &Plan, mut state: State, input: Input, now: Millis) -> (State,
     (state, fx)
 }
 
+/// What the shell does with a step whose journal write failed (disk full, I/O error, a store
+/// that is down): decided here, so that every shell applies the same rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unrecorded {
+    /// Carry the step out anyway and write its entries with the next successful append: the
+    /// step lowers the canary's share (a rollback), and a rollback must never wait for a disk.
+    CarryOut,
+    /// Undo the step, as if its input had not arrived: keep the state from before it. A signal
+    /// or command is answered with the error (the sender retries; a keyed signal still counts
+    /// once), and an analysis window is fed again with the next one, so no evidence is lost
+    /// and nothing is promoted without a durable record.
+    Undo,
+}
+
+/// The rule for a step (from `before`, with these effects) that could not be journaled.
+pub fn when_unrecorded(before: &State, effects: &[Effect]) -> Unrecorded {
+    let lowers = effects
+        .iter()
+        .any(|e| matches!(e, Effect::SetShare { share } if *share < before.share));
+    if lowers {
+        Unrecorded::CarryOut
+    } else {
+        Unrecorded::Undo
+    }
+}
+
 struct Machine<'a> {
     plan: &'a Plan,
     s: &'a mut State,
@@ -570,18 +904,17 @@ impl Machine<'_> {
         self.fx.push(Effect::Journal(e));
     }
 
-    fn notify(&mut self, kind: NotifyKind, headline: String) {
+    fn notify(&mut self, kind: NotifyKind, about: About) {
         if kind == NotifyKind::Critical && !self.plan.notify.critical_immediately {
             return;
         }
-        self.fx
-            .push(Effect::Notify(Notification { kind, headline }));
+        self.fx.push(Effect::Notify(Notice { kind, about }));
     }
 
-    fn reject(&mut self, cmd: &Command, reason: impl Into<String>) {
+    fn reject(&mut self, cmd: &Command, reason: RejectReason) {
         self.fx.push(Effect::Rejected(Rejection {
             command: cmd.name().to_string(),
-            reason: reason.into(),
+            reason,
         }));
     }
 
@@ -650,18 +983,25 @@ impl Machine<'_> {
         self.s.last_gate_check = None;
         self.s.extended_at = None;
         self.s.reason = None;
+        self.s.phase_recorded = false;
         self.journal(EventKind::PhaseStarted { share: phase.share });
         self.fx.push(Effect::SetShare { share: phase.share });
-        let headline = format!(
-            "phase {} started: {} of users on the new version for {}",
-            phase.name,
-            phase.share,
-            Human(phase.duration)
-        );
-        self.notify(NotifyKind::Status, headline);
+        let about = About::PhaseStarted {
+            phase: phase.name.clone(),
+            share: phase.share,
+            duration: phase.duration,
+        };
+        self.notify(NotifyKind::Status, about);
     }
 
-    fn record_phase(&mut self, result: &str) {
+    /// Closes the current phase's record in the history; a phase gets one record, however it
+    /// goes on (a phase that passed and then waits for approval keeps its `passed` record
+    /// even if the rollout is rolled back before the next phase starts).
+    fn record_phase(&mut self, result: PhaseResult) {
+        if self.s.phase_recorded {
+            return;
+        }
+        self.s.phase_recorded = true;
         let phase = &self.plan.phases[self.s.phase];
         let ev = &self.s.evidence;
         self.s.history.push(PhaseRecord {
@@ -669,7 +1009,7 @@ impl Machine<'_> {
             share: phase.share,
             started_at: self.s.phase_started_at,
             ended_at: self.s.now,
-            result: result.to_string(),
+            result,
             verdicts: self.s.verdicts.clone(),
             canary_requests: ev.canary.requests,
             canary_errors: ev.canary.errors,
@@ -699,8 +1039,8 @@ impl Machine<'_> {
                 next += every;
             }
             self.s.next_status_at = Some(next);
-            let headline = self.status_line();
-            self.notify(NotifyKind::Status, headline);
+            let about = About::StatusUpdate(self.progress());
+            self.notify(NotifyKind::Status, about);
         }
         if let (Some(due), Some(every)) = (self.s.next_summary_at, self.plan.notify.summary_every)
             && now >= due
@@ -710,25 +1050,24 @@ impl Machine<'_> {
                 next += every;
             }
             self.s.next_summary_at = Some(next);
-            let headline = format!("summary: {}", self.status_line());
-            self.notify(NotifyKind::Summary, headline);
+            let about = About::Summary(self.progress());
+            self.notify(NotifyKind::Summary, about);
         }
     }
 
-    /// A one-line status: phase, share, elapsed, canary error rate.
-    fn status_line(&self) -> String {
+    /// Where the rollout stands: phase, share, elapsed, canary numbers.
+    fn progress(&self) -> Progress {
         let phase = &self.plan.phases[self.s.phase];
         let c = &self.s.evidence.canary;
-        format!(
-            "{} in phase {} ({} of users), {} of {}; canary error rate {} over {} requests",
-            self.s.status.name(),
-            phase.name,
-            self.s.share,
-            Human(self.s.phase_elapsed),
-            Human(phase.duration),
-            pct(c.error_rate()),
-            count(c.requests)
-        )
+        Progress {
+            status: self.s.status,
+            phase: phase.name.clone(),
+            share: self.s.share,
+            elapsed: self.s.phase_elapsed,
+            duration: phase.duration,
+            canary_requests: c.requests,
+            canary_errors: c.errors,
+        }
     }
 
     fn check_phase_end(&mut self) {
@@ -748,46 +1087,39 @@ impl Machine<'_> {
         self.s.verdicts = verdicts.clone();
         self.s.last_gate_check = Some(self.s.now);
         let deadline_passed = self.s.phase_elapsed >= phase.duration + phase.max_extension;
+        let with = |o: Outcome| -> Vec<Verdict> {
+            verdicts
+                .iter()
+                .filter(|v| v.outcome == o)
+                .cloned()
+                .collect()
+        };
         match outcome {
             Outcome::Pass => {
                 self.journal(EventKind::GateChecked { outcome, verdicts });
                 self.phase_passed(false, None, None);
             }
             Outcome::Fail => {
-                self.journal(EventKind::GateChecked {
-                    outcome,
-                    verdicts: verdicts.clone(),
-                });
-                let failed: Vec<String> = verdicts
-                    .iter()
-                    .filter(|v| v.outcome == Outcome::Fail)
-                    .map(|v| v.to_string())
-                    .collect();
-                let reason = format!("gate failed in phase {}: {}", phase.name, failed.join("; "));
+                let reason = StopReason::GateFailed {
+                    phase: phase.name.clone(),
+                    verdicts: with(Outcome::Fail),
+                };
+                self.journal(EventKind::GateChecked { outcome, verdicts });
                 match phase.on_failure {
-                    StopAction::Rollback => self.rollback(Cause::GateFailed, reason),
+                    StopAction::Rollback => self.rollback(reason),
                     StopAction::Hold => self.hold(reason),
                 }
             }
             Outcome::Inconclusive if deadline_passed => {
-                self.journal(EventKind::GateChecked {
-                    outcome,
-                    verdicts: verdicts.clone(),
-                });
-                let pending: Vec<String> = verdicts
-                    .iter()
-                    .filter(|v| v.outcome == Outcome::Inconclusive)
-                    .map(|v| v.to_string())
-                    .collect();
-                let reason = format!(
-                    "not enough evidence after {} in phase {} (extension of {} used up): {}",
-                    Human(self.s.phase_elapsed),
-                    phase.name,
-                    Human(phase.max_extension),
-                    pending.join("; ")
-                );
+                let reason = StopReason::NotEnoughEvidence {
+                    phase: phase.name.clone(),
+                    elapsed: self.s.phase_elapsed,
+                    extension: phase.max_extension,
+                    verdicts: with(Outcome::Inconclusive),
+                };
+                self.journal(EventKind::GateChecked { outcome, verdicts });
                 match phase.on_inconclusive {
-                    StopAction::Rollback => self.rollback(Cause::Deadline, reason),
+                    StopAction::Rollback => self.rollback(reason),
                     StopAction::Hold => self.hold(reason),
                 }
             }
@@ -798,12 +1130,11 @@ impl Machine<'_> {
                     let until =
                         self.s.now + (phase.duration + phase.max_extension - self.s.phase_elapsed);
                     self.journal(EventKind::Extended { until });
-                    let headline = format!(
-                        "phase {} extended by up to {}: gates inconclusive, collecting more evidence",
-                        phase.name,
-                        Human(phase.max_extension)
-                    );
-                    self.notify(NotifyKind::Status, headline);
+                    let about = About::Extended {
+                        phase: phase.name.clone(),
+                        by: phase.max_extension,
+                    };
+                    self.notify(NotifyKind::Status, about);
                 }
             }
         }
@@ -814,23 +1145,17 @@ impl Machine<'_> {
         let k = self.s.phase;
         let from = self.plan.phases[k].name.clone();
         if k + 1 == self.plan.phases.len() {
-            self.record_phase(if forced { "forced" } else { "completed" });
-            if forced {
-                self.journal(EventKind::Promoted {
-                    from: from.clone(),
-                    to: from.clone(),
-                    forced,
-                    by,
-                    reason,
-                });
-            }
+            self.record_phase(if forced {
+                PhaseResult::Forced
+            } else {
+                PhaseResult::Completed
+            });
             self.s.status = Status::Completed;
+            self.s.forced = forced;
             self.s.ended_at = Some(self.s.now);
-            self.journal(EventKind::Completed);
-            self.notify(
-                NotifyKind::Status,
-                format!("rollout {} completed: all phases passed", self.plan.name),
-            );
+            let (by, reason) = if forced { (by, reason) } else { (None, None) };
+            self.journal(EventKind::Completed { forced, by, reason });
+            self.notify(NotifyKind::Status, About::Completed { forced });
             if self.plan.notify.final_report {
                 self.fx.push(Effect::Report {
                     report: ReportKind::Final,
@@ -840,19 +1165,24 @@ impl Machine<'_> {
         }
         let next = &self.plan.phases[k + 1];
         if next.approval && !forced && by.is_none() {
-            self.record_phase("passed");
+            self.record_phase(PhaseResult::Passed);
             self.s.status = Status::AwaitingApproval;
             self.journal(EventKind::AwaitingApproval {
                 next: next.name.clone(),
             });
-            let headline = format!(
-                "phase {from} passed; phase {} ({}) waits for approval",
-                next.name, next.share
-            );
-            self.notify(NotifyKind::Status, headline);
+            let about = About::AwaitingApproval {
+                passed: from,
+                next: next.name.clone(),
+                share: next.share,
+            };
+            self.notify(NotifyKind::Status, about);
             return;
         }
-        self.record_phase(if forced { "forced" } else { "passed" });
+        self.record_phase(if forced {
+            PhaseResult::Forced
+        } else {
+            PhaseResult::Passed
+        });
         self.journal(EventKind::Promoted {
             from,
             to: next.name.clone(),
@@ -863,29 +1193,23 @@ impl Machine<'_> {
         self.enter_phase(k + 1);
     }
 
-    fn hold(&mut self, reason: String) {
+    fn hold(&mut self, reason: StopReason) {
         self.s.status = Status::Holding;
         self.s.reason = Some(reason.clone());
         self.journal(EventKind::Held {
             reason: reason.clone(),
         });
-        self.notify(
-            NotifyKind::Critical,
-            format!(
-                "rollout {} is holding and needs a decision: {reason}",
-                self.plan.name
-            ),
-        );
+        self.notify(NotifyKind::Critical, About::Held { reason });
     }
 
     /// Rollback wins: share to 0 first, then notify, then the incident review.
-    fn rollback(&mut self, cause: Cause, reason: String) {
+    fn rollback(&mut self, reason: StopReason) {
         if self.s.status.is_terminal() {
             return;
         }
         let share_before = self.s.share;
         if self.s.status != Status::Pending {
-            self.record_phase("rolled_back");
+            self.record_phase(PhaseResult::RolledBack);
         }
         self.s.status = Status::RolledBack;
         self.s.share = ShareBp::ZERO;
@@ -893,7 +1217,7 @@ impl Machine<'_> {
         self.s.reason = Some(reason.clone());
         self.s.resume_to = None;
         self.journal(EventKind::RolledBack {
-            cause,
+            cause: reason.cause(),
             reason: reason.clone(),
             share_before,
         });
@@ -902,10 +1226,10 @@ impl Machine<'_> {
         });
         self.notify(
             NotifyKind::Critical,
-            format!(
-                "rollout {} ROLLED BACK, all traffic on stable: {reason}",
-                self.plan.name
-            ),
+            About::RolledBack {
+                reason,
+                share_before,
+            },
         );
         self.fx.push(Effect::Report {
             report: ReportKind::IncidentReview,
@@ -924,14 +1248,17 @@ impl Machine<'_> {
                 continue;
             };
             let c = &w.canary;
+            // A window can hold a class count of a request whose `requests` count fell into
+            // the previous window (see the proxy's recorder): events never exceed trials.
             let (x, n) = match stream {
                 Stream::Errors => (c.errors, c.requests),
-                Stream::NonSuccess => (c.requests - c.successes, c.requests),
+                Stream::NonSuccess => (c.non_successes(), c.requests),
                 Stream::RateLimited => (c.rate_limited, c.requests),
                 Stream::AuthFailures => (c.auth_failures, c.requests),
                 Stream::Slow(idx) => (c.slow.get(idx).copied().unwrap_or(0), c.requests),
                 Stream::NegativeFeedback => continue,
             };
+            let x = x.min(n);
             self.feed_trigger(i, x, n, Some((x, n)));
             if self.s.status.is_terminal() {
                 return;
@@ -953,43 +1280,28 @@ impl Machine<'_> {
         }
         state.fired = true;
         let cusum = cusum.clone();
-        let t = self.plan.triggers[i].clone();
+        let text = self.plan.triggers[i].text.clone();
         let c = self.plan.analysis.confidence;
-        let run_lower = stats::cp_lower(cusum.events, cusum.since_reset, c);
-        let mut explanation = format!(
-            "sequential test (CUSUM, H0 rate {} vs H1 {}) crossed its boundary {:.1}: {} bad of the last {} canary observations ({}), {}% lower bound {}",
-            pct(cusum.p0),
-            pct(cusum.p1),
-            cusum.h,
-            count(cusum.events),
-            count(cusum.since_reset),
-            pct(crate::evidence::window::ratio(
-                cusum.events,
-                cusum.since_reset
-            )),
-            (c * 100.0).round(),
-            pct(run_lower),
-        );
-        if let Some((wx, wn)) = window {
-            explanation.push_str(&format!(
-                "; this window {} of {} ({})",
-                count(wx),
-                count(wn),
-                pct(crate::evidence::window::ratio(wx, wn))
-            ));
-        }
-        self.fire(&t.text, explanation);
+        let evidence = TriggerEvidence::Sequential {
+            p0: cusum.p0,
+            p1: cusum.p1,
+            boundary: cusum.h,
+            statistic: cusum.stat,
+            events: cusum.events,
+            observations: cusum.since_reset,
+            lower_bound: stats::cp_lower(cusum.events, cusum.since_reset, c),
+            confidence: c,
+            window,
+        };
+        self.fire(text, evidence);
     }
 
-    fn fire(&mut self, trigger: &str, explanation: String) {
+    fn fire(&mut self, trigger: String, evidence: TriggerEvidence) {
         self.journal(EventKind::TriggerFired {
-            trigger: trigger.to_string(),
-            explanation: explanation.clone(),
+            trigger: trigger.clone(),
+            evidence: evidence.clone(),
         });
-        self.rollback(
-            Cause::Trigger,
-            format!("trigger {trigger:?} fired: {explanation}"),
-        );
+        self.rollback(StopReason::Trigger { trigger, evidence });
     }
 
     fn signal_once(&mut self, key: String, sig: Signal) {
@@ -1007,17 +1319,15 @@ impl Machine<'_> {
     }
 
     fn signal(&mut self, sig: Signal) {
-        if self.s.status.is_terminal() {
-            // Still journaled: nothing accepted is lost.
-            self.journal(EventKind::SignalReceived { signal: sig });
-            return;
-        }
+        // Always journaled: nothing accepted is lost. Counted only while the rollout runs: a
+        // signal before the start or after the end is about no canary of this rollout.
         self.journal(EventKind::SignalReceived {
             signal: sig.clone(),
         });
-        if self.s.status != Status::Pending {
-            self.s.evidence.signals.add(&sig);
+        if self.s.status.is_terminal() || self.s.status == Status::Pending {
+            return;
         }
+        self.s.evidence.signals.add(&sig);
         self.s.totals.signals.add(&sig);
         // Count triggers over the whole rollout.
         for i in 0..self.plan.triggers.len() {
@@ -1030,14 +1340,13 @@ impl Machine<'_> {
                     let k = self.s.totals.signals.count(t.metric).unwrap_or(0);
                     if !self.s.triggers[i].fired && op.holds(k as f64, *threshold) {
                         self.s.triggers[i].fired = true;
-                        let explanation = format!(
-                            "{} counted since the rollout started (exact count), trigger at {} {}; latest: {}",
-                            count(k),
-                            op.symbol(),
-                            threshold,
-                            sig.describe()
-                        );
-                        self.fire(&t.text, explanation);
+                        let evidence = TriggerEvidence::Count {
+                            count: k,
+                            op: *op,
+                            threshold: *threshold,
+                            latest: sig.clone(),
+                        };
+                        self.fire(t.text.clone(), evidence);
                     }
                 }
                 (MetricKind::Rate, _) if t.metric == Metric::Satisfaction => {
@@ -1049,7 +1358,7 @@ impl Machine<'_> {
                 _ => {}
             }
         }
-        if !self.s.status.is_terminal() && self.s.status != Status::Pending {
+        if !self.s.status.is_terminal() {
             self.after_time_passed();
         }
     }
@@ -1057,16 +1366,19 @@ impl Machine<'_> {
     fn command(&mut self, cmd: Command) {
         let status = self.s.status;
         if status.is_terminal() {
-            let reason = format!("the rollout has ended ({})", status.name());
-            return self.reject(&cmd, reason);
+            return self.reject(&cmd, RejectReason::Ended { status });
         }
+        let not_while = |action: &str| RejectReason::NotWhile {
+            action: action.to_string(),
+            status,
+        };
         match &cmd {
             Command::Pause { by, reason } => {
                 if !matches!(
                     status,
                     Status::Running | Status::AwaitingApproval | Status::Holding
                 ) {
-                    return self.reject(&cmd, format!("cannot pause while {}", status.name()));
+                    return self.reject(&cmd, not_while("pause"));
                 }
                 self.s.resume_to = Some(status);
                 self.s.status = Status::Paused;
@@ -1077,10 +1389,7 @@ impl Machine<'_> {
             }
             Command::Resume { by } => {
                 if status != Status::Paused {
-                    return self.reject(
-                        &cmd,
-                        format!("cannot resume while {} (not paused)", status.name()),
-                    );
+                    return self.reject(&cmd, RejectReason::NotPaused { status });
                 }
                 self.s.status = self.s.resume_to.take().unwrap_or(Status::Running);
                 self.journal(EventKind::Resumed { by: by.clone() });
@@ -1088,13 +1397,7 @@ impl Machine<'_> {
             }
             Command::Approve { by } => {
                 if status != Status::AwaitingApproval {
-                    return self.reject(
-                        &cmd,
-                        format!(
-                            "nothing waits for approval (the rollout is {})",
-                            status.name()
-                        ),
-                    );
+                    return self.reject(&cmd, RejectReason::NothingAwaitsApproval { status });
                 }
                 self.journal(EventKind::Approved { by: by.clone() });
                 let k = self.s.phase;
@@ -1115,10 +1418,7 @@ impl Machine<'_> {
                         return self.command(Command::Approve { by: by.clone() });
                     }
                     Status::Running | Status::Holding => {}
-                    _ => {
-                        return self
-                            .reject(&cmd, format!("cannot promote while {}", status.name()));
-                    }
+                    _ => return self.reject(&cmd, not_while("promote")),
                 }
                 let phase = &self.plan.phases[self.s.phase];
                 let verdicts = judge_all(self.plan, &phase.criteria, &self.s.evidence);
@@ -1130,22 +1430,15 @@ impl Machine<'_> {
                     self.phase_passed(false, Some(by.clone()), None);
                     return;
                 }
-                let unproven: Vec<String> = verdicts
-                    .iter()
-                    .filter(|v| v.outcome != Outcome::Pass)
-                    .map(|v| v.to_string())
-                    .collect();
                 if !force {
-                    return self.reject(
-                        &cmd,
-                        format!(
-                            "gates are not proven ({}); promoting anyway needs force and a reason",
-                            unproven.join("; ")
-                        ),
-                    );
+                    let unproven = verdicts
+                        .into_iter()
+                        .filter(|v| v.outcome != Outcome::Pass)
+                        .collect();
+                    return self.reject(&cmd, RejectReason::Unproven { verdicts: unproven });
                 }
                 if reason.trim().is_empty() {
-                    return self.reject(&cmd, "a forced promotion needs a reason");
+                    return self.reject(&cmd, RejectReason::ForceNeedsReason);
                 }
                 self.s.verdicts = verdicts.clone();
                 self.s.last_gate_check = Some(self.s.now);
@@ -1153,12 +1446,10 @@ impl Machine<'_> {
                 self.phase_passed(true, Some(by.clone()), Some(reason.clone()));
             }
             Command::Rollback { by, reason } => {
-                let reason = if reason.trim().is_empty() {
-                    format!("rolled back by {by}")
-                } else {
-                    format!("rolled back by {by}: {reason}")
-                };
-                self.rollback(Cause::Operator, reason);
+                self.rollback(StopReason::Operator {
+                    by: by.clone(),
+                    note: reason.trim().to_string(),
+                });
             }
         }
     }

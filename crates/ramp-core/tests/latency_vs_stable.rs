@@ -2,6 +2,7 @@
 
 use ramp_core::evidence::{Evidence, Outcome, judge};
 use ramp_core::plan::{Plan, Test, parse_plan};
+use ramp_core::report::explain;
 
 fn plan_with(criterion: &str) -> Plan {
     let text = format!(
@@ -82,8 +83,8 @@ fn the_same_distribution_passes_once_there_is_enough_evidence() {
         "p95_latency not worse than stable",
         &evidence(&even(40_000, 1.0), &even(4_000, 1.0)),
     );
-    assert_eq!(v.outcome, Outcome::Pass, "{}", v.explanation);
-    assert!(v.explanation.contains("stable p95 ≥"), "{}", v.explanation);
+    assert_eq!(v.outcome, Outcome::Pass, "{}", explain(&v));
+    assert!(explain(&v).contains("stable p95 ≥"), "{}", explain(&v));
     assert!(v.bound.unwrap() <= 0.05);
 }
 
@@ -93,12 +94,12 @@ fn too_few_requests_are_inconclusive_with_what_is_needed() {
         "p95_latency not worse than stable",
         &evidence(&even(4_000, 1.0), &even(150, 1.0)),
     );
-    assert_eq!(v.outcome, Outcome::Inconclusive, "{}", v.explanation);
+    assert_eq!(v.outcome, Outcome::Inconclusive, "{}", explain(&v));
     assert!(v.needed.is_some_and(|n| n > 0), "{v:?}");
     assert!(
-        v.explanation.contains("more canary requests"),
+        explain(&v).contains("more canary requests"),
         "{}",
-        v.explanation
+        explain(&v)
     );
     // No stable traffic at all: nothing to compare with.
     let v = verdict(
@@ -106,7 +107,7 @@ fn too_few_requests_are_inconclusive_with_what_is_needed() {
         &evidence(&[], &even(10_000, 1.0)),
     );
     assert_eq!(v.outcome, Outcome::Inconclusive);
-    assert!(v.explanation.contains("both variants"), "{}", v.explanation);
+    assert!(explain(&v).contains("both variants"), "{}", explain(&v));
 }
 
 #[test]
@@ -115,9 +116,9 @@ fn a_canary_half_again_as_slow_fails_and_says_why() {
         "p95_latency not worse than stable",
         &evidence(&even(40_000, 1.0), &even(2_000, 1.5)),
     );
-    assert_eq!(v.outcome, Outcome::Fail, "{}", v.explanation);
+    assert_eq!(v.outcome, Outcome::Fail, "{}", explain(&v));
     assert!(v.bound.unwrap() > 0.05);
-    assert!(v.explanation.contains("lower bound"), "{}", v.explanation);
+    assert!(explain(&v).contains("lower bound"), "{}", explain(&v));
 }
 
 #[test]
@@ -125,14 +126,14 @@ fn the_margin_decides_a_modest_slowdown() {
     // Canary 5% slower: within a 10% margin, outside none.
     let ev = evidence(&even(100_000, 1.0), &even(20_000, 1.05));
     let v = verdict("p95_latency not worse than stable by 10%", &ev);
-    assert_eq!(v.outcome, Outcome::Pass, "{}", v.explanation);
+    assert_eq!(v.outcome, Outcome::Pass, "{}", explain(&v));
     let v = verdict("p95_latency not worse than stable by 0%", &ev);
-    assert_eq!(v.outcome, Outcome::Fail, "{}", v.explanation);
+    assert_eq!(v.outcome, Outcome::Fail, "{}", explain(&v));
     // An absolute margin: 5% of ≈170 ms is ≈8.5 ms.
     let v = verdict("p95_latency not worse than stable by 20ms", &ev);
-    assert_eq!(v.outcome, Outcome::Pass, "{}", v.explanation);
+    assert_eq!(v.outcome, Outcome::Pass, "{}", explain(&v));
     let v = verdict("p95_latency not worse than stable by 1ms", &ev);
-    assert_eq!(v.outcome, Outcome::Fail, "{}", v.explanation);
+    assert_eq!(v.outcome, Outcome::Fail, "{}", explain(&v));
 }
 
 /// Random samples from one distribution: the comparison must not call a healthy canary worse

@@ -217,3 +217,69 @@ fn errors_never_panic_on_odd_input() {
         let _ = parse_plan(src, "odd.toml");
     }
 }
+
+/// What `ramp plan check` accepts must never fail later (when the proxy starts, after the
+/// rollout was journaled): header and cookie names and upstream URLs are checked here, with
+/// their positions.
+#[test]
+fn cohort_names_and_upstream_urls_are_checked_at_parse_time() {
+    let bad = [
+        (
+            "key = \"header:x-user-id\"",
+            "key = \"header:x user\"",
+            "not a valid HTTP header name",
+        ),
+        (
+            "key = \"header:x-user-id\"",
+            "key = \"cookie:uid;x\"",
+            "not a valid cookie name",
+        ),
+        (
+            "stable = \"http://127.0.0.1:8081\"",
+            "stable = \"http://user@127.0.0.1:8081\"",
+            "user info",
+        ),
+        (
+            "stable = \"http://127.0.0.1:8081\"",
+            "stable = \"http://127.0.0.1:99999\"",
+            "port",
+        ),
+        (
+            "stable = \"http://127.0.0.1:8081\"",
+            "stable = \"http://127.0.0.1:8081/x?y=1\"",
+            "query",
+        ),
+        (
+            "canary = \"http://127.0.0.1:8082\"",
+            "canary = \"https://pay.example.com\"",
+            "scheme \"https\"",
+        ),
+        (
+            "canary = \"http://127.0.0.1:8082\"",
+            "canary = \"http://exa mple.com\"",
+            "not a host name",
+        ),
+        (
+            "canary = \"http://127.0.0.1:8082\"",
+            "canary = \"http://:8082\"",
+            "no host",
+        ),
+    ];
+    for (from, to, says) in bad {
+        let src = SEED.replace(from, to);
+        assert_ne!(src, SEED, "{from}");
+        let err = parse_plan(&src, "p.toml").unwrap_err().to_string();
+        assert!(err.contains(says), "{to}: {err}");
+        let line = SEED.lines().position(|l| l.starts_with(from)).unwrap() + 1;
+        assert!(err.contains(&format!("p.toml:{line}:")), "{to}: {err}");
+    }
+    for good in [
+        "http://127.0.0.1:8081",
+        "http://[::1]:8081",
+        "http://payments.internal",
+        "http://payments.internal:8080/api/v2/",
+    ] {
+        let src = SEED.replace("http://127.0.0.1:8081", good);
+        assert!(parse_plan(&src, "p.toml").is_ok(), "{good}");
+    }
+}

@@ -4,8 +4,10 @@ use proptest::prelude::*;
 use ramp_core::cohort::ShareBp;
 use ramp_core::evidence::{MetricWindow, Outcome, Signal};
 use ramp_core::plan::{Plan, Severity, parse_plan};
+use ramp_core::report::{explain, trigger_text};
 use ramp_core::rollout::{
-    Cause, Command, Effect, EventKind, Input, NotifyKind, ReportKind, State, Status, step,
+    About, Cause, Command, Effect, EventKind, Input, NotifyKind, PhaseResult, RejectReason,
+    ReportKind, State, Status, step,
 };
 use ramp_core::time::{HOUR, MINUTE, Millis};
 
@@ -124,7 +126,7 @@ fn a_healthy_rollout_completes_in_three_days() {
         report: ReportKind::Final
     }));
     // Status every 4h over 72h, summaries daily.
-    let status = d.log.iter().filter(|e| matches!(e, Effect::Notify(n) if n.kind == NotifyKind::Status && n.headline.starts_with("running"))).count();
+    let status = d.log.iter().filter(|e| matches!(e, Effect::Notify(n) if n.kind == NotifyKind::Status && matches!(&n.about, About::StatusUpdate(p) if p.status == Status::Running))).count();
     let summaries = d
         .log
         .iter()
@@ -162,9 +164,9 @@ fn not_enough_evidence_extends_then_holds_and_never_promotes() {
         "says how much more evidence it needs"
     );
     assert!(
-        v.explanation.contains("needs ≈835 more requests"),
+        explain(&v).contains("needs ≈835 more requests"),
         "{}",
-        v.explanation
+        explain(&v)
     );
 }
 
@@ -243,7 +245,7 @@ fn a_trigger_rolls_back_in_the_same_step_traffic_first() {
         .events()
         .into_iter()
         .find_map(|e| match e {
-            EventKind::TriggerFired { explanation, .. } => Some(explanation.clone()),
+            EventKind::TriggerFired { evidence, .. } => Some(trigger_text(evidence)),
             _ => None,
         })
         .unwrap();
@@ -409,7 +411,7 @@ fn promote_needs_proof_or_force_with_a_reason() {
         reason: String::new(),
     }));
     assert!(
-        matches!(&fx[..], [Effect::Rejected(r)] if r.reason.contains("not proven")),
+        matches!(&fx[..], [Effect::Rejected(r)] if matches!(&r.reason, RejectReason::Unproven { verdicts } if !verdicts.is_empty())),
         "{fx:?}"
     );
     let fx = d.input(Input::Command(Command::Promote {
@@ -418,7 +420,7 @@ fn promote_needs_proof_or_force_with_a_reason() {
         reason: " ".into(),
     }));
     assert!(
-        matches!(&fx[..], [Effect::Rejected(r)] if r.reason.contains("reason")),
+        matches!(&fx[..], [Effect::Rejected(r)] if r.reason == RejectReason::ForceNeedsReason),
         "{fx:?}"
     );
     assert_eq!(d.state().phase, 0);
@@ -430,7 +432,7 @@ fn promote_needs_proof_or_force_with_a_reason() {
     assert_eq!(d.state().phase, 1);
     let forced = d.events().into_iter().any(|e| matches!(e, EventKind::Promoted { forced: true, reason: Some(r), .. } if r == "vendor deadline"));
     assert!(forced, "journaled as forced, with the reason");
-    assert_eq!(d.state().history[0].result, "forced");
+    assert_eq!(d.state().history[0].result, PhaseResult::Forced);
 }
 
 #[test]
@@ -641,7 +643,7 @@ proptest! {
                         // Approvals promote after a pass recorded earlier; operator promotes re-judge.
                         prop_assert!(last_gate == Some(Outcome::Pass));
                     }
-                    EventKind::Completed => {
+                    EventKind::Completed { .. } => {
                         let forced = effects.iter().any(|e| matches!(e, Effect::Journal(ev) if matches!(ev.kind, EventKind::Promoted { forced: true, .. })));
                         prop_assert!(last_gate == Some(Outcome::Pass) || forced);
                     }
@@ -698,4 +700,190 @@ fn a_restart_resumes_the_same_phase_time_and_sends_a_due_update_once() {
             .iter()
             .any(|e| matches!(e, EventKind::Restarted { downtime } if *downtime == 2 * HOUR))
     );
+}
+
+// ---- regressions: each of these was wrong once ----
+
+#[test]
+fn a_forced_completion_says_forced_and_is_not_healthy() {
+    let mut d = Driver::new(seed_plan());
+    for reason in ["vendor deadline", "payments lead signed off", "go"] {
+        // Too little traffic to prove anything: every promotion is forced.
+        d.run_minutes(1, |p, _| window(p, 10, 0, 0, 10));
+        d.input(Input::Command(Command::Promote {
+            by: "ana".into(),
+            force: true,
+            reason: reason.into(),
+        }));
+    }
+    assert_eq!(d.state().status, Status::Completed);
+    assert!(d.state().forced);
+    assert_ne!(
+        d.state().health(),
+        ramp_core::rollout::Health::Healthy,
+        "healthy means every gate passed"
+    );
+    let ev = d.events();
+    // No `Promoted { from: full, to: full }` any more: the last step is a forced completion.
+    assert!(
+        !ev.iter()
+            .any(|e| matches!(e, EventKind::Promoted { from, to, .. } if from == to)),
+        "{ev:?}"
+    );
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        EventKind::Completed { forced: true, by: Some(b), reason: Some(r) } if b == "ana" && r == "go"
+    )));
+    let results: Vec<PhaseResult> = d.state().history.iter().map(|h| h.result).collect();
+    assert_eq!(results, vec![PhaseResult::Forced; 3]);
+    assert!(d.log.iter().any(|e| matches!(
+        e,
+        Effect::Notify(n) if n.about == About::Completed { forced: true }
+    )));
+}
+
+#[test]
+fn a_phase_has_one_record_even_when_rolled_back_while_awaiting_approval() {
+    let src = SEED.replace(
+        "name = \"expanded\"\n",
+        "name = \"expanded\"\napproval = true\n",
+    );
+    let mut d = Driver::new(parse_plan(&src, "p").unwrap());
+    d.run_minutes(24 * 60 + 5, healthy);
+    assert_eq!(d.state().status, Status::AwaitingApproval);
+    d.input(Input::Command(Command::Rollback {
+        by: "bo".into(),
+        reason: "changed our minds".into(),
+    }));
+    assert_eq!(d.state().status, Status::RolledBack);
+    let names: Vec<(&str, PhaseResult)> = d
+        .state()
+        .history
+        .iter()
+        .map(|h| (h.name.as_str(), h.result))
+        .collect();
+    assert_eq!(names, vec![("canary", PhaseResult::Passed)]);
+}
+
+#[test]
+fn signals_before_the_start_do_not_count_toward_triggers() {
+    let plan = seed_plan();
+    let mut s = State::new(&plan);
+    for _ in 0..3 {
+        let (next, fx) = step(
+            &plan,
+            s,
+            Input::Signal(Signal::PciAlert {
+                note: "from a test environment".into(),
+            }),
+            0,
+        );
+        s = next;
+        assert!(
+            matches!(&fx[..], [Effect::Journal(e)] if matches!(e.kind, EventKind::SignalReceived { .. })),
+            "journaled, nothing else: {fx:?}"
+        );
+    }
+    assert_eq!(s.totals.signals.pci_alerts, 0);
+    let (s, _) = step(&plan, s, Input::Start, 1);
+    assert_eq!(s.status, Status::Running);
+    assert!(s.triggers.iter().all(|t| !t.fired));
+    // The first PCI alert after the start is one alert, not the fourth.
+    let (s, _) = step(
+        &plan,
+        s,
+        Input::Signal(Signal::PciAlert {
+            note: String::new(),
+        }),
+        2,
+    );
+    assert_eq!(
+        (s.status, s.totals.signals.pci_alerts),
+        (Status::Running, 1)
+    );
+}
+
+#[test]
+fn a_window_with_more_successes_than_requests_never_underflows() {
+    // A window cut between a request's count and its class's count can hold the class alone.
+    let src = SEED.replace("triggers = [", "triggers = [\n  \"success_rate < 50%\",");
+    let mut d = Driver::new(parse_plan(&src, "p").unwrap());
+    let mut w = MetricWindow::new(d.plan.latency_thresholds_us().len());
+    w.canary.requests = 1;
+    w.canary.successes = 3;
+    w.canary.errors = 2;
+    d.now += MINUTE;
+    d.input(Input::Window(w));
+    assert_eq!(d.state().status, Status::Running);
+    let cusum = d.state().triggers[0].cusum.as_ref().unwrap();
+    assert_eq!(cusum.observations, 1);
+    let v = ramp_core::rollout::current_verdicts(&d.plan, d.state());
+    assert!(v.iter().all(|v| v.events <= v.n), "{v:?}");
+}
+
+#[test]
+fn a_state_that_does_not_fit_its_plan_is_refused() {
+    let plan = seed_plan();
+    let good = State::new(&plan);
+    assert_eq!(good.check(&plan), Ok(()));
+    let mut s = good.clone();
+    s.phase = 7;
+    assert!(s.check(&plan).unwrap_err().0.contains("phase index 7"));
+    let mut s = good.clone();
+    s.triggers.pop();
+    assert!(s.check(&plan).unwrap_err().0.contains("trigger"));
+    let mut s = good.clone();
+    s.triggers.swap(0, 1);
+    assert!(s.check(&plan).is_err());
+    let mut s = good.clone();
+    s.evidence.canary.slow.clear();
+    assert!(s.check(&plan).unwrap_err().0.contains("latency counters"));
+    // Another plan's state does not fit.
+    let other = parse_plan(&SEED.replace("\"pci_alerts >= 2\",", ""), "other").unwrap();
+    assert!(State::new(&other).check(&plan).is_err());
+}
+
+#[test]
+fn only_a_step_that_lowers_the_share_goes_ahead_unrecorded() {
+    use ramp_core::rollout::{Unrecorded, when_unrecorded};
+    let mut d = Driver::new(seed_plan());
+    d.run_minutes(1, healthy);
+    let before = d.state().clone();
+    let fx = d.input(Input::Window(healthy(&d.plan, &before)));
+    assert_eq!(when_unrecorded(&before, &fx), Unrecorded::Undo);
+    let fx = d.input(Input::Signal(Signal::BugReport {
+        note: String::new(),
+    }));
+    assert_eq!(when_unrecorded(&before, &fx), Unrecorded::Undo);
+    let before = d.state().clone();
+    let fx = d.input(Input::Command(Command::Rollback {
+        by: "a".into(),
+        reason: "r".into(),
+    }));
+    assert_eq!(when_unrecorded(&before, &fx), Unrecorded::CarryOut);
+    // A promotion raises the share: undone when it cannot be recorded.
+    let mut d = Driver::new(seed_plan());
+    d.run_minutes(1, healthy);
+    let before = d.state().clone();
+    let fx = d.input(Input::Command(Command::Promote {
+        by: "a".into(),
+        force: true,
+        reason: "r".into(),
+    }));
+    assert_eq!(when_unrecorded(&before, &fx), Unrecorded::Undo);
+}
+
+#[test]
+fn settled_means_completed_rolled_back_or_holding() {
+    for (s, settled) in [
+        (Status::Pending, false),
+        (Status::Running, false),
+        (Status::AwaitingApproval, false),
+        (Status::Paused, false),
+        (Status::Holding, true),
+        (Status::RolledBack, true),
+        (Status::Completed, true),
+    ] {
+        assert_eq!(s.is_settled(), settled, "{s:?}");
+    }
 }

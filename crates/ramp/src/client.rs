@@ -185,7 +185,7 @@ impl Client {
 
 fn pct(v: &Value) -> String {
     v.as_f64()
-        .map(ramp_core::evidence::gate::pct)
+        .map(ramp_core::report::pct)
         .unwrap_or_else(|| "-".into())
 }
 
@@ -234,7 +234,7 @@ pub fn render_status(s: &Value) -> String {
             pct(&f("error_rate")),
             f("p95_ms")
                 .as_f64()
-                .map(ramp_core::evidence::gate::ms)
+                .map(ramp_core::report::ms)
                 .unwrap_or("-".into()),
             pct(&f("success_rate")),
             f("active_users").as_u64().unwrap_or(0),

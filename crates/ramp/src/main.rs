@@ -271,7 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), Invalid>> {
                 outln!(
                     "simulated {} of virtual time ({} requests) in {:.0} ms",
                     ramp_core::time::Human(result.ended_at),
-                    ramp_core::evidence::gate::count(result.requests),
+                    ramp_core::report::count(result.requests),
                     wall.as_secs_f64() * 1000.0
                 );
             }
@@ -456,7 +456,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn print_entry(entry: &ramp::serve::LogEntry, origin: ramp_core::time::Millis) {
+fn print_entry(rollout: &str, entry: &ramp::serve::LogEntry, origin: ramp_core::time::Millis) {
     use ramp::serve::LogEntry;
     let name = |v: serde_json::Result<serde_json::Value>| {
         v.ok()
@@ -477,7 +477,7 @@ fn print_entry(entry: &ramp::serve::LogEntry, origin: ramp_core::time::Millis) {
         LogEntry::Notify(n) => outln!(
             "           notify ({}): {}",
             name(serde_json::to_value(n.kind)),
-            n.headline
+            ramp_core::report::headline(rollout, n)
         ),
         LogEntry::Report(r) => outln!("           report: {}", name(serde_json::to_value(r))),
         LogEntry::StoreError(e) => {
@@ -674,7 +674,7 @@ fn serve_cmd(a: ServeArgs) -> anyhow::Result<Result<(), Invalid>> {
             use std::io::Write as _;
             let _ = write!(std::io::stdout(), "[{name}] ");
         }
-        print_entry(entry, origin);
+        print_entry(name, entry, origin);
     });
     let rt = runtime()?;
     rt.block_on(async move {

@@ -1,7 +1,7 @@
 //! `ramp plan check`: the plan as a readable table, and with `--rps` how much traffic and time
 //! each gate needs before it could pass.
 
-use ramp_core::evidence::gate::{count, ms, pct};
+use ramp_core::report::{count, ms, pct};
 use ramp_core::evidence::stats;
 use ramp_core::plan::{Criterion, Metric, MetricKind, Op, Plan, Test};
 use ramp_core::rollout::trigger_stream;

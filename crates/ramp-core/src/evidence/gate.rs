@@ -6,7 +6,6 @@ use super::stats;
 use super::window::{Evidence, ratio};
 use crate::plan::{Criterion, Metric, MetricKind, Op, Plan, Test};
 use serde::{Deserialize, Serialize};
-use std::fmt;
 
 /// The three possible verdicts. Only `Pass` ever promotes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,7 +40,8 @@ pub enum BoundSide {
     Lower,
 }
 
-/// A criterion's verdict with its explanation.
+/// A criterion's verdict with the numbers behind it. It carries no prose: the explanation is
+/// rendered from these fields at the edges ([`crate::report::explain`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
     /// The criterion as written.
@@ -64,61 +64,122 @@ pub struct Verdict {
     /// For inconclusive verdicts: how many more samples are needed at the current rate, when
     /// the current rate could pass at all.
     pub needed: Option<u64>,
-    /// A one-line explanation with the numbers.
-    pub explanation: String,
+    /// The confidence of the bounds (the plan's `analysis.confidence`).
+    pub confidence: f64,
+    /// What kind of measurement this was, with the numbers only it has.
+    pub detail: Detail,
 }
 
-impl fmt::Display for Verdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {} — {}",
-            self.criterion,
-            self.outcome.label(),
-            self.explanation
-        )
-    }
+/// What a verdict measured, beyond the common fields of [`Verdict`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Detail {
+    /// A rate: `events` of `n` requests (or feedback) against `threshold`.
+    Rate {
+        /// What `n` counts.
+        unit: Unit,
+    },
+    /// A latency quantile, judged as the share of requests slower than a threshold.
+    Latency {
+        /// The quantile in per mille (950 = p95).
+        quantile: u16,
+        /// The threshold in milliseconds.
+        threshold_ms: f64,
+        /// The quantile's display estimate from the sketch, in milliseconds.
+        estimate_ms: Option<f64>,
+    },
+    /// An exact count of signals received in the phase.
+    Count {
+        /// The comparison the criterion makes.
+        op: Op,
+    },
+    /// Distinct users who reached the canary (a HyperLogLog estimate).
+    Users {
+        /// The comparison the criterion makes.
+        op: Op,
+    },
+    /// A rate compared with stable's over the same windows, as a difference with bounds.
+    VsStable {
+        /// The bad-event stream compared (`error_rate`, `non-success_rate`, ...).
+        what: String,
+        /// Canary bad events.
+        canary_events: u64,
+        /// Canary requests.
+        canary_n: u64,
+        /// Stable bad events.
+        stable_events: u64,
+        /// Stable requests.
+        stable_n: u64,
+        /// Upper bound of the difference (canary minus stable).
+        upper: f64,
+    },
+    /// A latency quantile compared with stable's.
+    LatencyVsStable {
+        /// The quantile in per mille.
+        quantile: u16,
+        /// Canary's display estimate (ms).
+        canary_ms: Option<f64>,
+        /// Stable's display estimate (ms).
+        stable_ms: Option<f64>,
+        /// Stable requests.
+        stable_n: u64,
+        /// The bound on stable's quantile used (lower for the pass test, upper when proven
+        /// slower), in ms.
+        stable_bound_ms: f64,
+        /// The canary latency the comparison allows at that bound, in ms.
+        limit_ms: f64,
+        /// Allowed relative excess.
+        relative: f64,
+        /// Allowed absolute excess in ms.
+        absolute_ms: f64,
+        /// Which numbers these are.
+        case: LatencyCase,
+    },
+    /// An explanation recorded as text by ramp's journal format 1, kept as written.
+    Text {
+        /// The explanation.
+        text: String,
+    },
 }
 
-/// Formats a fraction as a percentage with sensible precision.
-pub fn pct(x: f64) -> String {
-    let p = x * 100.0;
-    if p == 0.0 {
-        "0%".into()
-    } else if p.abs() < 0.01 {
-        format!("{p:.4}%")
-    } else if p.abs() < 1.0 {
-        format!("{p:.3}%")
-    } else {
-        format!("{p:.2}%")
-    }
+/// What `n` counts in a rate verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    /// Requests.
+    Requests,
+    /// Feedback signals.
+    Feedback,
 }
 
-/// Formats a count with thousands separators.
-pub fn count(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
+impl Unit {
+    /// The plural noun.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Unit::Requests => "requests",
+            Unit::Feedback => "feedback",
         }
-        out.push(c);
     }
-    out
 }
 
-fn conf_label(confidence: f64) -> String {
-    let p = confidence * 100.0;
-    if (p - p.round()).abs() < 1e-9 {
-        format!("{p:.0}%")
-    } else {
-        format!("{p}%")
-    }
+/// Which numbers a `pNN_latency not worse than stable` verdict carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatencyCase {
+    /// One of the variants has no requests in the phase.
+    NoData,
+    /// Too few stable requests to bound stable's quantile from below.
+    NoStableBound,
+    /// Proven slower: `stable_bound_ms` is an upper bound on stable's quantile.
+    Slower,
+    /// The pass test's numbers: `stable_bound_ms` is a lower bound on stable's quantile.
+    Compared,
 }
 
 /// Judges a rate `x / n` against `op threshold` with one-sided exact bounds.
 /// Returns (outcome, bound, side, needed).
 fn judge_rate(x: u64, n: u64, op: Op, t: f64, c: f64) -> (Outcome, f64, BoundSide, Option<u64>) {
+    let x = x.min(n);
     let p_hat = if n == 0 {
         None
     } else {
@@ -188,7 +249,6 @@ fn judge_rate(x: u64, n: u64, op: Op, t: f64, c: f64) -> (Outcome, f64, BoundSid
 /// Judges one success criterion against the phase's evidence.
 pub fn judge(plan: &Plan, criterion: &Criterion, ev: &Evidence) -> Verdict {
     let c = plan.analysis.confidence;
-    let cl = conf_label(c);
     let text = criterion.text.clone();
     match (&criterion.test, criterion.metric.kind()) {
         (Test::Compare { op, threshold, .. }, MetricKind::Rate) => {
@@ -196,32 +256,14 @@ pub fn judge(plan: &Plan, criterion: &Criterion, ev: &Evidence) -> Verdict {
                 Metric::Satisfaction => (
                     ev.signals.feedback_positive,
                     ev.signals.feedback,
-                    "feedback",
+                    Unit::Feedback,
                 ),
                 m => {
                     let (x, n) = ev.canary.rate_counts(m).expect("rate metric");
-                    (x, n, "requests")
+                    (x, n, Unit::Requests)
                 }
             };
             let (outcome, bound, side, needed) = judge_rate(x, n, *op, *threshold, c);
-            let side_word = if side == BoundSide::Upper {
-                "upper"
-            } else {
-                "lower"
-            };
-            let mut explanation = if n == 0 {
-                format!("no {unit} yet; {cl} {side_word} bound {}", pct(bound))
-            } else {
-                format!(
-                    "observed {} ({} of {} {unit}), {cl} {side_word} bound {} vs {}",
-                    pct(ratio(x, n)),
-                    count(x),
-                    count(n),
-                    pct(bound),
-                    pct(*threshold)
-                )
-            };
-            add_needed(&mut explanation, outcome, needed, unit);
             Verdict {
                 criterion: text,
                 outcome,
@@ -232,7 +274,8 @@ pub fn judge(plan: &Plan, criterion: &Criterion, ev: &Evidence) -> Verdict {
                 n,
                 threshold: *threshold,
                 needed,
-                explanation,
+                confidence: c,
+                detail: Detail::Rate { unit },
             }
         }
         (Test::Compare { op, .. }, MetricKind::Latency) => {
@@ -247,42 +290,22 @@ pub fn judge(plan: &Plan, criterion: &Criterion, ev: &Evidence) -> Verdict {
             let n = ev.canary.requests;
             let share_limit = 1.0 - q as f64 / 1000.0;
             let (outcome, bound, side, needed) = judge_rate(x, n, *op, share_limit, c);
-            let side_word = if side == BoundSide::Upper {
-                "upper"
-            } else {
-                "lower"
-            };
-            let t_ms = t_us as f64 / 1000.0;
-            let shown = ev
-                .canary
-                .quantile_ms(q as f64 / 1000.0)
-                .map(|v| format!("; p{} ≈ {}", q_name(q), ms(v)))
-                .unwrap_or_default();
-            let mut explanation = if n == 0 {
-                "no requests yet".to_string()
-            } else {
-                format!(
-                    "{} of {} requests slower than {} ({}), {cl} {side_word} bound {} vs {}{shown}",
-                    count(x),
-                    count(n),
-                    ms(t_ms),
-                    pct(ratio(x, n)),
-                    pct(bound),
-                    pct(share_limit)
-                )
-            };
-            add_needed(&mut explanation, outcome, needed, "requests");
             Verdict {
                 criterion: text,
                 outcome,
                 observed: (n > 0).then(|| ratio(x, n)),
                 bound: Some(bound),
                 bound_side: Some(side),
-                events: x,
+                events: x.min(n),
                 n,
                 threshold: share_limit,
                 needed,
-                explanation,
+                confidence: c,
+                detail: Detail::Latency {
+                    quantile: q,
+                    threshold_ms: t_us as f64 / 1000.0,
+                    estimate_ms: ev.canary.quantile_ms(q as f64 / 1000.0),
+                },
             }
         }
         (Test::Compare { op, threshold, .. }, MetricKind::Count) => {
@@ -299,12 +322,8 @@ pub fn judge(plan: &Plan, criterion: &Criterion, ev: &Evidence) -> Verdict {
                 n: k,
                 threshold: *threshold,
                 needed: None,
-                explanation: format!(
-                    "{} received in this phase (exact count), limit {} {}",
-                    count(k),
-                    op.symbol(),
-                    threshold
-                ),
+                confidence: c,
+                detail: Detail::Count { op: *op },
             }
         }
         (Test::Compare { op, threshold, .. }, MetricKind::Users) => {
@@ -317,13 +336,6 @@ pub fn judge(plan: &Plan, criterion: &Criterion, ev: &Evidence) -> Verdict {
             } else {
                 Outcome::Inconclusive
             };
-            let mut explanation = format!(
-                "≈{} distinct users reached the canary in this phase, need {} {}",
-                count(users),
-                op.symbol(),
-                threshold
-            );
-            add_needed(&mut explanation, outcome, needed, "users");
             Verdict {
                 criterion: text,
                 outcome,
@@ -334,7 +346,8 @@ pub fn judge(plan: &Plan, criterion: &Criterion, ev: &Evidence) -> Verdict {
                 n: users,
                 threshold: *threshold,
                 needed,
-                explanation,
+                confidence: c,
+                detail: Detail::Users { op: *op },
             }
         }
         (Test::NotWorseThanStable { margin }, _) => not_worse(plan, criterion, ev, *margin),
@@ -434,54 +447,16 @@ fn latency_not_worse(
     } else {
         None
     };
-    let name = format!("p{}", q_name(q));
-    let shown = |h: &super::window::VariantStats| {
-        h.quantile_ms(f64::from(q) / 1000.0)
-            .map_or_else(|| "-".to_string(), ms)
-    };
-    let margin = match (relative > 0.0, absolute_ms > 0.0) {
-        (true, true) => format!("+{} +{}", pct(relative), ms(absolute_ms)),
-        (false, true) => format!("+{}", ms(absolute_ms)),
-        _ => format!("+{}", pct(relative)),
-    };
-    let cl = conf_label(c);
-    let mut explanation = if nc == 0 || ns == 0 {
-        "needs requests on both variants in the same window".to_string()
-    } else if let Some((limit, x, bound)) = fail {
-        format!(
-            "{name} canary ≈{} vs stable ≈{}: stable {name} ≤ {} ({cl}), and {} of {} canary requests ({}) slower than {} ({margin}), lower bound {} > {}",
-            shown(&ev.canary),
-            shown(&ev.stable),
-            ms(upper_s.unwrap_or(0) as f64 / 1000.0),
-            count(x),
-            count(nc),
-            pct(ratio(x, nc)),
-            ms(limit / 1000.0),
-            pct(bound),
-            pct(tail)
-        )
+    let estimate = |h: &super::window::VariantStats| h.quantile_ms(f64::from(q) / 1000.0);
+    let (case, stable_bound_us, limit_us) = if nc == 0 || ns == 0 {
+        (LatencyCase::NoData, 0.0, 0.0)
+    } else if let Some((limit, _, _)) = fail {
+        (LatencyCase::Slower, upper_s.unwrap_or(0) as f64, limit)
     } else if lower_s == 0 {
-        format!(
-            "{name} canary ≈{} vs stable ≈{}: not enough stable requests ({}) to bound stable's {name} from below",
-            shown(&ev.canary),
-            shown(&ev.stable),
-            count(ns)
-        )
+        (LatencyCase::NoStableBound, 0.0, 0.0)
     } else {
-        format!(
-            "{name} canary ≈{} vs stable ≈{}: stable {name} ≥ {} ({cl}); {} of {} canary requests ({}) slower than {} ({margin}), upper bound {} vs {}",
-            shown(&ev.canary),
-            shown(&ev.stable),
-            ms(lower_s as f64 / 1000.0),
-            count(x_pass),
-            count(nc),
-            pct(share),
-            ms(pass_limit / 1000.0),
-            pct(pass_bound),
-            pct(tail)
-        )
+        (LatencyCase::Compared, lower_s as f64, pass_limit)
     };
-    add_needed(&mut explanation, outcome, needed, "canary requests");
     let (events, bound, side) = match fail {
         Some((_, x, b)) => (x, b, BoundSide::Lower),
         None => (x_pass, pass_bound, BoundSide::Upper),
@@ -496,39 +471,18 @@ fn latency_not_worse(
         n: nc,
         threshold: tail,
         needed,
-        explanation,
-    }
-}
-
-fn add_needed(explanation: &mut String, outcome: Outcome, needed: Option<u64>, unit: &str) {
-    if outcome != Outcome::Inconclusive {
-        return;
-    }
-    match needed {
-        Some(k) => explanation.push_str(&format!(
-            "; needs ≈{} more {unit} at the current rate",
-            count(k)
-        )),
-        None => explanation.push_str("; cannot pass at the current rate"),
-    }
-}
-
-fn q_name(q: u16) -> String {
-    if q.is_multiple_of(10) {
-        (q / 10).to_string()
-    } else {
-        q.to_string()
-    }
-}
-
-/// Formats milliseconds.
-pub fn ms(v: f64) -> String {
-    if v >= 1000.0 {
-        format!("{:.2}s", v / 1000.0)
-    } else if v >= 10.0 {
-        format!("{v:.0}ms")
-    } else {
-        format!("{v:.1}ms")
+        confidence: c,
+        detail: Detail::LatencyVsStable {
+            quantile: q,
+            canary_ms: estimate(&ev.canary),
+            stable_ms: estimate(&ev.stable),
+            stable_n: ns,
+            stable_bound_ms: stable_bound_us / 1000.0,
+            limit_ms: limit_us / 1000.0,
+            relative,
+            absolute_ms,
+            case,
+        },
     }
 }
 
@@ -540,7 +494,7 @@ fn not_worse(plan: &Plan, criterion: &Criterion, ev: &Evidence, margin: f64) -> 
     let bad = |v: &super::window::VariantStats| {
         let (x, n) = v.rate_counts(metric).expect("rate metric");
         if metric.higher_is_better() {
-            (n - x, n)
+            (n.saturating_sub(x), n)
         } else {
             (x, n)
         }
@@ -570,24 +524,6 @@ fn not_worse(plan: &Plan, criterion: &Criterion, ev: &Evidence, margin: f64) -> 
     } else {
         metric.name()
     };
-    let mut explanation = if nc == 0 || ns == 0 {
-        "needs requests on both variants in the same window".to_string()
-    } else {
-        format!(
-            "{what} canary {} ({} of {}) vs stable {} ({} of {}): difference {}, {} upper bound {} vs margin {}",
-            pct(ratio(xc, nc)),
-            count(xc),
-            count(nc),
-            pct(ratio(xs, ns)),
-            count(xs),
-            count(ns),
-            pct(diff),
-            conf_label(c),
-            pct(hi),
-            pct(margin)
-        )
-    };
-    add_needed(&mut explanation, outcome, needed, "canary requests");
     Verdict {
         criterion: criterion.text.clone(),
         outcome,
@@ -602,7 +538,15 @@ fn not_worse(plan: &Plan, criterion: &Criterion, ev: &Evidence, margin: f64) -> 
         n: nc,
         threshold: margin,
         needed,
-        explanation,
+        confidence: c,
+        detail: Detail::VsStable {
+            what,
+            canary_events: xc,
+            canary_n: nc,
+            stable_events: xs,
+            stable_n: ns,
+            upper: hi,
+        },
     }
 }
 

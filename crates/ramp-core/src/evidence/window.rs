@@ -2,6 +2,7 @@
 //! signals pushed in from outside. Both merge exactly, so windows from several replicas or
 //! several intervals add up to the same evidence.
 
+use super::class::Class;
 use super::hll::UserSketch;
 use super::sketch::LatencyHistogram;
 use crate::plan::{Metric, POSITIVE_FEEDBACK, Severity};
@@ -20,6 +21,9 @@ pub struct VariantStats {
     pub rate_limited: u64,
     /// 401 and 403 answers.
     pub auth_failures: u64,
+    /// Other 4xx answers: refused as the client's mistake (see [`super::class`]).
+    #[serde(default)]
+    pub client_errors: u64,
     /// Requests slower than each of the plan's latency thresholds
     /// ([`crate::plan::Plan::latency_thresholds_us`]), in the same order.
     pub slow: Vec<u64>,
@@ -39,6 +43,19 @@ impl VariantStats {
         }
     }
 
+    /// Counts one request of this class (without latency or user; see [`super::class`]).
+    pub fn count_request(&mut self, class: Class) {
+        self.requests += 1;
+        match class {
+            Class::Error => self.errors += 1,
+            Class::Success => self.successes += 1,
+            Class::RateLimited => self.rate_limited += 1,
+            Class::AuthFailure => self.auth_failures += 1,
+            Class::ClientError => self.client_errors += 1,
+            Class::Neither => {}
+        }
+    }
+
     /// Adds another span's outcomes to this one.
     pub fn merge(&mut self, other: &VariantStats) {
         self.requests += other.requests;
@@ -46,6 +63,7 @@ impl VariantStats {
         self.successes += other.successes;
         self.rate_limited += other.rate_limited;
         self.auth_failures += other.auth_failures;
+        self.client_errors += other.client_errors;
         if self.slow.len() < other.slow.len() {
             self.slow.resize(other.slow.len(), 0);
         }
@@ -82,7 +100,9 @@ impl VariantStats {
     }
 
     /// Counts for a proxy-measured rate metric: (events, trials), where an event is the
-    /// thing the metric counts (an error, a success, a 429, a 401/403).
+    /// thing the metric counts (an error, a success, a 429, a 401/403). The events never exceed
+    /// the trials: a span cut between a request's count and its class's (see the proxy's
+    /// recorder) reads as at most every request having the class, never more.
     pub fn rate_counts(&self, metric: Metric) -> Option<(u64, u64)> {
         let x = match metric {
             Metric::ErrorRate => self.errors,
@@ -91,13 +111,22 @@ impl VariantStats {
             Metric::AuthFailureRate => self.auth_failures,
             _ => return None,
         };
-        Some((x, self.requests))
+        Some((x.min(self.requests), self.requests))
+    }
+
+    /// Requests that were not successes (never more than the requests).
+    pub fn non_successes(&self) -> u64 {
+        self.requests.saturating_sub(self.successes)
     }
 }
 
-/// A fraction that is 0 for an empty denominator.
+/// A fraction that is 0 for an empty denominator and never above 1.
 pub fn ratio(x: u64, n: u64) -> f64 {
-    if n == 0 { 0.0 } else { x as f64 / n as f64 }
+    if n == 0 {
+        0.0
+    } else {
+        x.min(n) as f64 / n as f64
+    }
 }
 
 /// One analysis window: what each variant saw since the previous window.

@@ -358,6 +358,25 @@ fn build_cohort(cx: &mut Ctx, v: Option<&Val>, plan_name: &str) -> Option<Cohort
             None
         };
         match parsed {
+            Some(CohortKey::Header(h)) if !is_token(&h) => {
+                ok = false;
+                cx.err(
+                    k.span().start + 1,
+                    format!("cohort.key: {h:?} is not a valid HTTP header name"),
+                    Some("header names are letters, digits and !#$%&'*+-.^_`|~, e.g. \"header:x-user-id\"".into()),
+                );
+            }
+            Some(CohortKey::Cookie(c)) if !is_cookie_name(&c) => {
+                ok = false;
+                cx.err(
+                    k.span().start + 1,
+                    format!("cohort.key: {c:?} is not a valid cookie name"),
+                    Some(
+                        "cookie names are visible ASCII without ()<>@,;:\\\"/[]?={} or spaces"
+                            .into(),
+                    ),
+                );
+            }
             Some(key) => cohort.key = key,
             None => {
                 ok = false;
@@ -424,15 +443,16 @@ fn build_upstreams(cx: &mut Ctx, v: &Val) -> Option<Upstreams> {
             return None;
         };
         let s = string(cx, u, &format!("upstreams.{key}"))?;
-        if s.starts_with("http://") && s.len() > "http://".len() {
-            Some(s.trim_end_matches('/').to_string())
-        } else {
-            cx.err(
-                u.span().start + 1,
-                format!("upstreams.{key} must be an http:// URL, found {s:?}"),
-                Some("e.g. \"http://127.0.0.1:8081\"".into()),
-            );
-            None
+        match check_upstream_url(s) {
+            Ok(()) => Some(s.trim_end_matches('/').to_string()),
+            Err(why) => {
+                cx.err(
+                    u.span().start + 1,
+                    format!("upstreams.{key} must be an http:// URL (http://host[:port][/prefix]), found {s:?}: {why}"),
+                    Some("e.g. \"http://127.0.0.1:8081\"".into()),
+                );
+                None
+            }
         }
     };
     let stable = one("stable");
@@ -487,6 +507,79 @@ fn build_upstreams(cx: &mut Ctx, v: &Val) -> Option<Upstreams> {
         health_path,
         health_interval,
     })
+}
+
+/// Whether `s` is an HTTP token (RFC 9110 5.6.2): what a header name may be.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Whether `s` can name a cookie (RFC 6265 4.1.1: a token).
+fn is_cookie_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+}
+
+/// Checks the shape the proxy can forward to: `http://host[:port][/prefix]`, with a host, a
+/// port in range, no user info, query or fragment, and a path of visible ASCII.
+pub(crate) fn check_upstream_url(s: &str) -> Result<(), String> {
+    let Some(rest) = s.strip_prefix("http://") else {
+        return Err(match s.split_once("://") {
+            Some((scheme, _)) => format!("scheme {scheme:?} is not supported"),
+            None => "no http:// scheme".into(),
+        });
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if authority.contains('@') {
+        return Err("user info is not supported".into());
+    }
+    if path.contains('?') || path.contains('#') || authority.contains('?') {
+        return Err("a query or fragment is not allowed".into());
+    }
+    if !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the path must be visible ASCII without spaces".into());
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let Some(end) = v6.find(']') else {
+            return Err("an IPv6 host needs its closing `]`".into());
+        };
+        if v6[..end].parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("{:?} is not an IPv6 address", &v6[..end]));
+        }
+        let after = &v6[end + 1..];
+        match after.strip_prefix(':') {
+            Some(p) => ("v6", Some(p)),
+            None if after.is_empty() => ("v6", None),
+            None => return Err("unexpected text after the IPv6 host".into()),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    if host != "v6"
+        && !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
+        return Err(format!("{host:?} is not a host name or address"));
+    }
+    if let Some(p) = port
+        && !matches!(p.parse::<u16>(), Ok(1..))
+    {
+        return Err(format!("port {p:?} is not a number from 1 to 65535"));
+    }
+    Ok(())
 }
 
 /// `[proxy] listen = "127.0.0.1:8080"`. `Some(None)` when the table has no `listen`.

@@ -1,0 +1,82 @@
+//! Helpers shared by ramp's tests: tiny upstreams on 127.0.0.1, fresh temporary directories,
+//! test traffic, and (with the control crate) doubles of the controller's ports.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tokio::net::TcpListener;
+
+/// A tiny upstream on 127.0.0.1: 200 normally, 500 while `fail` is set; counts requests.
+pub async fn upstream(fail: Arc<AtomicBool>, hits: Arc<AtomicU64>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let fail = fail.clone();
+            let hits = hits.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    let status = if fail.load(Ordering::Relaxed) {
+                        500
+                    } else {
+                        200
+                    };
+                    hits.fetch_add(1, Ordering::Relaxed);
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            Response::builder()
+                                .status(status)
+                                .body(Full::new(Bytes::from_static(b"ok")))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A new, empty directory for one test run: unique per process and moment, so a stale journal
+/// from an earlier run (or a reused pid) can never leak in.
+pub fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("{name}-{}-{nanos}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a temporary directory");
+    dir
+}
+
+/// Sends `n` GET requests to `proxy` with `x-user-id` values `user-0`, `user-1`, ... cycling
+/// through `users` distinct users; answers how many got a response (bodies are drained).
+pub async fn traffic(proxy: SocketAddr, n: u32, users: u32) -> u32 {
+    use http_body_util::{BodyExt, Empty};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let mut answered = 0;
+    for i in 0..n {
+        let req = Request::get(format!("http://{proxy}/pay"))
+            .header("x-user-id", format!("user-{}", i % users.max(1)))
+            .body(Empty::new())
+            .unwrap();
+        if let Ok(resp) = client.request(req).await {
+            let _ = resp.into_body().collect().await;
+            answered += 1;
+        }
+    }
+    answered
+}

@@ -1,0 +1,474 @@
+//! One request through the proxy: limits, cohort key, routing, forwarding headers, the
+//! upstream call, classification, recording and the access log.
+
+use super::recorder::user_hash;
+use super::{KeySource, Shared};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use ramp_core::cohort::Variant;
+use ramp_core::evidence::class::Answer;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The body sent to clients: the upstream's, streamed, or a short one the proxy made.
+pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_RAMP_VARIANT: HeaderName = HeaderName::from_static("x-ramp-variant");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers that are always removed (besides those named by `connection`).
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHENTICATE,
+    &header::PROXY_AUTHORIZATION,
+];
+
+/// Per-connection context.
+pub(crate) struct ConnCtx {
+    shared: Arc<Shared>,
+    /// The client address as text: the `client_ip` cohort key and the forwarding headers.
+    client_ip: String,
+    /// The `for=` node of `forwarded` (IPv6 quoted in brackets).
+    forwarded_for: String,
+}
+
+impl ConnCtx {
+    pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr) -> Self {
+        // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d; use the IPv4 form.
+        let ip = match peer.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        let client_ip = ip.to_string();
+        let forwarded_for = match ip {
+            IpAddr::V4(_) => client_ip.clone(),
+            IpAddr::V6(_) => format!("\"[{client_ip}]\""),
+        };
+        ConnCtx {
+            shared,
+            client_ip,
+            forwarded_for,
+        }
+    }
+}
+
+/// A short plain-text response made by the proxy.
+fn local_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
+        text.as_bytes(),
+    ))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Approximate wire size of a request head: request line plus `name: value\r\n` per field.
+fn head_bytes(req: &Request<Incoming>) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
+    let line = req.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    req.headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + line
+        + 2
+}
+
+/// Trims optional whitespace around a cookie token.
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// The value of cookie `name` (first occurrence, surrounding double quotes removed), if set and
+/// not empty.
+pub(crate) fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    for value in headers.get_all(header::COOKIE) {
+        for pair in value.as_bytes().split(|&b| b == b';') {
+            let pair = trim_ows(pair);
+            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+                continue;
+            };
+            if trim_ows(&pair[..eq]) != name.as_bytes() {
+                continue;
+            }
+            let mut v = trim_ows(&pair[eq + 1..]);
+            if let [b'"', inner @ .., b'"'] = v {
+                v = inner;
+            }
+            if !v.is_empty() {
+                return Some(v);
+            }
+        }
+    }
+    None
+}
+
+/// The request's cohort key, if any.
+fn cohort_key<'a>(ctx: &'a ConnCtx, headers: &'a HeaderMap) -> Option<&'a [u8]> {
+    let found = match &ctx.shared.key {
+        KeySource::Header(name) => headers
+            .get(name)
+            .map(HeaderValue::as_bytes)
+            .filter(|v| !v.is_empty()),
+        KeySource::Cookie(name) => find_cookie(headers, name),
+        KeySource::ClientIp => Some(ctx.client_ip.as_bytes()),
+    };
+    match found {
+        Some(key) => Some(key),
+        None if ctx.shared.unkeyed_by_ip => Some(ctx.client_ip.as_bytes()),
+        None => None,
+    }
+}
+
+/// Removes hop-by-hop headers: the fixed list and every header `connection` names.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Whether a `forwarded` parameter value can go unquoted (an RFC 7230 token).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Appends `value` as a `forwarded` parameter value: as is when it is a token, else quoted.
+fn push_forwarded_value(out: &mut String, value: &str) {
+    if is_token(value) {
+        out.push_str(value);
+    } else {
+        out.push('"');
+        for c in value.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+}
+
+/// Joins every value of `name` with `", "` (values that are not visible ASCII are skipped).
+fn joined(headers: &HeaderMap, name: &HeaderName, separator: &str) -> String {
+    let mut out = String::new();
+    for value in headers.get_all(name) {
+        if let Ok(v) = value.to_str() {
+            let v = v.trim();
+            if v.is_empty() {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push_str(separator);
+            }
+            out.push_str(v);
+        }
+    }
+    out
+}
+
+fn header_value(s: String) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(s)).ok()
+}
+
+/// Rewrites request headers for the upstream (see the module docs of `proxy`). `host` is the
+/// client's `Host` (or HTTP/2 `:authority`).
+fn forwarding_headers(ctx: &ConnCtx, headers: &mut HeaderMap, host: Option<HeaderValue>, h2: bool) {
+    strip_hop_by_hop(headers);
+    headers.remove(header::HOST);
+    if h2 && headers.get_all(header::COOKIE).iter().nth(1).is_some() {
+        // HTTP/2 may split cookies over several fields; HTTP/1.1 wants one (RFC 9113 8.2.3).
+        if let Some(v) = header_value(joined(headers, &header::COOKIE, "; ")) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+
+    let mut xff = joined(headers, &X_FORWARDED_FOR, ", ");
+    if !xff.is_empty() {
+        xff.push_str(", ");
+    }
+    xff.push_str(&ctx.client_ip);
+    match header_value(xff) {
+        Some(v) => headers.insert(X_FORWARDED_FOR.clone(), v),
+        None => headers.insert(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_str(&ctx.client_ip).unwrap_or(HeaderValue::from_static("unknown")),
+        ),
+    };
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+
+    let mut forwarded = joined(headers, &header::FORWARDED, ", ");
+    if !forwarded.is_empty() {
+        forwarded.push_str(", ");
+    }
+    let _ = write!(forwarded, "for={};proto=http", ctx.forwarded_for);
+    headers.remove(&X_FORWARDED_HOST);
+    if let Some(host) = host {
+        if let Ok(text) = host.to_str() {
+            forwarded.push_str(";host=");
+            push_forwarded_value(&mut forwarded, text);
+        }
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    if let Some(v) = header_value(forwarded) {
+        headers.insert(header::FORWARDED, v);
+    }
+}
+
+/// A routed request that has not been recorded yet. It is recorded exactly once: by
+/// [`InFlight::finish`] with its outcome, or, when the client goes away first and hyper drops
+/// the request's future, on drop as status 499 (counted as a request, neither error nor
+/// success) with the latency until then.
+struct InFlight<'a> {
+    ctx: &'a ConnCtx,
+    variant: Variant,
+    user: Option<u64>,
+    received: Instant,
+    log_target: Option<(Method, String)>,
+    done: bool,
+}
+
+impl InFlight<'_> {
+    fn finish(&mut self, answer: Answer) {
+        let status = answer.status();
+        self.done = true;
+        let latency = self.received.elapsed();
+        let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let shared = &*self.ctx.shared;
+        shared
+            .recorder
+            .record(self.variant, answer, latency_us, self.user);
+        if let (Some(log), Some((method, target))) = (&shared.log, &self.log_target) {
+            log.log(method, target, status, self.variant.as_str(), latency);
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(Answer::ClientClosed);
+        }
+    }
+}
+
+/// Handles one client request. Never fails: upstream trouble becomes a 502 or a 504.
+pub(crate) async fn handle(
+    ctx: &ConnCtx,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let received = Instant::now();
+    let shared = &*ctx.shared;
+    // Only kept when there is a log to write.
+    let log_target = shared.log.as_ref().map(|_| {
+        (
+            req.method().clone(),
+            req.uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().to_string(), |pq| pq.as_str().to_owned()),
+        )
+    });
+    let refuse = |status: StatusCode, text: &'static str| {
+        if let (Some(log), Some((method, target))) = (&shared.log, &log_target) {
+            log.log(method, target, status.as_u16(), "-", received.elapsed());
+        }
+        Ok(local_response(status, text))
+    };
+
+    if req.headers().len() > shared.limits.max_headers
+        || head_bytes(&req) > shared.limits.max_header_bytes
+    {
+        return refuse(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request header fields too large\n",
+        );
+    }
+    if req.method() == Method::CONNECT {
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n");
+    }
+
+    // Route.
+    let (variant, user) = match cohort_key(ctx, req.headers()) {
+        Some(key) => (shared.routing.route(key), Some(user_hash(key))),
+        None => (Variant::Stable, None),
+    };
+
+    // Build the upstream request.
+    let (mut parts, body) = req.into_parts();
+    let Ok(uri) = shared.upstream(variant).uri(parts.uri.path_and_query()) else {
+        return refuse(StatusCode::BAD_REQUEST, "bad request target\n");
+    };
+    let h2 = parts.version == Version::HTTP_2;
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    forwarding_headers(ctx, &mut parts.headers, host, h2);
+    let upstream_request = Request::from_parts(parts, body);
+
+    let mut in_flight = InFlight {
+        ctx,
+        variant,
+        user,
+        received,
+        log_target,
+        done: false,
+    };
+    let result = tokio::time::timeout(
+        shared.limits.response_timeout,
+        shared.client.request(upstream_request),
+    )
+    .await;
+    let (outcome, mut response) = match result {
+        Ok(Ok(response)) => {
+            let status = response.status().as_u16();
+            let mut response = response.map(Either::Left);
+            strip_hop_by_hop(response.headers_mut());
+            (Answer::Status(status), response)
+        }
+        Ok(Err(e)) if e.is_connect() => (
+            Answer::ConnectFailed,
+            local_response(StatusCode::BAD_GATEWAY, "upstream unreachable\n"),
+        ),
+        Ok(Err(e)) if client_body_failed(&e) => (
+            Answer::ClientFailed,
+            local_response(StatusCode::BAD_REQUEST, "request body failed\n"),
+        ),
+        Ok(Err(_)) => (
+            Answer::UpstreamFailed,
+            local_response(StatusCode::BAD_GATEWAY, "upstream failed\n"),
+        ),
+        Err(_) => (
+            Answer::TimedOut,
+            local_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
+        ),
+    };
+    in_flight.finish(outcome);
+    if shared.variant_header {
+        response.headers_mut().insert(
+            X_RAMP_VARIANT.clone(),
+            HeaderValue::from_static(variant.as_str()),
+        );
+    }
+    Ok(response)
+}
+
+/// Whether an upstream call failed because the client's own request body failed (the client
+/// went away mid-upload or sent a malformed body), rather than because of the upstream.
+fn client_body_failed(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; uid=; b=2"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("xuid=9;  uid = \"u-7\" ; c=3"),
+        );
+        assert_eq!(find_cookie(&h, "uid"), Some(&b"u-7"[..]));
+        assert_eq!(find_cookie(&h, "a"), Some(&b"1"[..]));
+        assert_eq!(find_cookie(&h, "c"), Some(&b"3"[..]));
+        assert_eq!(find_cookie(&h, "d"), None);
+        assert_eq!(find_cookie(&HeaderMap::new(), "uid"), None);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic x"),
+        );
+        h.insert(
+            header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Basic"),
+        );
+        h.insert(header::TRAILER, HeaderValue::from_static("x-checksum"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn forwarded_values() {
+        let mut s = String::new();
+        push_forwarded_value(&mut s, "example.com");
+        s.push(' ');
+        push_forwarded_value(&mut s, "example.com:8080");
+        s.push(' ');
+        push_forwarded_value(&mut s, "a\"b");
+        assert_eq!(s, r#"example.com "example.com:8080" "a\"b""#);
+    }
+}

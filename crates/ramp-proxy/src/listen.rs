@@ -1,0 +1,307 @@
+//! The one listener the proxy and the control API share: the accept loop, the connection cap,
+//! the deadlines every connection lives under, and graceful drain.
+//!
+//! * **Connection cap.** Every connection holds a slot (a permit of a [`Semaphore`] that
+//!   several listeners may share). Over the cap a listener holds the one connection it has
+//!   just accepted, unserved, and accepts nothing more until a slot frees, so further clients
+//!   wait in the kernel's listen backlog: at most one connection per listener beyond the cap,
+//!   none accepted and then dropped.
+//! * **Deadlines.** An HTTP/1 request head must arrive within `header_read_timeout` (hyper's
+//!   timer; it also closes idle keep-alive connections), any connection must deliver its first
+//!   request within the same time whatever its protocol (a client that opens a connection and
+//!   sends nothing is cut off), and with `write_timeout` a write that stays blocked that long
+//!   (a client that stopped reading its answers) closes the connection.
+//! * **Drain.** When `stop` turns true the listener closes at once, connections finish their
+//!   in-flight requests for up to `drain_timeout` (idle HTTP/1 connections close, HTTP/2
+//!   clients get GOAWAY), then whatever is left is closed.
+
+use hyper::body::{Body, Incoming};
+use hyper::service::Service;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::error::Error as StdError;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+/// hyper's smallest HTTP/1 read buffer.
+const MIN_READ_BUFFER: usize = 8 * 1024;
+
+/// Which protocols a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocols {
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/1.1 and HTTP/2 over cleartext with prior knowledge (h2c), detected per connection.
+    Http1AndH2c,
+}
+
+/// How connections of a listener live.
+#[derive(Clone, Debug)]
+pub struct ConnLimits {
+    /// Protocols spoken.
+    pub protocols: Protocols,
+    /// An HTTP/1 request head (and every connection's first request) must arrive within this.
+    pub header_read_timeout: Duration,
+    /// Largest request head, bytes (hyper's read buffer for HTTP/1; the header list size for
+    /// HTTP/2).
+    pub max_header_bytes: usize,
+    /// Most header fields in an HTTP/1 request (hyper's default is 100).
+    pub max_headers: usize,
+    /// Close a connection whose write stays blocked this long (`None`: no limit).
+    pub write_timeout: Option<Duration>,
+    /// On stop, how long open requests may take to finish.
+    pub drain_timeout: Duration,
+}
+
+/// Whether a connection has delivered a request yet (set by the service wrapper).
+#[derive(Clone, Debug, Default)]
+struct Seen(Arc<AtomicBool>);
+
+/// A service that notes its first call, for the first-request deadline.
+#[derive(Clone)]
+struct Noting<S> {
+    inner: S,
+    seen: Seen,
+}
+
+impl<S, B> Service<Request<Incoming>> for Noting<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        if !self.seen.0.load(Ordering::Relaxed) {
+            self.seen.0.store(true, Ordering::Relaxed);
+        }
+        self.inner.call(req)
+    }
+}
+
+/// The connection builder for these limits.
+fn builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true)
+        .max_buf_size(limits.max_header_bytes.max(MIN_READ_BUFFER));
+    if limits.max_headers != 100 {
+        // hyper's default is 100 on the stack; any other value costs a heap allocation.
+        builder.http1().max_headers(limits.max_headers);
+    }
+    match limits.protocols {
+        Protocols::Http1 => builder = builder.http1_only(),
+        Protocols::Http1AndH2c => {
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        }
+    }
+    builder
+}
+
+/// Resolves once `stop` says true or its sender is gone.
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Serves connections accepted on `listener` with the service `make(peer)` builds for each,
+/// until `stop` turns true; then drains (see the module docs). `slots` caps the connections
+/// open at once; several listeners may share one.
+pub async fn serve<M, S, B>(
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+    limits: ConnLimits,
+    mut make: M,
+    mut stop: watch::Receiver<bool>,
+) where
+    M: FnMut(SocketAddr) -> S,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let builder = builder(&limits);
+    let graceful = GracefulShutdown::new();
+    let (hard_stop, hard_stop_rx) = watch::channel(false);
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        // Over the cap, this connection waits here, unserved, and this listener accepts
+        // nothing more until a slot frees: further clients wait in the kernel's backlog. (A
+        // slot cannot be taken *before* accepting: with several `SO_REUSEPORT` listeners
+        // sharing the cap, the listener holding the freed slot may not be the one the next
+        // client is queued on.)
+        let permit = tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let seen = Seen::default();
+        let service = Noting {
+            inner: make(peer),
+            seen: seen.clone(),
+        };
+        let stream = WriteDeadline::new(stream, limits.write_timeout);
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        let mut hard_stop = hard_stop_rx.clone();
+        let first_request = limits.header_read_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut conn = std::pin::pin!(conn);
+            // A connection must deliver its first request in time, whatever the protocol.
+            tokio::select! {
+                biased;
+                _ = stopped(&mut hard_stop) => return,
+                _ = &mut conn => return,
+                _ = tokio::time::sleep(first_request) => {
+                    if !seen.0.load(Ordering::Relaxed) {
+                        return;
+                    }
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = stopped(&mut hard_stop) => {}
+                _ = conn => {}
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        let _ = hard_stop.send(true);
+    }
+}
+
+/// A stream whose writes fail once they have been blocked for `limit`, so that a client that
+/// sends requests but never reads the answers cannot hold a connection slot for ever.
+struct WriteDeadline<S> {
+    inner: S,
+    limit: Option<Duration>,
+    blocked: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, limit: Option<Duration>) -> Self {
+        WriteDeadline {
+            inner,
+            limit,
+            blocked: None,
+        }
+    }
+
+    /// Passes a write's result through; a `Pending` write starts (or checks) the deadline.
+    fn deadline<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let Some(limit) = self.limit else {
+            return result;
+        };
+        match result {
+            Poll::Ready(r) => {
+                self.blocked = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let sleep = self
+                    .blocked
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        self.blocked = None;
+                        Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the client stopped reading",
+                        )))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.deadline(cx, r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.deadline(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.deadline(cx, r)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

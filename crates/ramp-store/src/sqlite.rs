@@ -1,0 +1,777 @@
+//! The SQLite store: one file, WAL mode, `synchronous = FULL`, on threads of its own.
+//!
+//! Writes go to one writer thread that owns the write connection; reads go to a reader thread
+//! with a connection of its own. The async methods hand a job to the thread and await its
+//! answer, so no runtime worker ever blocks on the disk, and in WAL mode reads (status, the
+//! journal page, `/metrics`) never wait for a write that is slow or stuck. `BEGIN IMMEDIATE`
+//! plus `busy_timeout` serialize writers across processes opening the same file. With WAL and
+//! `synchronous = FULL` a commit fsyncs the write-ahead log before it returns, so an
+//! acknowledged append survives `kill -9` and power loss alike.
+//!
+//! An in-memory store (tests) has one thread for both, since two connections to `:memory:`
+//! would be two databases.
+
+use super::records::{
+    self, EVENT_FORMAT, NOTICE_FORMAT, STATE_FORMAT, decode_event, decode_notice, decode_state,
+    encode_event, encode_notice, encode_state, to_i64,
+};
+use super::{Append, BoxFuture, NewRollout, OutboxEntry, Store, StoreError, StoredRollout};
+use ramp_core::evidence::MetricWindow;
+use ramp_core::time::Millis;
+use ramp_wire::v1;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a write waits for another process's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The schema, one migration per version (index 0 is version 1). Applied in order, each in its
+/// own transaction together with its `schema_migrations` row. Never edit a released entry:
+/// append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: rollouts, their journal, and the latest state of each.
+    "CREATE TABLE rollouts (
+        name TEXT PRIMARY KEY,
+        plan_toml TEXT NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE journal (
+        rollout TEXT NOT NULL REFERENCES rollouts(name),
+        seq BIGINT NOT NULL,
+        at BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (rollout, seq)
+    );
+    CREATE TABLE snapshots (
+        rollout TEXT PRIMARY KEY REFERENCES rollouts(name),
+        seq BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );",
+    // 2: every analysis window's per-variant aggregates, as they arrived.
+    "CREATE TABLE windows (
+        rollout TEXT NOT NULL REFERENCES rollouts(name),
+        at BIGINT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX windows_by_rollout ON windows (rollout, at);",
+    // 3: the address each rollout's proxy last listened on, so a restart serves on the same one.
+    "ALTER TABLE rollouts ADD COLUMN listen TEXT;",
+    // 4: record formats per row (rows before this are format 1), retired rollouts, and the
+    // outbox of notices, written in the same transaction as the step that sends them.
+    "ALTER TABLE journal ADD COLUMN format INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE snapshots ADD COLUMN format INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE rollouts ADD COLUMN retired_at BIGINT;
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        rollout TEXT NOT NULL REFERENCES rollouts(name),
+        seq BIGINT NOT NULL,
+        at BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        format INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        delivered_at BIGINT
+    );
+    CREATE INDEX outbox_undelivered ON outbox (delivered_at, id);
+    CREATE INDEX outbox_by_rollout ON outbox (rollout, id);",
+];
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// A thread that owns a connection and runs jobs on it, one at a time.
+#[derive(Clone)]
+struct DbThread {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl DbThread {
+    fn spawn(name: &str, mut conn: Connection) -> Result<Self, StoreError> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                for job in queue {
+                    // A job that panics must not take the store down with it: rusqlite rolls
+                    // back an open transaction on drop, so the connection stays consistent.
+                    let _ =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
+                }
+            })
+            .map_err(|e| StoreError::Open(format!("cannot start the store thread: {e}")))?;
+        Ok(DbThread { jobs })
+    }
+
+    /// Runs `f` on the thread's connection; resolves to its result.
+    fn run<T, F>(&self, f: F) -> BoxFuture<'static, Result<T, StoreError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self
+            .jobs
+            .send(Box::new(move |conn| {
+                let _ = tx.send(f(conn));
+            }))
+            .is_ok();
+        Box::pin(async move {
+            if !sent {
+                return Err(StoreError::Stopped);
+            }
+            rx.await.unwrap_or(Err(StoreError::Stopped))
+        })
+    }
+}
+
+/// A [`Store`] in a SQLite file (or in memory, for tests).
+pub struct SqliteStore {
+    writer: DbThread,
+    reader: DbThread,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path` in WAL mode and brings its schema
+    /// up to date. `StoreError::Migration` if the file was written by a newer ramp.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut conn = Connection::open(path)?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Open(format!(
+                "{}: SQLite would not switch to WAL mode (journal_mode is {mode:?}); \
+                 is the file on a filesystem without shared-memory support?",
+                path.display()
+            )));
+        }
+        configure(&conn)?;
+        migrate(&mut conn, &path.display().to_string())?;
+        let reader = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        reader.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(SqliteStore {
+            writer: DbThread::spawn("ramp-store-writer", conn)?,
+            reader: DbThread::spawn("ramp-store-reader", reader)?,
+        })
+    }
+
+    /// A private in-memory database (no durability), with the same schema.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let mut conn = Connection::open_in_memory()?;
+        configure(&conn)?;
+        migrate(&mut conn, ":memory:")?;
+        let thread = DbThread::spawn("ramp-store", conn)?;
+        Ok(SqliteStore {
+            writer: thread.clone(),
+            reader: thread,
+        })
+    }
+
+    /// The schema version of the database (the highest applied migration).
+    pub async fn schema_version(&self) -> Result<u32, StoreError> {
+        self.reader.run(|c| current_version(c)).await
+    }
+
+    /// The schema version this binary brings databases to.
+    pub fn latest_schema_version() -> u32 {
+        MIGRATIONS.len() as u32
+    }
+
+    /// Runs `f` on the write connection (for tests that inspect or damage the database).
+    pub async fn with_connection<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.writer.run(f).await
+    }
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+fn current_version(conn: &Connection) -> Result<u32, StoreError> {
+    let v: Option<i64> = conn.query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+        r.get(0)
+    })?;
+    let v = v.unwrap_or(0);
+    u32::try_from(v)
+        .map_err(|_| StoreError::Migration(format!("schema_migrations holds version {v}")))
+}
+
+/// Applies the migrations this database lacks, one transaction each. Taking the write lock
+/// (`BEGIN IMMEDIATE`) before reading the version makes concurrent openers apply each
+/// migration once.
+fn migrate(conn: &mut Connection, what: &str) -> Result<(), StoreError> {
+    let known = MIGRATIONS.len() as u32;
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version INTEGER PRIMARY KEY,
+                applied_at BIGINT NOT NULL
+            )",
+            [],
+        )?;
+        let current = current_version(&tx)?;
+        if current > known {
+            return Err(StoreError::Migration(format!(
+                "{what} has schema version {current}, but this ramp knows versions up to \
+                 {known}: it was written by a newer ramp; upgrade ramp to open it \
+                 (the database was left unchanged)"
+            )));
+        }
+        if current == known {
+            tx.commit()?;
+            return Ok(());
+        }
+        let next = current + 1;
+        tx.execute_batch(MIGRATIONS[current as usize])
+            .map_err(|e| StoreError::Migration(format!("{what}: migration {next} failed: {e}")))?;
+        // The migration's own time is not a decision: it only records when the schema changed.
+        #[allow(clippy::disallowed_methods)]
+        let applied_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            params![next, applied_at],
+        )?;
+        tx.commit()?;
+    }
+}
+
+/// Reads a stored number that is never negative in a healthy database.
+fn unsigned(rollout: &str, what: &str, v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt {
+        rollout: rollout.to_string(),
+        seq: 0,
+        reason: format!("negative {what} {v}"),
+    })
+}
+
+/// One row of the rollout + snapshot join, before parsing.
+struct Row {
+    name: String,
+    plan_toml: String,
+    created_at: i64,
+    snapshot_seq: Option<i64>,
+    state: Option<String>,
+    state_format: Option<i64>,
+    journal_max: Option<i64>,
+    listen: Option<String>,
+    retired_at: Option<i64>,
+}
+
+const SELECT_ROLLOUT: &str = "SELECT r.name, r.plan_toml, r.created_at, s.seq, s.state, s.format,
+        (SELECT MAX(j.seq) FROM journal j WHERE j.rollout = r.name), r.listen, r.retired_at
+    FROM rollouts r LEFT JOIN snapshots s ON s.rollout = r.name";
+
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        name: r.get(0)?,
+        plan_toml: r.get(1)?,
+        created_at: r.get(2)?,
+        snapshot_seq: r.get(3)?,
+        state: r.get(4)?,
+        state_format: r.get(5)?,
+        journal_max: r.get(6)?,
+        listen: r.get(7)?,
+        retired_at: r.get(8)?,
+    })
+}
+
+impl Row {
+    /// Parses the row and checks that the snapshot is the one written with the last event.
+    fn parse(self) -> Result<StoredRollout, StoreError> {
+        let corrupt = |seq, reason: String| StoreError::Corrupt {
+            rollout: self.name.clone(),
+            seq,
+            reason,
+        };
+        let journal_max = unsigned(&self.name, "seq", self.journal_max.unwrap_or(0))?;
+        let (Some(seq), Some(state)) = (self.snapshot_seq, &self.state) else {
+            return Err(corrupt(
+                journal_max,
+                "the rollout has no state snapshot".into(),
+            ));
+        };
+        let last_seq = unsigned(&self.name, "seq", seq)?;
+        if last_seq != journal_max {
+            return Err(corrupt(
+                last_seq,
+                format!(
+                    "the state snapshot is at seq {last_seq} but the journal ends at {journal_max}"
+                ),
+            ));
+        }
+        let created_at = unsigned(&self.name, "created_at", self.created_at)?;
+        let retired_at = match self.retired_at {
+            Some(v) => Some(unsigned(&self.name, "retired_at", v)?),
+            None => None,
+        };
+        let state = decode_state(&self.name, last_seq, self.state_format.unwrap_or(1), state)?;
+        Ok(StoredRollout {
+            name: self.name,
+            plan_toml: self.plan_toml,
+            created_at,
+            state,
+            last_seq,
+            listen: self.listen,
+            retired_at,
+        })
+    }
+}
+
+fn exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM rollouts WHERE name = ?1")?
+        .query_row([name], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// A step, serialized before it reaches the writer thread (the writer only writes).
+struct EncodedStep {
+    events: Vec<records::EncodedEvent>,
+    state: String,
+    updated_at: i64,
+    window: Option<(i64, String)>,
+    notices: Vec<(&'static str, String)>,
+}
+
+fn encode_step(step: &Append) -> Result<EncodedStep, StoreError> {
+    let events = step
+        .events
+        .iter()
+        .map(encode_event)
+        .collect::<Result<Vec<_>, _>>()?;
+    let window = match &step.window {
+        Some(w) => Some((
+            to_i64(step.state.now, "window time")?,
+            serde_json::to_string(w).map_err(|e| StoreError::Encode(e.to_string()))?,
+        )),
+        None => None,
+    };
+    let notices = step
+        .notices
+        .iter()
+        .map(|n| Ok((notice_kind(n), encode_notice(n)?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(EncodedStep {
+        events,
+        state: encode_state(&step.state)?,
+        updated_at: to_i64(step.state.now, "state time")?,
+        window,
+        notices,
+    })
+}
+
+fn notice_kind(n: &v1::Notice) -> &'static str {
+    match n.kind {
+        v1::NotifyKind::Status => "status",
+        v1::NotifyKind::Summary => "summary",
+        v1::NotifyKind::Critical => "critical",
+    }
+}
+
+/// Writes a step inside `tx`, after journal position `seq`; returns the new last position.
+fn write_step(
+    tx: &rusqlite::Transaction<'_>,
+    name: &str,
+    mut seq: i64,
+    step: &EncodedStep,
+) -> Result<i64, StoreError> {
+    if let Some((at, body)) = &step.window {
+        tx.prepare_cached("INSERT INTO windows (rollout, at, body) VALUES (?1, ?2, ?3)")?
+            .execute(params![name, at, body])?;
+    }
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO journal (rollout, seq, at, kind, body, format)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for e in &step.events {
+            seq += 1;
+            insert.execute(params![name, seq, e.at, e.kind, e.body, EVENT_FORMAT])?;
+        }
+    }
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO outbox (rollout, seq, at, kind, format, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for (kind, body) in &step.notices {
+            insert.execute(params![
+                name,
+                seq,
+                step.updated_at,
+                kind,
+                NOTICE_FORMAT,
+                body
+            ])?;
+        }
+    }
+    let changed = tx
+        .prepare_cached(
+            "UPDATE snapshots SET seq = ?2, state = ?3, updated_at = ?4, format = ?5
+             WHERE rollout = ?1",
+        )?
+        .execute(params![
+            name,
+            seq,
+            step.state,
+            step.updated_at,
+            STATE_FORMAT
+        ])?;
+    if changed == 0 {
+        tx.execute(
+            "INSERT INTO snapshots (rollout, seq, state, updated_at, format)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, seq, step.state, step.updated_at, STATE_FORMAT],
+        )?;
+    }
+    Ok(seq)
+}
+
+fn outbox_row(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(i64, String, i64, i64, i64, String, Option<i64>)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
+}
+
+type RawNotice = (i64, String, i64, i64, i64, String, Option<i64>);
+
+fn parse_outbox(rows: Vec<RawNotice>) -> Result<Vec<OutboxEntry>, StoreError> {
+    rows.into_iter()
+        .map(|(id, rollout, seq, at, format, body, delivered)| {
+            let id = unsigned(&rollout, "outbox id", id)?;
+            Ok(OutboxEntry {
+                notice: decode_notice(&rollout, id, format, &body)?,
+                id,
+                seq: unsigned(&rollout, "seq", seq)?,
+                at: unsigned(&rollout, "time", at)?,
+                delivered_at: match delivered {
+                    Some(d) => Some(unsigned(&rollout, "time", d)?),
+                    None => None,
+                },
+                rollout,
+            })
+        })
+        .collect()
+}
+
+const OUTBOX_COLUMNS: &str = "id, rollout, seq, at, format, body, delivered_at";
+
+impl Store for SqliteStore {
+    fn create(&self, rollout: NewRollout) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let encoded = encode_step(&rollout.step)
+            .and_then(|s| Ok((s, to_i64(rollout.created_at, "created_at")?)));
+        Box::pin(async move {
+            let (step, created_at) = encoded?;
+            self.writer
+                .run(move |conn| {
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    if exists(&tx, &rollout.name)? {
+                        return Err(StoreError::AlreadyExists(rollout.name));
+                    }
+                    tx.execute(
+                        "INSERT INTO rollouts (name, plan_toml, created_at, listen)
+                         VALUES (?1, ?2, ?3, ?4)",
+                        params![rollout.name, rollout.plan_toml, created_at, rollout.listen],
+                    )?;
+                    let seq = write_step(&tx, &rollout.name, 0, &step)?;
+                    tx.commit()?;
+                    unsigned(&rollout.name, "seq", seq)
+                })
+                .await
+        })
+    }
+
+    fn append(
+        &self,
+        rollout: &str,
+        expected_seq: u64,
+        step: Append,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        // Serialize here: the writer thread only writes.
+        let encoded =
+            encode_step(&step).and_then(|s| Ok((s, to_i64(expected_seq, "expected seq")?)));
+        let name = rollout.to_string();
+        Box::pin(async move {
+            let (step, expected) = encoded?;
+            self.writer
+                .run(move |conn| {
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let last: Option<i64> = tx
+                        .prepare_cached("SELECT seq FROM snapshots WHERE rollout = ?1")?
+                        .query_row([&name], |r| r.get(0))
+                        .optional()?;
+                    let Some(last) = last else {
+                        return Err(if exists(&tx, &name)? {
+                            StoreError::Corrupt {
+                                rollout: name,
+                                seq: 0,
+                                reason: "the rollout has no state snapshot".into(),
+                            }
+                        } else {
+                            StoreError::NotFound(name)
+                        });
+                    };
+                    if last != expected {
+                        return Err(StoreError::Conflict {
+                            expected: expected_seq,
+                            actual: unsigned(&name, "seq", last)?,
+                            rollout: name,
+                        });
+                    }
+                    let seq = write_step(&tx, &name, last, &step)?;
+                    tx.commit()?;
+                    unsigned(&name, "seq", seq)
+                })
+                .await
+        })
+    }
+
+    fn load_all(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<Result<StoredRollout, StoreError>>, StoreError>> {
+        self.reader.run(|conn| {
+            // One read transaction: a consistent view even if another process writes meanwhile.
+            let tx = conn.transaction()?;
+            // Rows by rowid (names as bytes, so that even a damaged name is listed), then each
+            // rollout on its own, so that a row that cannot be read (bad UTF-8, a wrong type,
+            // no name) fails only that rollout.
+            let rows: Vec<(i64, Option<Vec<u8>>)> = tx
+                .prepare("SELECT rowid, CAST(name AS BLOB) FROM rollouts ORDER BY name")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut out = Vec::with_capacity(rows.len());
+            {
+                let mut one = tx.prepare(&format!("{SELECT_ROLLOUT} WHERE r.rowid = ?1"))?;
+                for (rowid, raw) in rows {
+                    let name = raw.map_or_else(
+                        || format!("(unnamed row {rowid})"),
+                        |raw| String::from_utf8_lossy(&raw).into_owned(),
+                    );
+                    let row = one
+                        .query_row([rowid], read_row)
+                        .map_err(|e| StoreError::Corrupt {
+                            rollout: name.clone(),
+                            seq: 0,
+                            reason: format!("the rollout's row cannot be read: {e}"),
+                        });
+                    out.push(row.and_then(Row::parse));
+                }
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    fn load(&self, rollout: &str) -> BoxFuture<'_, Result<StoredRollout, StoreError>> {
+        let name = rollout.to_string();
+        self.reader.run(move |conn| {
+            let row = conn
+                .prepare_cached(&format!("{SELECT_ROLLOUT} WHERE r.name = ?1"))?
+                .query_row([&name], read_row)
+                .optional()?;
+            row.ok_or(StoreError::NotFound(name))?.parse()
+        })
+    }
+
+    fn events(
+        &self,
+        rollout: &str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(u64, v1::Event)>, StoreError>> {
+        let name = rollout.to_string();
+        self.reader.run(move |conn| {
+            // Past the representable range there is nothing to return.
+            let after = i64::try_from(after).unwrap_or(i64::MAX);
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let tx = conn.transaction()?;
+            if !exists(&tx, &name)? {
+                return Err(StoreError::NotFound(name));
+            }
+            let rows = tx
+                .prepare_cached(
+                    "SELECT seq, format, body FROM journal WHERE rollout = ?1 AND seq > ?2
+                     ORDER BY seq LIMIT ?3",
+                )?
+                .query_map(params![name, after, limit], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.commit()?;
+            rows.into_iter()
+                .map(|(seq, format, body)| {
+                    let seq = unsigned(&name, "seq", seq)?;
+                    Ok((seq, decode_event(&name, seq, format, &body)?))
+                })
+                .collect()
+        })
+    }
+
+    fn windows(
+        &self,
+        rollout: &str,
+        after: Millis,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(Millis, MetricWindow)>, StoreError>> {
+        let name = rollout.to_string();
+        self.reader.run(move |conn| {
+            if !exists(conn, &name)? {
+                return Err(StoreError::NotFound(name));
+            }
+            let after = to_i64(after, "window time")?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = conn
+                .prepare_cached(
+                    "SELECT at, body FROM windows WHERE rollout = ?1 AND at > ?2
+                     ORDER BY at LIMIT ?3",
+                )?
+                .query_map(params![name, after, limit], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(at, body)| {
+                    let w = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
+                        rollout: name.clone(),
+                        seq: 0,
+                        reason: format!("window at {at}: {e}"),
+                    })?;
+                    Ok((unsigned(&name, "window time", at)?, w))
+                })
+                .collect()
+        })
+    }
+
+    fn prune_windows(
+        &self,
+        rollout: &str,
+        before: Millis,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let name = rollout.to_string();
+        self.writer.run(move |conn| {
+            let before = i64::try_from(before).unwrap_or(i64::MAX);
+            let n = conn.execute(
+                "DELETE FROM windows WHERE rollout = ?1 AND at < ?2",
+                params![name, before],
+            )?;
+            Ok(n as u64)
+        })
+    }
+
+    fn set_listen(&self, rollout: &str, listen: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (name, listen) = (rollout.to_string(), listen.to_string());
+        self.writer.run(move |conn| {
+            let changed = conn.execute(
+                "UPDATE rollouts SET listen = ?2 WHERE name = ?1",
+                params![name, listen],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::NotFound(name));
+            }
+            Ok(())
+        })
+    }
+
+    fn retire(&self, rollout: &str, at: Millis) -> BoxFuture<'_, Result<(), StoreError>> {
+        let name = rollout.to_string();
+        self.writer.run(move |conn| {
+            let at = to_i64(at, "retired_at")?;
+            let changed = conn.execute(
+                "UPDATE rollouts SET retired_at = ?2 WHERE name = ?1 AND retired_at IS NULL",
+                params![name, at],
+            )?;
+            if changed == 0 && !exists(conn, &name)? {
+                return Err(StoreError::NotFound(name));
+            }
+            Ok(())
+        })
+    }
+
+    fn undelivered(&self, limit: usize) -> BoxFuture<'_, Result<Vec<OutboxEntry>, StoreError>> {
+        self.reader.run(move |conn| {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = conn
+                .prepare_cached(&format!(
+                    "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE delivered_at IS NULL
+                     ORDER BY id LIMIT ?1"
+                ))?
+                .query_map([limit], outbox_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            parse_outbox(rows)
+        })
+    }
+
+    fn delivered(&self, ids: Vec<u64>, at: Millis) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.writer.run(move |conn| {
+            let at = to_i64(at, "delivered_at")?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut mark = tx.prepare_cached(
+                    "UPDATE outbox SET delivered_at = ?2 WHERE id = ?1 AND delivered_at IS NULL",
+                )?;
+                for id in ids {
+                    mark.execute(params![to_i64(id, "outbox id")?, at])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn notices(
+        &self,
+        rollout: &str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<OutboxEntry>, StoreError>> {
+        let name = rollout.to_string();
+        self.reader.run(move |conn| {
+            if !exists(conn, &name)? {
+                return Err(StoreError::NotFound(name));
+            }
+            let after = i64::try_from(after).unwrap_or(i64::MAX);
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = conn
+                .prepare_cached(&format!(
+                    "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE rollout = ?1 AND id > ?2
+                     ORDER BY id LIMIT ?3"
+                ))?
+                .query_map(params![name, after, limit], outbox_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            parse_outbox(rows)
+        })
+    }
+}
