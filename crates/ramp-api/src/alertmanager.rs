@@ -9,9 +9,9 @@
 //! is still recognised. An alert that resolves and fires again has a new `startsAt` and counts
 //! again.
 
-use super::error::{FieldError, Problem};
+use super::error::{Problem, field_error};
 use super::input::MAX_TEXT;
-use crate::control::{ControlError, Rollouts};
+use crate::plane::{ControlError, Rollouts};
 use ramp_core::evidence::Signal;
 use ramp_core::plan::Severity;
 use serde::Serialize;
@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 /// The answer to a webhook call.
 #[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
-pub struct AlertmanagerResult {
+pub(crate) struct AlertmanagerResult {
     /// Set (with status 503) when the store was unavailable for some alert: retry the call.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -38,7 +38,7 @@ pub struct AlertmanagerResult {
 
 /// An alert that could not be recorded.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct AlertError {
+pub(crate) struct AlertError {
     /// Position in `alerts`.
     pub index: usize,
     /// The `rollout` label, when there was one.
@@ -87,7 +87,7 @@ pub(crate) fn parse(body: Option<Value>) -> Result<Vec<Item>, Problem> {
     match object.get("version") {
         None | Some(Value::Null) => {}
         Some(Value::String(v)) if v == "4" => {}
-        Some(_) => errors.push(FieldError::new(
+        Some(_) => errors.push(field_error(
             "version",
             "unsupported webhook version: expected \"4\"",
         )),
@@ -96,11 +96,11 @@ pub(crate) fn parse(body: Option<Value>) -> Result<Vec<Item>, Problem> {
     let alerts = match object.get("alerts") {
         Some(Value::Array(a)) => Some(a),
         Some(_) => {
-            errors.push(FieldError::new("alerts", "must be an array of alerts"));
+            errors.push(field_error("alerts", "must be an array of alerts"));
             None
         }
         None => {
-            errors.push(FieldError::new(
+            errors.push(field_error(
                 "alerts",
                 "required: the webhook's list of alerts",
             ));

@@ -1,54 +1,18 @@
 //! Error answers: every one is JSON, `{"error": ..}` plus details.
 
-use crate::control::ControlError;
+use crate::plane::ControlError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-/// A field of the request that was wrong, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct FieldError {
-    /// The field (`body` for the body as a whole, `alerts[2].labels` for nested ones).
-    pub field: String,
-    /// What is wrong and what was expected.
-    pub message: String,
-}
+pub(crate) use ramp_wire::v1::{ErrorBody, FieldError, PlanErrorBody};
 
-impl FieldError {
-    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
+/// A field error (`FieldError::new` for the wire type, which has no constructor).
+pub(crate) fn field_error(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        message: message.into(),
     }
-}
-
-/// One problem in a plan, with its position.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct PlanErrorBody {
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column.
-    pub col: usize,
-    /// What is wrong and what was expected.
-    pub message: String,
-    /// A suggestion, e.g. "did you mean `error_rate`?".
-    pub help: Option<String>,
-    /// The plan's line, for display.
-    pub source_line: String,
-}
-
-/// The body of every error answer.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// What went wrong, in one line.
-    pub error: String,
-    /// For 400 "invalid request": each bad field.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fields: Option<Vec<FieldError>>,
-    /// For 400 "invalid plan": each problem in the plan.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub errors: Option<Vec<PlanErrorBody>>,
 }
 
 /// An error answer.
@@ -79,7 +43,7 @@ impl Problem {
 
     /// 400 naming one bad field.
     pub(crate) fn field(field: &str, message: impl Into<String>) -> Self {
-        Problem::fields(vec![FieldError::new(field, message)])
+        Problem::fields(vec![field_error(field, message)])
     }
 
     pub(crate) fn unauthorized(message: &str) -> Self {
@@ -115,6 +79,7 @@ impl From<ControlError> for Problem {
                 );
                 p
             }
+            ControlError::Invalid(message) => Problem::new(StatusCode::BAD_REQUEST, message),
             ControlError::Unavailable(_) => {
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }

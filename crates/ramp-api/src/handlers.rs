@@ -3,19 +3,21 @@
 
 use super::ApiConfig;
 use super::alertmanager::{self, AlertmanagerResult};
-use super::auth::{Access, Tokens};
+use super::auth::Access;
 use super::doc;
 use super::error::{ErrorBody, Problem, json_body};
 use super::input::{self, Action};
 use super::metrics;
-use crate::control::Rollouts;
+use super::plane::Rollouts;
+use super::tokens::TokenSource;
+use ramp_wire::v1;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use bytes::Bytes;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use std::sync::Arc;
 /// What every handler shares.
 pub(crate) struct Inner<R> {
     rollouts: Arc<R>,
-    tokens: Arc<Tokens>,
+    tokens: TokenSource,
     open_metrics: bool,
     body_limit: usize,
     body_timeout: std::time::Duration,
@@ -35,8 +37,8 @@ type St<R> = State<Arc<Inner<R>>>;
 type Name = Result<Path<String>, PathRejection>;
 
 /// The routes, and the tokens they check (shared with the request log).
-pub(crate) fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> (Router, Arc<Tokens>) {
-    let tokens = Arc::new(config.tokens);
+pub(crate) fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> (Router, TokenSource) {
+    let tokens = config.tokens;
     let source = {
         let rollouts = Arc::clone(&rollouts);
         Arc::new(move || rollouts.metrics())
@@ -59,7 +61,10 @@ pub(crate) fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> (Route
             "/v1/rollouts",
             get(list_rollouts::<R>).post(create_rollout::<R>),
         )
-        .route("/v1/rollouts/{name}", get(get_rollout::<R>))
+        .route(
+            "/v1/rollouts/{name}",
+            get(get_rollout::<R>).merge(delete(retire_rollout::<R>)),
+        )
         .route("/v1/rollouts/{name}/events", get(list_events::<R>))
         .route("/v1/rollouts/{name}/pause", post(pause::<R>))
         .route("/v1/rollouts/{name}/resume", post(resume::<R>))
@@ -91,6 +96,7 @@ impl<R: Rollouts> Inner<R> {
         })?;
         let (name, role) = self
             .tokens
+            .current()
             .check(token)
             .ok_or_else(|| Problem::unauthorized("unknown token"))?;
         if role.allows(access) {
@@ -136,7 +142,7 @@ fn text(body: impl Into<Body>) -> Response {
     get, path = "/v1/rollouts", tag = "rollouts",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Every rollout's status.", body = Vec<doc::RolloutStatus>),
+        (status = 200, description = "Every rollout's status.", body = Vec<v1::RolloutStatus>),
         (status = 401, description = "Missing or unknown token.", body = ErrorBody),
         (status = 403, description = "The token's role may not read (ingest).", body = ErrorBody),
     )
@@ -162,15 +168,15 @@ pub(crate) async fn list_rollouts<R: Rollouts>(
         content(
             (String = "application/toml"),
             (String = "text/plain"),
-            (doc::CreateRequest = "application/json"),
+            (v1::CreateRequest = "application/json"),
         )
     ),
     responses(
-        (status = 201, description = "Created and started.", body = doc::RolloutStatus),
-        (status = 400, description = "Invalid plan (`errors`) or request (`fields`).", body = ErrorBody),
+        (status = 201, description = "Created and started.", body = v1::RolloutStatus),
+        (status = 400, description = "Invalid plan (`errors`, with positions), a plan without `[upstreams]`, or an invalid request (`fields`). Nothing is created.", body = ErrorBody),
         (status = 401, description = "Missing or unknown token.", body = ErrorBody),
         (status = 403, description = "Only admin tokens may create rollouts.", body = ErrorBody),
-        (status = 409, description = "A rollout by that name exists.", body = ErrorBody),
+        (status = 409, description = "A rollout by that name exists, or its proxy address is taken.", body = ErrorBody),
         (status = 413, description = "Body over the limit.", body = ErrorBody),
         (status = 415, description = "Unsupported content type.", body = ErrorBody),
         (status = 503, description = "The store is unavailable.", body = ErrorBody),
@@ -194,7 +200,7 @@ pub(crate) async fn create_rollout<R: Rollouts>(
     security(("bearer" = [])),
     params(("name" = String, Path, description = "The rollout's name.")),
     responses(
-        (status = 200, description = "The rollout's status.", body = doc::RolloutStatus),
+        (status = 200, description = "The rollout's status.", body = v1::RolloutStatus),
         (status = 401, description = "Missing or unknown token.", body = ErrorBody),
         (status = 403, description = "The token's role may not read (ingest).", body = ErrorBody),
         (status = 404, description = "No rollout by that name.", body = ErrorBody),
@@ -223,11 +229,12 @@ pub(crate) async fn get_rollout<R: Rollouts>(
         ("limit" = Option<u32>, Query, description = "At most this many entries (1 to 1000, default 100).", minimum = 1, maximum = 1000),
     ),
     responses(
-        (status = 200, description = "Entries with `seq > after`, oldest first.", body = doc::EventPage),
+        (status = 200, description = "Entries with `seq > after`, oldest first.", body = v1::EventPage),
         (status = 400, description = "Bad `after` or `limit`.", body = ErrorBody),
         (status = 401, description = "Missing or unknown token.", body = ErrorBody),
         (status = 403, description = "The token's role may not read (ingest).", body = ErrorBody),
         (status = 404, description = "No rollout by that name.", body = ErrorBody),
+        (status = 503, description = "The store is unavailable.", body = ErrorBody),
     )
 )]
 pub(crate) async fn list_events<R: Rollouts>(
@@ -242,10 +249,34 @@ pub(crate) async fn list_events<R: Rollouts>(
         return Err(Problem::field("query", "malformed query string"));
     };
     let (after, limit) = input::page(&pairs)?;
-    match s.rollouts.events(&name, after, limit) {
-        Some(page) => Ok(json_status(StatusCode::OK, &page)),
-        None => Err(Problem::not_found(format!("no rollout named {name:?}"))),
-    }
+    let page = s.rollouts.events(&name, after, limit).await?;
+    Ok(json_status(StatusCode::OK, &page))
+}
+
+/// Retires a rollout that has ended (completed or rolled back): its proxy stops listening and
+/// its controller stops; its status and journal stay readable, and it is not resumed again.
+#[utoipa::path(
+    delete, path = "/v1/rollouts/{name}", tag = "rollouts",
+    security(("bearer" = [])),
+    params(("name" = String, Path, description = "The rollout's name.")),
+    responses(
+        (status = 200, description = "Retired: its final status.", body = v1::RolloutStatus),
+        (status = 401, description = "Missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "Only admin tokens may retire rollouts.", body = ErrorBody),
+        (status = 404, description = "No rollout by that name.", body = ErrorBody),
+        (status = 409, description = "The rollout has not ended (roll it back or let it complete first).", body = ErrorBody),
+        (status = 503, description = "The store is unavailable.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn retire_rollout<R: Rollouts>(
+    State(s): St<R>,
+    headers: HeaderMap,
+    name: Name,
+) -> Result<Response, Problem> {
+    s.authorize(&headers, Access::Create)?;
+    let name = rollout_name(name)?;
+    let status = s.rollouts.retire(&name).await?;
+    Ok(json_status(StatusCode::OK, &status))
 }
 
 async fn action<R: Rollouts>(
@@ -269,9 +300,9 @@ async fn action<R: Rollouts>(
     post, path = "/v1/rollouts/{name}/pause", tag = "actions",
     security(("bearer" = [])),
     params(("name" = String, Path, description = "The rollout's name.")),
-    request_body(content = Option<doc::ActionRequest>, description = "Optional: `reason`."),
+    request_body(content = Option<v1::ActionRequest>, description = "Optional: `reason`."),
     responses(
-        (status = 200, description = "Paused: the new status.", body = doc::RolloutStatus),
+        (status = 200, description = "Paused: the new status.", body = v1::RolloutStatus),
         (status = 400, description = "Invalid body.", body = ErrorBody),
         (status = 401, description = "Missing or unknown token.", body = ErrorBody),
         (status = 403, description = "Needs operator or admin.", body = ErrorBody),
@@ -295,9 +326,9 @@ pub(crate) async fn pause<R: Rollouts>(
     post, path = "/v1/rollouts/{name}/resume", tag = "actions",
     security(("bearer" = [])),
     params(("name" = String, Path, description = "The rollout's name.")),
-    request_body(content = Option<doc::ActionRequest>, description = "Optional; no fields needed."),
+    request_body(content = Option<v1::ActionRequest>, description = "Optional; no fields needed."),
     responses(
-        (status = 200, description = "Resumed: the new status.", body = doc::RolloutStatus),
+        (status = 200, description = "Resumed: the new status.", body = v1::RolloutStatus),
         (status = 400, description = "Invalid body.", body = ErrorBody),
         (status = 401, description = "Missing or unknown token.", body = ErrorBody),
         (status = 403, description = "Needs operator or admin.", body = ErrorBody),
@@ -321,9 +352,9 @@ pub(crate) async fn resume<R: Rollouts>(
     post, path = "/v1/rollouts/{name}/approve", tag = "actions",
     security(("bearer" = [])),
     params(("name" = String, Path, description = "The rollout's name.")),
-    request_body(content = Option<doc::ActionRequest>, description = "Optional; no fields needed."),
+    request_body(content = Option<v1::ActionRequest>, description = "Optional; no fields needed."),
     responses(
-        (status = 200, description = "Approved: the new status.", body = doc::RolloutStatus),
+        (status = 200, description = "Approved: the new status.", body = v1::RolloutStatus),
         (status = 400, description = "Invalid body.", body = ErrorBody),
         (status = 401, description = "Missing or unknown token.", body = ErrorBody),
         (status = 403, description = "Needs operator or admin.", body = ErrorBody),
@@ -350,9 +381,9 @@ pub(crate) async fn approve<R: Rollouts>(
     post, path = "/v1/rollouts/{name}/promote", tag = "actions",
     security(("bearer" = [])),
     params(("name" = String, Path, description = "The rollout's name.")),
-    request_body(content = Option<doc::ActionRequest>, description = "Optional: `force` (then `reason` is required)."),
+    request_body(content = Option<v1::ActionRequest>, description = "Optional: `force` (then `reason` is required)."),
     responses(
-        (status = 200, description = "Promoted: the new status.", body = doc::RolloutStatus),
+        (status = 200, description = "Promoted: the new status.", body = v1::RolloutStatus),
         (status = 400, description = "Invalid body, e.g. force without a reason.", body = ErrorBody),
         (status = 401, description = "Missing or unknown token.", body = ErrorBody),
         (status = 403, description = "Needs operator or admin.", body = ErrorBody),
@@ -376,9 +407,9 @@ pub(crate) async fn promote<R: Rollouts>(
     post, path = "/v1/rollouts/{name}/rollback", tag = "actions",
     security(("bearer" = [])),
     params(("name" = String, Path, description = "The rollout's name.")),
-    request_body(content = doc::ActionRequest, description = "`reason` is required."),
+    request_body(content = v1::ActionRequest, description = "`reason` is required."),
     responses(
-        (status = 200, description = "Rolled back: the new status.", body = doc::RolloutStatus),
+        (status = 200, description = "Rolled back: the new status.", body = v1::RolloutStatus),
         (status = 400, description = "Invalid body, e.g. no reason.", body = ErrorBody),
         (status = 401, description = "Missing or unknown token.", body = ErrorBody),
         (status = 403, description = "Needs operator or admin.", body = ErrorBody),
@@ -402,9 +433,9 @@ pub(crate) async fn rollback<R: Rollouts>(
     post, path = "/v1/rollouts/{name}/signals", tag = "signals",
     security(("bearer" = [])),
     params(("name" = String, Path, description = "The rollout's name.")),
-    request_body = doc::SignalRequest,
+    request_body = v1::SignalRequest,
     responses(
-        (status = 202, description = "Recorded durably (or, with an `id` already counted, recognised as a repeat); its journal position.", body = doc::SignalAccepted),
+        (status = 202, description = "Recorded durably (or, with an `id` already counted, recognised as a repeat); its journal position.", body = v1::SignalAccepted),
         (status = 400, description = "Invalid signal; `fields` names each bad field.", body = ErrorBody),
         (status = 401, description = "Missing or unknown token.", body = ErrorBody),
         (status = 403, description = "Needs ingest or admin.", body = ErrorBody),
@@ -432,7 +463,7 @@ pub(crate) async fn post_signal<R: Rollouts>(
         .await?;
     Ok(json_status(
         StatusCode::ACCEPTED,
-        &doc::SignalAccepted {
+        &v1::SignalAccepted {
             seq: recorded.seq,
             duplicate: recorded.duplicate,
         },

@@ -1,7 +1,7 @@
 //! Reading and validating request input. Bodies are read under the size limit and parsed as
 //! untyped JSON, then checked field by field so that a 400 names every bad field.
 
-use super::error::{FieldError, Problem};
+use super::error::{FieldError, Problem, field_error};
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
@@ -105,14 +105,14 @@ pub(crate) fn plan_text(headers: &HeaderMap, bytes: &[u8]) -> Result<String, Pro
             let plan = match object.get("plan") {
                 Some(Value::String(s)) => Some(s.clone()),
                 Some(_) => {
-                    errors.push(FieldError::new(
+                    errors.push(field_error(
                         "plan",
                         "must be a string (the plan as TOML)",
                     ));
                     None
                 }
                 None => {
-                    errors.push(FieldError::new("plan", "required: the plan as TOML text"));
+                    errors.push(field_error("plan", "required: the plan as TOML text"));
                     None
                 }
             };
@@ -137,7 +137,7 @@ fn unknown_fields(object: &Map<String, Value>, known: &[&str], prefix: &str) -> 
         .keys()
         .filter(|k| !known.contains(&k.as_str()))
         .map(|k| {
-            FieldError::new(
+            field_error(
                 format!("{prefix}{k}"),
                 format!("unknown field; expected one of: {}", known.join(", ")),
             )
@@ -154,7 +154,7 @@ fn text_field(
     match object.get(field) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.chars().count() > MAX_TEXT => {
-            errors.push(FieldError::new(
+            errors.push(field_error(
                 field,
                 format!("too long: at most {MAX_TEXT} characters"),
             ));
@@ -162,7 +162,7 @@ fn text_field(
         }
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => {
-            errors.push(FieldError::new(field, "must be a string"));
+            errors.push(field_error(field, "must be a string"));
             None
         }
     }
@@ -179,19 +179,19 @@ pub(crate) const MAX_SIGNAL_ID: usize = 200;
 /// `id` (the sender's identity for it: a repeat with the same id is not counted twice).
 pub(crate) fn signal(body: Option<Value>) -> Result<(Signal, Option<String>), Vec<FieldError>> {
     let Some(value) = body else {
-        return Err(vec![FieldError::new(
+        return Err(vec![field_error(
             "kind",
             format!("required: one of {}", SIGNAL_KINDS.join(", ")),
         )]);
     };
     let Some(object) = value.as_object() else {
-        return Err(vec![FieldError::new("body", "expected a JSON object")]);
+        return Err(vec![field_error("body", "expected a JSON object")]);
     };
     let mut errors = Vec::new();
     let kind = match object.get("kind") {
         Some(Value::String(k)) if SIGNAL_KINDS.contains(&k.as_str()) => Some(k.as_str()),
         Some(Value::String(k)) => {
-            errors.push(FieldError::new(
+            errors.push(field_error(
                 "kind",
                 format!(
                     "unknown kind {k:?}: expected one of {}",
@@ -201,14 +201,14 @@ pub(crate) fn signal(body: Option<Value>) -> Result<(Signal, Option<String>), Ve
             None
         }
         Some(_) => {
-            errors.push(FieldError::new(
+            errors.push(field_error(
                 "kind",
                 format!("must be a string, one of {}", SIGNAL_KINDS.join(", ")),
             ));
             None
         }
         None => {
-            errors.push(FieldError::new(
+            errors.push(field_error(
                 "kind",
                 format!("required: one of {}", SIGNAL_KINDS.join(", ")),
             ));
@@ -218,7 +218,7 @@ pub(crate) fn signal(body: Option<Value>) -> Result<(Signal, Option<String>), Ve
     let note = text_field(object, "note", &mut errors).unwrap_or_default();
     let id = match text_field(object, "id", &mut errors) {
         Some(id) if id.is_empty() || id.chars().count() > MAX_SIGNAL_ID => {
-            errors.push(FieldError::new(
+            errors.push(field_error(
                 "id",
                 format!("must be 1 to {MAX_SIGNAL_ID} characters"),
             ));
@@ -231,7 +231,7 @@ pub(crate) fn signal(body: Option<Value>) -> Result<(Signal, Option<String>), Ve
         Some(Value::String(s)) => match Severity::parse(s) {
             Some(sev) => Some(sev),
             None => {
-                errors.push(FieldError::new(
+                errors.push(field_error(
                     "severity",
                     format!("unknown severity {s:?}: expected low, medium, high or critical"),
                 ));
@@ -239,7 +239,7 @@ pub(crate) fn signal(body: Option<Value>) -> Result<(Signal, Option<String>), Ve
             }
         },
         Some(_) => {
-            errors.push(FieldError::new(
+            errors.push(field_error(
                 "severity",
                 "must be a string: low, medium, high or critical",
             ));
@@ -251,12 +251,12 @@ pub(crate) fn signal(body: Option<Value>) -> Result<(Signal, Option<String>), Ve
         Some(Value::Number(n)) => match n.as_f64() {
             Some(x) if x.is_finite() && (0.0..=1.0).contains(&x) => Some(x),
             _ => {
-                errors.push(FieldError::new("score", "must be a number from 0 to 1"));
+                errors.push(field_error("score", "must be a number from 0 to 1"));
                 None
             }
         },
         Some(_) => {
-            errors.push(FieldError::new("score", "must be a number from 0 to 1"));
+            errors.push(field_error("score", "must be a number from 0 to 1"));
             None
         }
     };
@@ -275,13 +275,13 @@ pub(crate) fn signal(body: Option<Value>) -> Result<(Signal, Option<String>), Ve
     };
     errors.extend(unknown_fields(object, allowed, ""));
     if kind == "security_alert" && !object.contains_key("severity") {
-        errors.push(FieldError::new(
+        errors.push(field_error(
             "severity",
             "required for security_alert: low, medium, high or critical",
         ));
     }
     if kind == "feedback" && !object.contains_key("score") {
-        errors.push(FieldError::new(
+        errors.push(field_error(
             "score",
             "required for feedback: a number from 0 to 1",
         ));
@@ -337,7 +337,7 @@ pub(crate) fn command(
         None | Some(Value::Null) => &empty,
         Some(Value::Object(o)) => o,
         Some(_) => {
-            return Err(vec![FieldError::new(
+            return Err(vec![field_error(
                 "body",
                 "expected a JSON object {\"reason\": .., \"force\": ..} or no body",
             )]);
@@ -351,12 +351,12 @@ pub(crate) fn command(
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
         Some(_) => {
-            errors.push(FieldError::new("force", "must be true or false"));
+            errors.push(field_error("force", "must be true or false"));
             false
         }
     };
     if force && action != Action::Promote {
-        errors.push(FieldError::new(
+        errors.push(field_error(
             "force",
             format!("only promote can be forced, not {}", action.name()),
         ));
@@ -368,10 +368,10 @@ pub(crate) fn command(
         Some(_) => false,
     };
     if reason_missing && action == Action::Rollback {
-        errors.push(FieldError::new("reason", "required: why roll back"));
+        errors.push(field_error("reason", "required: why roll back"));
     }
     if reason_missing && action == Action::Promote && force {
-        errors.push(FieldError::new(
+        errors.push(field_error(
             "reason",
             "required with force: why skip the gates",
         ));
@@ -403,14 +403,14 @@ pub(crate) fn page(pairs: &[(String, String)]) -> Result<(u64, usize), Problem> 
         match key.as_str() {
             "after" => match value.trim().parse::<u64>() {
                 Ok(n) => after = n,
-                Err(_) => errors.push(FieldError::new(
+                Err(_) => errors.push(field_error(
                     "after",
                     "must be a whole number (a journal position, 0 for the start)",
                 )),
             },
             "limit" => match value.trim().parse::<usize>() {
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => limit = n,
-                _ => errors.push(FieldError::new(
+                _ => errors.push(field_error(
                     "limit",
                     format!("must be a whole number from 1 to {MAX_LIMIT}"),
                 )),

@@ -24,14 +24,15 @@ mod error;
 mod handlers;
 mod input;
 mod metrics;
+mod plane;
 mod server;
+mod tokens;
 
 pub use auth::{Role, Tokens};
 pub use doc::openapi;
+pub use plane::{ControlError, Recorded, RolloutMetrics, Rollouts};
 pub use server::ApiLimits;
-
-use crate::control::Rollouts;
-use std::future::Future;
+pub use tokens::{TokenSource, TokensFileError, add_token, read_tokens};
 use std::sync::Arc;
 
 /// Why an API configuration call failed.
@@ -55,7 +56,7 @@ pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
 #[derive(Debug)]
 pub struct ApiConfig {
     /// Who may call it.
-    pub tokens: Tokens,
+    pub tokens: TokenSource,
     /// Serve `/metrics` without a token.
     pub open_metrics: bool,
     /// Largest request body accepted, in bytes (larger: 413).
@@ -69,7 +70,7 @@ pub struct ApiConfig {
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
-            tokens: Tokens::new(),
+            tokens: TokenSource::fixed(Tokens::new()),
             open_metrics: false,
             body_limit: DEFAULT_BODY_LIMIT,
             limits: ApiLimits::default(),
@@ -83,17 +84,18 @@ pub fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> axum::Router 
     handlers::router(rollouts, config).0
 }
 
-/// Serves the API on `listener` until `shutdown` resolves (then drains open requests), over
-/// HTTP/1.1 with the connection cap and head deadline of `config.limits`.
+/// Serves the API on `listener` until `stop` turns true (then drains open requests), over
+/// HTTP/1.1 on the listener the proxy uses too ([`ramp_proxy::listen`]), with the connection
+/// cap and deadlines of `config.limits`.
 pub async fn serve<R: Rollouts>(
     listener: tokio::net::TcpListener,
     rollouts: Arc<R>,
     config: ApiConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
     let limits = config.limits.clone();
     let request_log = config.request_log;
     let (app, tokens) = handlers::router(rollouts, config);
-    let log = request_log.then(|| server::RequestLog::new(tokens));
-    server::run(listener, app, limits, log, shutdown).await
+    let log = request_log.then(|| Arc::new(server::RequestLog::new(tokens)));
+    server::run(listener, app, limits, log, stop).await
 }

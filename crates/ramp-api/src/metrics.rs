@@ -1,7 +1,7 @@
 //! `/metrics`: a prometheus-client collector that asks the control plane for current numbers on
 //! every scrape (nothing is cached or double counted) and encodes them as OpenMetrics text.
 
-use crate::control::RolloutMetrics;
+use crate::plane::RolloutMetrics;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -107,7 +107,7 @@ impl Collector for RolloutCollector {
         let all = (self.source)();
         // A rollout that is not running has no numbers to export (zeros would read as counter
         // resets); it appears only in `ramp_rollout_status`.
-        let live: Vec<&RolloutMetrics> = all.iter().filter(|m| m.status != "unavailable").collect();
+        let live: Vec<&RolloutMetrics> = all.iter().filter(|m| m.status != ramp_wire::v1::Status::Unavailable).collect();
         type Get = fn(&VariantStats) -> u64;
         let counters: [(&str, &str, Get); 5] = [
             (
@@ -189,7 +189,7 @@ impl Collector for RolloutCollector {
             )?;
             for m in &all {
                 let labels: Labels =
-                    vec![("rollout", escape(&m.name)), ("status", escape(&m.status))];
+                    vec![("rollout", escape(&m.name)), ("status", escape(m.status.name()))];
                 metric.encode_family(&labels)?.encode_gauge(&1u64)?;
             }
         }

@@ -3,23 +3,19 @@
 //! log. The API shares its process with the proxy, so a flood of idle API connections must not
 //! be able to use up the file descriptors the proxy needs.
 
-use super::auth::Tokens;
-use crate::proxy::mask_pans;
+use super::tokens::TokenSource;
 use http::header;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use ramp_proxy::listen;
+use ramp_proxy::mask_pans;
 use std::future::Future;
-use std::io::{self, Write};
+use std::io::Write;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 /// Limits of the API listener.
 #[derive(Clone, Debug)]
@@ -54,11 +50,11 @@ impl Default for ApiLimits {
 /// The path is PAN-masked; tokens, bodies and query values other than the path are never
 /// written (the caller is named by its token's name).
 pub(crate) struct RequestLog {
-    tokens: Arc<Tokens>,
+    tokens: TokenSource,
 }
 
 impl RequestLog {
-    pub(crate) fn new(tokens: Arc<Tokens>) -> Self {
+    pub(crate) fn new(tokens: TokenSource) -> Self {
         RequestLog { tokens }
     }
 
@@ -76,7 +72,7 @@ impl RequestLog {
         headers
             .get(header::AUTHORIZATION)
             .and_then(super::auth::bearer)
-            .and_then(|token| self.tokens.check(token))
+            .and_then(|token| self.tokens.current().check(token))
             .map_or_else(|| "-".to_string(), |(name, _)| name)
     }
 }
@@ -102,151 +98,26 @@ impl Head {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then drains open requests (for at most
+/// Serves `app` on `listener` until `stop` turns true, then drains open requests (for at most
 /// `limits.drain_timeout`).
 pub(crate) async fn run(
     listener: TcpListener,
     app: axum::Router,
     limits: ApiLimits,
-    log: Option<RequestLog>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+    log: Option<Arc<RequestLog>>,
+    stop: watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
-    let log = log.map(Arc::new);
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        // Take a slot before accepting: over the limit, clients wait in the backlog.
-        let permit = tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(_) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let service = service(app.clone(), log.clone(), peer);
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .keep_alive(true);
-        let stream = WriteDeadline::new(stream, limits.write_timeout);
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _ = conn.await;
-        });
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await;
-    Ok(())
-}
-
-/// A stream whose writes fail once they have been blocked for `limit`, so that a client that
-/// sends requests but never reads the answers cannot hold a connection slot for ever.
-struct WriteDeadline<S> {
-    inner: S,
-    limit: Duration,
-    blocked: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<S> WriteDeadline<S> {
-    fn new(inner: S, limit: Duration) -> Self {
-        WriteDeadline {
-            inner,
-            limit,
-            blocked: None,
-        }
-    }
-
-    /// Turns a pending write into an error once it has been pending for `limit`.
-    fn deadline<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        poll: Poll<io::Result<T>>,
-    ) -> Poll<io::Result<T>> {
-        match poll {
-            Poll::Ready(r) => {
-                self.blocked = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                let limit = self.limit;
-                let sleep = self
-                    .blocked
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-                if sleep.as_mut().poll(cx).is_ready() {
-                    self.blocked = None;
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the client stopped reading",
-                    )));
-                }
-                Poll::Pending
-            }
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.deadline(cx, poll)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.deadline(cx, poll)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let poll = Pin::new(&mut this.inner).poll_flush(cx);
-        this.deadline(cx, poll)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
+    let conn = listen::ConnLimits {
+        protocols: listen::Protocols::Http1,
+        header_read_timeout: limits.header_read_timeout,
+        max_header_bytes: 64 * 1024,
+        max_headers: 100,
+        write_timeout: Some(limits.write_timeout),
+        drain_timeout: limits.drain_timeout,
+    };
+    let make = move |peer| service(app.clone(), log.clone(), peer);
+    listen::serve(listener, slots, conn, make, stop).await;
 }
 
 /// The router as a hyper service, with the request log around it when there is one.
@@ -268,10 +139,13 @@ fn service(
             let Some(log) = log else {
                 return hyper::service::Service::call(&inner, req).await;
             };
+            // Latency is measured, never decided on.
+            #[allow(clippy::disallowed_methods)]
             let started = Instant::now();
             let head = log.head(&req, peer);
             let response = hyper::service::Service::call(&inner, req).await?;
             let line = head.line(response.status().as_u16(), started.elapsed());
+            // The request log is its own stream (like the proxy's access log), not diagnostics.
             let _ = std::io::stderr().lock().write_all(line.as_bytes());
             Ok(response)
         }
@@ -281,13 +155,13 @@ fn service(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Role;
+    use crate::{Role, Tokens};
 
     #[test]
     fn log_lines_name_the_caller_and_mask_card_numbers_never_the_token() {
         let mut tokens = Tokens::new();
         tokens.add("alice", Role::Operator, "ramp_secret_token_value");
-        let log = RequestLog::new(Arc::new(tokens));
+        let log = RequestLog::new(TokenSource::fixed(tokens));
         let req = http::Request::post("/v1/rollouts/4111111111111111/pause?token=x")
             .header("authorization", "Bearer ramp_secret_token_value")
             .body(())

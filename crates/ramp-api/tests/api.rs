@@ -3,16 +3,16 @@
 //! exposition, property tests on arbitrary bodies, and the OpenAPI drift check.
 
 use proptest::prelude::*;
-use ramp::api::{ApiConfig, Role, Tokens};
-use ramp::control::{
-    ControlError, EventPage, JournalEntry, Recorded, RolloutMetrics, RolloutStatus, Rollouts,
+use ramp_api::{
+    ApiConfig, ControlError, Recorded, Role, RolloutMetrics, Rollouts, TokenSource, Tokens,
 };
-use ramp::proxy::BackendHealth;
-use ramp::serve::{Snapshot, VariantView};
-use ramp_core::cohort::ShareBp;
-use ramp_core::evidence::{BoundSide, Outcome, Signal, VariantStats, Verdict};
+use ramp_core::evidence::{Signal, VariantStats};
 use ramp_core::plan::{PlanError, PlanErrors, Severity};
-use ramp_core::rollout::{Command, Event, EventKind};
+use ramp_core::rollout::Command;
+use ramp_wire::v1::{
+    self, BackendHealth, BoundSide, Event, EventKind, EventPage, JournalEntry, Outcome,
+    RolloutStatus, VariantView, Verdict,
+};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::Semaphore;
 
 // ---------------------------------------------------------------------------------------------
 // The fake control plane
@@ -31,6 +31,7 @@ enum Call {
     Command(String, Command),
     Signal(String, Signal),
     Create(String),
+    Retire(String),
 }
 
 struct FakeRollout {
@@ -62,41 +63,46 @@ fn verdict() -> Verdict {
         threshold: 0.001,
         needed: Some(995),
         explanation: "upper bound 0.2% not yet below 0.1%".into(),
+        confidence: Some(0.95),
+        detail: Some(v1::VerdictDetail::Rate {
+            unit: "requests".into(),
+        }),
     }
 }
 
-fn status(name: &str, state: &str) -> RolloutStatus {
+fn status(name: &str, state: v1::Status) -> RolloutStatus {
     RolloutStatus {
         name: name.into(),
         started_at: Some(T0),
         listen: "127.0.0.1:8080".into(),
-        snapshot: Snapshot {
-            now: T0 + 60_000,
-            origin: T0,
-            status: state.into(),
-            health: "monitoring".into(),
-            phase: 0,
-            phase_name: "canary".into(),
-            share: ShareBp::new(500).unwrap(),
-            phase_elapsed: 60_000,
-            phase_duration: 86_400_000,
-            extended: false,
-            canary: VariantView {
-                rps: 10.0,
-                requests: 600,
-                error_rate: 0.001,
-                success_rate: 0.999,
-                rate_limit_rate: 0.0005,
-                auth_failure_rate: 0.0002,
-                p95_ms: Some(120.0),
-                active_users: 40,
-                health: Some(BackendHealth::Operational),
-            },
-            stable: VariantView::default(),
-            verdicts: vec![verdict()],
-            reason: None,
-            ended: false,
+        now: T0 + 60_000,
+        origin: T0,
+        status: state,
+        health: v1::Health::Monitoring,
+        phase: 0,
+        phase_name: "canary".into(),
+        share: 500,
+        applied_share: Some(500),
+        phase_elapsed: 60_000,
+        phase_duration: 86_400_000,
+        extended: false,
+        canary: VariantView {
+            rps: 10.0,
+            requests: 600,
+            error_rate: 0.001,
+            success_rate: 0.999,
+            rate_limit_rate: 0.0005,
+            auth_failure_rate: 0.0002,
+            p95_ms: Some(120.0),
+            active_users: 40,
+            health: Some(BackendHealth::Operational),
         },
+        stable: VariantView::default(),
+        verdicts: vec![verdict()],
+        reason: None,
+        why: None,
+        ended: false,
+        retired: false,
     }
 }
 
@@ -120,7 +126,7 @@ impl Fake {
             rollouts.insert(
                 name.to_string(),
                 FakeRollout {
-                    status: status(name, "running"),
+                    status: status(name, v1::Status::Running),
                     events: (1..=5)
                         .map(|seq| JournalEntry {
                             seq,
@@ -175,9 +181,14 @@ impl Rollouts for Fake {
         r.get(name).map(|r| r.status.clone())
     }
 
-    fn events(&self, name: &str, after: u64, limit: usize) -> Option<EventPage> {
+    async fn events(&self, name: &str, after: u64, limit: usize) -> Result<EventPage, ControlError> {
+        if name == "down" {
+            return Err(ControlError::Unavailable("disk I/O error".into()));
+        }
         let r = self.rollouts.lock().unwrap();
-        let rollout = r.get(name)?;
+        let rollout = r
+            .get(name)
+            .ok_or_else(|| ControlError::NotFound(name.into()))?;
         let events: Vec<JournalEntry> = rollout
             .events
             .iter()
@@ -187,7 +198,7 @@ impl Rollouts for Fake {
             .collect();
         let last = rollout.events.last().map_or(0, |e| e.seq);
         let next = events.last().map(|e| e.seq).filter(|&s| s < last);
-        Some(EventPage { events, next })
+        Ok(EventPage { events, next })
     }
 
     async fn command(&self, name: &str, command: Command) -> Result<RolloutStatus, ControlError> {
@@ -208,12 +219,11 @@ impl Rollouts for Fake {
                 command.name()
             )));
         }
-        rollout.status.snapshot.status = match command {
-            Command::Pause { .. } => "paused",
-            Command::Rollback { .. } => "rolled_back",
-            _ => "running",
-        }
-        .into();
+        rollout.status.status = match command {
+            Command::Pause { .. } => v1::Status::Paused,
+            Command::Rollback { .. } => v1::Status::RolledBack,
+            _ => v1::Status::Running,
+        };
         Ok(rollout.status.clone())
     }
 
@@ -245,7 +255,7 @@ impl Rollouts for Fake {
                 kind: match key {
                     Some(key) if duplicate => EventKind::SignalRepeated { key },
                     _ => EventKind::SignalReceived {
-                        signal: signal.clone(),
+                        signal: (&signal).into(),
                     },
                 },
             },
@@ -299,7 +309,7 @@ impl Rollouts for Fake {
         if r.contains_key(&name) {
             return Err(ControlError::AlreadyExists(name));
         }
-        let status = status(&name, "running");
+        let status = status(&name, v1::Status::Running);
         r.insert(
             name,
             FakeRollout {
@@ -311,12 +321,27 @@ impl Rollouts for Fake {
         Ok(status)
     }
 
+    async fn retire(&self, name: &str) -> Result<RolloutStatus, ControlError> {
+        self.calls.lock().unwrap().push(Call::Retire(name.into()));
+        let mut r = self.rollouts.lock().unwrap();
+        let rollout = r
+            .get_mut(name)
+            .ok_or_else(|| ControlError::NotFound(name.into()))?;
+        if rollout.status.status != v1::Status::RolledBack {
+            return Err(ControlError::Conflict(
+                "the rollout has not ended: roll it back or let it complete first".into(),
+            ));
+        }
+        rollout.status.retired = true;
+        Ok(rollout.status.clone())
+    }
+
     fn metrics(&self) -> Vec<RolloutMetrics> {
         let r = self.rollouts.lock().unwrap();
         r.values()
             .map(|r| RolloutMetrics {
                 name: r.status.name.clone(),
-                status: r.status.snapshot.status.clone(),
+                status: r.status.status,
                 phase: 1,
                 share_bp: 2000,
                 stable: stats(1000, 2, &[(3_000, 500), (80_000, 490), (300_000, 10)]),
@@ -353,8 +378,8 @@ fn tokens() -> Tokens {
 struct Server {
     addr: SocketAddr,
     fake: Arc<Fake>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -364,7 +389,7 @@ impl Server {
 
     async fn with(fake: Arc<Fake>, open_metrics: bool) -> Server {
         let config = ApiConfig {
-            tokens: tokens(),
+            tokens: TokenSource::fixed(tokens()),
             open_metrics,
             body_limit: LIMIT,
             ..Default::default()
@@ -373,9 +398,9 @@ impl Server {
     }
 
     /// The fake with one rollout `demo`, behind a listener with these limits.
-    async fn limited(limits: ramp::api::ApiLimits) -> Server {
+    async fn limited(limits: ramp_api::ApiLimits) -> Server {
         let config = ApiConfig {
-            tokens: tokens(),
+            tokens: TokenSource::fixed(tokens()),
             limits,
             ..Default::default()
         };
@@ -385,29 +410,21 @@ impl Server {
     async fn with_config(fake: Arc<Fake>, config: ApiConfig) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(ramp::api::serve(
-            listener,
-            Arc::clone(&fake),
-            config,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(ramp_api::serve(listener, Arc::clone(&fake), config, stopped));
         Server {
             addr,
             fake,
-            stop: Some(stop),
+            stop,
             task,
         }
     }
 
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
+    async fn shutdown(self) {
+        let _ = self.stop.send(true);
         tokio::time::timeout(Duration::from_secs(5), self.task)
             .await
             .expect("the server stops on shutdown")
-            .unwrap()
             .unwrap();
     }
 }
@@ -876,6 +893,54 @@ async fn status_list_and_events_pages() {
         .send(server.addr)
         .await;
     assert_eq!(max.status, 200);
+    // A store that cannot be read is 503, not 404.
+    let down = Req::get("/v1/rollouts/down/events")
+        .token(VIEWER)
+        .send(server.addr)
+        .await;
+    assert_eq!(down.status, 503, "{}", down.text());
+    let missing = Req::get("/v1/rollouts/nope/events")
+        .token(VIEWER)
+        .send(server.addr)
+        .await;
+    assert_eq!(missing.status, 404);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn retiring_needs_admin_and_an_ended_rollout() {
+    let server = Server::start(false).await;
+    for (token, status) in [(VIEWER, 403), (OPERATOR, 403), (INGEST, 403)] {
+        let r = Req::new("DELETE", "/v1/rollouts/demo")
+            .token(token)
+            .send(server.addr)
+            .await;
+        assert_eq!(r.status, status, "{}", r.text());
+    }
+    let running = Req::new("DELETE", "/v1/rollouts/demo")
+        .token(ADMIN)
+        .send(server.addr)
+        .await;
+    assert_eq!(running.status, 409, "{}", running.text());
+    assert!(running.json()["error"].as_str().unwrap().contains("not ended"));
+    let r = Req::post("/v1/rollouts/demo/rollback")
+        .token(OPERATOR)
+        .json(json!({"reason": "done with it"}))
+        .send(server.addr)
+        .await;
+    assert_eq!(r.status, 200);
+    let retired = Req::new("DELETE", "/v1/rollouts/demo")
+        .token(ADMIN)
+        .send(server.addr)
+        .await;
+    assert_eq!(retired.status, 200, "{}", retired.text());
+    assert_eq!(retired.json()["retired"], true);
+    let missing = Req::new("DELETE", "/v1/rollouts/nope")
+        .token(ADMIN)
+        .send(server.addr)
+        .await;
+    assert_eq!(missing.status, 404);
+    assert!(server.fake.calls().contains(&Call::Retire("demo".into())));
     server.shutdown().await;
 }
 
@@ -2021,7 +2086,7 @@ fn committed_openapi_path() -> std::path::PathBuf {
 
 #[test]
 fn committed_openapi_document_matches_the_code() {
-    let generated = ramp::api::openapi().to_pretty_json().unwrap() + "\n";
+    let generated = ramp_api::openapi().to_pretty_json().unwrap() + "\n";
     let path = committed_openapi_path();
     if std::env::var_os("RAMP_BLESS").is_some_and(|v| v == "1") {
         std::fs::write(&path, &generated).unwrap();
@@ -2029,7 +2094,7 @@ fn committed_openapi_document_matches_the_code() {
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         committed == generated,
-        "docs/openapi.json differs from the code; run `RAMP_BLESS=1 cargo test -p ramp --test api` \
+        "docs/openapi.json differs from the code; run `RAMP_BLESS=1 cargo test -p ramp-api --test api` \
          and commit the result"
     );
 }
@@ -2039,7 +2104,7 @@ async fn served_openapi_document_is_the_generated_one() {
     let server = Server::start(false).await;
     let r = Req::get("/v1/openapi.json").send(server.addr).await;
     let served = r.json();
-    let generated: Value = serde_json::from_str(&ramp::api::openapi().to_json().unwrap()).unwrap();
+    let generated: Value = serde_json::from_str(&ramp_api::openapi().to_json().unwrap()).unwrap();
     assert_eq!(served, generated);
     // Every route the router serves is documented, with its methods.
     let paths = served["paths"].as_object().unwrap();
@@ -2048,6 +2113,7 @@ async fn served_openapi_document_is_the_generated_one() {
         ("post", "/v1/rollouts"),
         ("get", "/v1/rollouts/{name}"),
         ("get", "/v1/rollouts/{name}/events"),
+        ("delete", "/v1/rollouts/{name}"),
         ("post", "/v1/rollouts/{name}/pause"),
         ("post", "/v1/rollouts/{name}/resume"),
         ("post", "/v1/rollouts/{name}/approve"),
@@ -2073,30 +2139,84 @@ fn keys(v: &Value) -> BTreeSet<String> {
     v.as_object().unwrap().keys().cloned().collect()
 }
 
+/// The property names a schema documents for `value`: its own, those of every `allOf` part
+/// (references resolved), and of the `oneOf` variant whose tag matches the value's.
+fn documented(doc: &Value, schema: &Value, value: &Value) -> BTreeSet<String> {
+    let resolve = |s: &Value| -> Value {
+        match s["$ref"].as_str() {
+            Some(r) => doc["components"]["schemas"][r.rsplit('/').next().unwrap()].clone(),
+            None => s.clone(),
+        }
+    };
+    let schema = resolve(schema);
+    let mut names: BTreeSet<String> = schema["properties"]
+        .as_object()
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
+    if let Some(parts) = schema["allOf"].as_array() {
+        for part in parts {
+            names.extend(documented(doc, part, value));
+        }
+    }
+    if let Some(variants) = schema["oneOf"].as_array() {
+        let chosen = variants.iter().map(resolve).find(|v| {
+            v["properties"].as_object().is_some_and(|p| {
+                p.iter().any(|(tag, t)| {
+                    t["enum"].as_array().is_some_and(|e| e.len() == 1 && e[0] == value[tag])
+                })
+            })
+        });
+        names.extend(documented(doc, &chosen.expect("a variant for the value"), value));
+    }
+    names
+}
+
 #[test]
 fn documented_schemas_have_the_fields_the_real_types_serialise() {
-    let doc = serde_json::to_value(ramp::api::openapi()).unwrap();
-    let schema = |name: &str| -> BTreeSet<String> {
-        keys(&doc["components"]["schemas"][name]["properties"])
+    let doc = serde_json::to_value(ramp_api::openapi()).unwrap();
+    let schema = |name: &str, value: &Value| -> BTreeSet<String> {
+        documented(&doc, &doc["components"]["schemas"][name], value)
     };
-    let status = serde_json::to_value(status("demo", "running")).unwrap();
-    assert_eq!(schema("RolloutStatus"), keys(&status));
-    assert_eq!(schema("VariantView"), keys(&status["canary"]));
-    assert_eq!(schema("Verdict"), keys(&status["verdicts"][0]));
-    let page = serde_json::to_value(EventPage {
-        events: vec![JournalEntry {
-            seq: 1,
-            event: Event {
-                at: 1,
-                phase: "p".into(),
-                kind: EventKind::Completed,
-            },
-        }],
-        next: None,
-    })
-    .unwrap();
-    assert_eq!(schema("EventPage"), keys(&page));
-    assert_eq!(schema("JournalEntry"), keys(&page["events"][0]));
+    let mut status = status("demo", v1::Status::Running);
+    status.why = Some(v1::StopReason::Operator {
+        by: "ana".into(),
+        note: "n".into(),
+    });
+    status.reason = Some("rolled back by ana: n".into());
+    let status = serde_json::to_value(status).unwrap();
+    assert_eq!(schema("RolloutStatus", &status), keys(&status));
+    assert_eq!(schema("VariantView", &status["canary"]), keys(&status["canary"]));
+    assert_eq!(
+        schema("Verdict", &status["verdicts"][0]),
+        keys(&status["verdicts"][0])
+    );
+    let completed = EventKind::Completed {
+        forced: true,
+        by: Some("ana".into()),
+        reason: Some("vendor deadline".into()),
+    };
+    let fired = EventKind::TriggerFired {
+        trigger: "error_rate > 1%".into(),
+        explanation: "x".into(),
+        evidence: None,
+    };
+    for kind in [completed, fired, EventKind::Started] {
+        let page = serde_json::to_value(EventPage {
+            events: vec![JournalEntry {
+                seq: 1,
+                event: Event {
+                    at: 1,
+                    phase: "p".into(),
+                    kind,
+                },
+            }],
+            next: None,
+        })
+        .unwrap();
+        assert_eq!(schema("EventPage", &page), keys(&page));
+        let entry = &page["events"][0];
+        assert_eq!(schema("JournalEntry", entry), keys(entry), "{entry}");
+    }
     // Enumerations: the real names are documented.
     let enum_values = |name: &str| -> Vec<String> {
         doc["components"]["schemas"][name]["enum"]
@@ -2127,7 +2247,8 @@ fn documented_schemas_have_the_fields_the_real_types_serialise() {
         BackendHealth::Down,
         BackendHealth::Unknown,
     ] {
-        assert!(enum_values("BackendHealth").contains(&h.as_str().to_string()));
+        let name = serde_json::to_value(h).unwrap();
+        assert!(enum_values("BackendHealth").contains(&name.as_str().unwrap().to_string()));
     }
     for s in Severity::ALL {
         assert!(enum_values("Severity").contains(&s.name().to_string()));
@@ -2227,7 +2348,7 @@ fn checking_a_token_looks_at_every_entry_whatever_matches() {
 /// says nothing.
 #[tokio::test]
 async fn slow_and_silent_clients_are_cut_off() {
-    let server = Server::limited(ramp::api::ApiLimits {
+    let server = Server::limited(ramp_api::ApiLimits {
         header_read_timeout: Duration::from_millis(300),
         ..Default::default()
     })
@@ -2249,7 +2370,7 @@ async fn slow_and_silent_clients_are_cut_off() {
 /// Over the connection cap, a new client waits until a slot frees; it is never refused.
 #[tokio::test]
 async fn the_connection_cap_holds_new_clients_until_a_slot_frees() {
-    let server = Server::limited(ramp::api::ApiLimits {
+    let server = Server::limited(ramp_api::ApiLimits {
         max_connections: 1,
         header_read_timeout: Duration::from_secs(30),
         ..Default::default()
@@ -2287,7 +2408,7 @@ async fn the_connection_cap_holds_new_clients_until_a_slot_frees() {
 /// A body that trickles in is cut off with 408 instead of holding a connection slot.
 #[tokio::test]
 async fn a_body_that_never_finishes_gets_408() {
-    let server = Server::limited(ramp::api::ApiLimits {
+    let server = Server::limited(ramp_api::ApiLimits {
         body_read_timeout: Duration::from_millis(300),
         ..Default::default()
     })
@@ -2312,7 +2433,7 @@ async fn a_body_that_never_finishes_gets_408() {
 /// has been blocked for the write timeout, so it cannot hold a slot for ever (found in review).
 #[tokio::test]
 async fn a_client_that_never_reads_is_cut_off() {
-    let server = Server::limited(ramp::api::ApiLimits {
+    let server = Server::limited(ramp_api::ApiLimits {
         max_connections: 1,
         write_timeout: Duration::from_millis(300),
         ..Default::default()

@@ -1191,40 +1191,41 @@ pub struct SignalAccepted {
     pub duplicate: bool,
 }
 
-/// One bad field of a request.
+/// A field of the request that was wrong, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct FieldError {
-    /// The field's name (dotted for nested fields).
+    /// The field (`body` for the body as a whole, `alerts[2].labels` for nested ones).
     pub field: String,
-    /// What is wrong with it.
+    /// What is wrong and what was expected.
     pub message: String,
 }
 
-/// One problem in a submitted plan.
+/// One problem in a plan, with its position.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PlanErrorBody {
-    /// Line (from 1).
+    /// 1-based line.
     pub line: usize,
-    /// Column (from 1).
+    /// 1-based column.
     pub col: usize,
-    /// What is wrong.
+    /// What is wrong and what was expected.
     pub message: String,
-    /// A suggestion, e.g. the metric name it resembles.
+    /// A suggestion, e.g. "did you mean `error_rate`?".
     pub help: Option<String>,
+    /// The plan's line, for display.
+    pub source_line: String,
 }
 
-/// Every error the API answers: a message, plus the bad fields of an invalid request or the
-/// problems of an invalid plan.
+/// The body of every error answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
-    /// What went wrong.
+    /// What went wrong, in one line.
     pub error: String,
-    /// For 400 invalid request: each bad field.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub fields: Vec<FieldError>,
-    /// For 400 invalid plan: each problem with its position.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<PlanErrorBody>,
+    /// For 400 "invalid request": each bad field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Vec<FieldError>>,
+    /// For 400 "invalid plan": each problem in the plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<PlanErrorBody>>,
 }
 
 #[cfg(test)]
