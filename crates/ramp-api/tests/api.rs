@@ -102,6 +102,7 @@ fn status(name: &str, state: v1::Status) -> RolloutStatus {
         reason: None,
         why: None,
         ended: false,
+        ended_at: None,
         retired: false,
     }
 }

@@ -1,25 +1,32 @@
 //! The rollouts one server runs, each with its own proxy listener and controller, all journaled
-//! in one store. Implements the control plane ([`Rollouts`]) the HTTP API calls.
+//! in one store and all proxied on one pool of worker threads. Implements the control plane
+//! ([`Rollouts`]) the HTTP API calls.
 //!
-//! The lock here guards the *set* of rollouts (create, list); it is never on a request path.
+//! The lock here guards the *set* of rollouts (create, retire, list); it is never held across
+//! an await and never on a request path.
 
-use crate::control::{
-    ControlError, EventPage, JournalEntry, Recorded, RolloutMetrics, RolloutStatus, Rollouts,
-};
-use crate::proxy::Limits;
-use crate::serve::{self, Control, LogEntry, ServeConfig, Server, Snapshot};
-use crate::store::{Store, StoreError};
+use crate::clock::{Clock, ScaledClock, unix_now};
+use crate::controller::{self, Msg, Parts};
+use crate::log::Log;
+use crate::ports::{ProxyEvidence, ProxySplit};
+use crate::status::{self, Published};
+use ramp_api::{ControlError, Recorded, RolloutMetrics, Rollouts};
+use ramp_core::cohort::ShareBp;
 use ramp_core::evidence::Signal;
 use ramp_core::plan::{Plan, parse_plan};
-use ramp_core::rollout::{Command, State};
+use ramp_core::rollout::{Command, Effect, Input, State, step};
 use ramp_core::time::Millis;
+use ramp_proxy::{AccessLog, Limits, ProxyConfig, ProxyHandle, Workers};
+use ramp_store::{Append, NewRollout, Store, StoreError, StoredRollout};
+use ramp_wire::v1;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
 /// Settings every rollout of this server shares.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Defaults {
     /// Controller time runs this many times faster than real time.
     pub time_scale: f64,
@@ -31,29 +38,49 @@ pub struct Defaults {
     pub default_listen: SocketAddr,
     /// Write an access log (masked paths, never bodies) to stderr.
     pub access_log: bool,
+    /// Keep analysis windows in the journal this long (controller time).
+    pub window_retention: Millis,
 }
 
-/// The live log callback shared by all rollouts: (rollout name, entry, rollout start).
-pub type Log = Arc<dyn Fn(&str, &LogEntry, Millis) + Send + Sync>;
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            time_scale: 1.0,
+            limits: Limits::default(),
+            variant_header: false,
+            default_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            access_log: false,
+            window_retention: 30 * ramp_core::time::DAY,
+        }
+    }
+}
 
-struct Entry {
-    control: mpsc::Sender<Control>,
-    snapshot: watch::Receiver<Snapshot>,
-    listen: SocketAddr,
-    started_at: Option<Millis>,
+/// A rollout that runs: its controller, proxy and latest status.
+struct Live {
+    inbox: tokio::sync::mpsc::Sender<Msg>,
+    published: watch::Receiver<Arc<Published>>,
+    task: tokio::task::JoinHandle<State>,
+    proxy: ProxyHandle,
+}
+
+enum Entry {
+    Live(Live),
+    /// Stopped for good; its journal stays readable.
+    Retired(Box<v1::RolloutStatus>),
+    /// Known, but not runnable (why in the status).
+    Unavailable(Box<v1::RolloutStatus>),
 }
 
 /// The rollouts this server runs.
 pub struct Registry {
     store: Arc<dyn Store>,
+    workers: Arc<Workers>,
     defaults: Defaults,
     log: Log,
+    outbox: Arc<Notify>,
     rollouts: RwLock<BTreeMap<String, Entry>>,
-    servers: std::sync::Mutex<Vec<Server>>,
     /// Whether a rollout already listens on `defaults.default_listen`.
-    default_taken: std::sync::atomic::AtomicBool,
-    /// Stored rollouts that could not be resumed, with the reason.
-    failed: std::sync::Mutex<Vec<(String, String)>>,
+    default_taken: AtomicBool,
 }
 
 /// What became of one stored rollout on restart.
@@ -68,8 +95,8 @@ pub struct Resumed {
 /// A resumed rollout's proxy address.
 #[derive(Clone, Copy, Debug)]
 pub struct ResumedAt {
-    /// Where its proxy listens.
-    pub listen: SocketAddr,
+    /// Where its proxy listens (`None` for a retired rollout, which has none).
+    pub listen: Option<SocketAddr>,
     /// The address it listened on before, when that one was taken and it had to move.
     pub moved_from: Option<SocketAddr>,
 }
@@ -79,52 +106,58 @@ fn bindable(addr: SocketAddr) -> bool {
     std::net::TcpListener::bind(addr).is_ok()
 }
 
-/// Why a rollout could not be started.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The stored or given plan does not parse.
-    #[error("{0}")]
-    Plan(ramp_core::plan::PlanErrors),
-    /// Serving failed (bind, store...).
-    #[error(transparent)]
-    Serve(#[from] serve::ServeError),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
 impl Registry {
-    /// An empty registry over a store.
-    pub fn new(store: Arc<dyn Store>, defaults: Defaults, log: Log) -> Arc<Self> {
+    /// An empty registry over a store; its proxies run on `workers`, and its controllers wake
+    /// `outbox` after writing notices.
+    pub fn new(
+        store: Arc<dyn Store>,
+        workers: Arc<Workers>,
+        defaults: Defaults,
+        log: Log,
+        outbox: Arc<Notify>,
+    ) -> Arc<Self> {
         Arc::new(Registry {
             store,
+            workers,
             defaults,
             log,
+            outbox,
             rollouts: RwLock::new(BTreeMap::new()),
-            servers: std::sync::Mutex::new(Vec::new()),
-            default_taken: std::sync::atomic::AtomicBool::new(false),
-            failed: std::sync::Mutex::new(Vec::new()),
+            default_taken: AtomicBool::new(false),
         })
+    }
+
+    fn insert(&self, name: String, entry: Entry) {
+        if let Ok(mut r) = self.rollouts.write() {
+            r.insert(name, entry);
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.rollouts
+            .read()
+            .map(|r| r.contains_key(name))
+            .unwrap_or(false)
     }
 
     /// Resumes every rollout the store knows: same phase, same elapsed time, same share, same
     /// evidence, and the same proxy address when it is still free. A rollout that cannot be
-    /// resumed (unreadable journal, stored plan no longer valid, address unavailable) is
-    /// reported in its place and does not keep the others from serving. Fails only when the
+    /// resumed (unreadable journal, stored plan no longer valid or not fitting its state,
+    /// address unavailable) is reported in its place, shows as `unavailable`, and does not keep
+    /// the others from serving. Retired rollouts are listed, not resumed. Fails only when the
     /// store itself cannot be read.
-    pub async fn resume_all(&self) -> Result<Vec<Resumed>, StartError> {
-        let stored = tokio::task::block_in_place(|| self.store.load_all())?;
+    pub async fn resume_all(&self) -> Result<Vec<Resumed>, StoreError> {
+        let stored = self.store.load_all().await?;
         // Rollouts that remember their address claim it before any other takes the default.
         let (mut first, mut rest) = (Vec::new(), Vec::new());
         for r in stored {
             match r {
-                Ok(r) if r.listen.is_some() => first.push(r),
-                Ok(r) => rest.push(Ok(r)),
-                Err(e) => rest.push(Err(e)),
+                Ok(r) if r.listen.is_some() => first.push(Ok(r)),
+                other => rest.push(other),
             }
         }
         let mut report = Vec::new();
-        for r in first.into_iter().map(Ok).chain(rest) {
+        for r in first.into_iter().chain(rest) {
             let r = match r {
                 Ok(r) => r,
                 Err(e) => {
@@ -132,117 +165,110 @@ impl Registry {
                         StoreError::Corrupt { rollout, .. } => rollout.clone(),
                         _ => "?".into(),
                     };
+                    let why = format!("its journal cannot be read: {e}");
+                    self.insert(
+                        name.clone(),
+                        Entry::Unavailable(Box::new(status::unavailable(&name, "", &why, unix_now()))),
+                    );
                     report.push(Resumed {
                         name,
-                        outcome: Err(format!("its journal cannot be read: {e}")),
+                        outcome: Err(why),
                     });
                     continue;
                 }
             };
-            let outcome = match parse_plan(&r.plan_toml, &format!("stored plan of {}", r.name)) {
-                Err(e) => Err(format!("its stored plan no longer parses: {e}")),
-                Ok(plan) => {
-                    let remembered = r.listen.as_deref().and_then(|l| l.parse().ok());
-                    match self.launch(plan, Some(r.state), None, remembered).await {
-                        Ok(listen) => Ok(ResumedAt {
-                            listen,
-                            moved_from: remembered.filter(|&a| a != listen),
-                        }),
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
-            };
-            report.push(Resumed {
-                name: r.name,
-                outcome,
-            });
-        }
-        if let Ok(mut failed) = self.failed.lock() {
-            *failed = report
-                .iter()
-                .filter_map(|r| {
-                    r.outcome
-                        .as_ref()
-                        .err()
-                        .map(|e| (r.name.clone(), e.clone()))
-                })
-                .collect();
+            let name = r.name.clone();
+            let outcome = self.resume(r).await;
+            if let Err(why) = &outcome {
+                self.insert(
+                    name.clone(),
+                    Entry::Unavailable(Box::new(status::unavailable(&name, "", why, unix_now()))),
+                );
+            }
+            report.push(Resumed { name, outcome });
         }
         Ok(report)
     }
 
-    /// Whether a rollout exists, and with which plan text.
-    pub fn stored_plan(&self, name: &str) -> Option<String> {
-        tokio::task::block_in_place(|| self.store.load(name).ok().map(|r| r.plan_toml))
-    }
-
-    /// Creates, journals and starts a new rollout. `listen` overrides the plan's address.
-    pub async fn start_new(
-        &self,
-        plan_toml: &str,
-        file: &str,
-        listen: Option<SocketAddr>,
-        now: Millis,
-    ) -> Result<RolloutStatus, ControlError> {
-        let plan = parse_plan(plan_toml, file).map_err(ControlError::InvalidPlan)?;
-        if plan.upstreams.is_none() {
-            return Err(ControlError::Conflict(
-                "the plan has no [upstreams] table: a served rollout needs `stable` and `canary` URLs".into(),
-            ));
+    async fn resume(&self, r: StoredRollout) -> Result<ResumedAt, String> {
+        let plan = parse_plan(&r.plan_toml, &format!("stored plan of {}", r.name))
+            .map_err(|e| format!("its stored plan no longer parses: {e}"))?;
+        r.state
+            .check(&plan)
+            .map_err(|e| format!("its journal does not fit its plan: {e}"))?;
+        let remembered = r.listen.as_deref().and_then(|l| l.parse().ok());
+        if let Some(at) = r.retired_at {
+            let plan = Arc::new(plan);
+            let listen = r.listen.clone().unwrap_or_default();
+            let view = status::View {
+                name: &r.name,
+                listen: &listen,
+                plan: &plan,
+                state: &r.state,
+                now: at,
+                origin: r.state.started_at.unwrap_or(at),
+                rates: (0.0, 0.0),
+                health: (
+                    ramp_core::evidence::BackendHealth::Unknown,
+                    ramp_core::evidence::BackendHealth::Unknown,
+                ),
+                retired: true,
+            };
+            let status = status::publish(&view).status;
+            self.insert(r.name.clone(), Entry::Retired(Box::new(status)));
+            return Ok(ResumedAt {
+                listen: None,
+                moved_from: None,
+            });
         }
-        if self
-            .rollouts
-            .read()
-            .map(|r| r.contains_key(&plan.name))
-            .unwrap_or(false)
-        {
-            return Err(ControlError::AlreadyExists(plan.name));
-        }
-        let state = State::new(&plan);
-        tokio::task::block_in_place(|| self.store.create(&plan.name, plan_toml, now, &state))
-            .map_err(|e| match e {
-                StoreError::AlreadyExists(n) => ControlError::AlreadyExists(n),
-                other => ControlError::Unavailable(other.to_string()),
-            })?;
-        let name = plan.name.clone();
-        self.launch(plan, None, listen, None)
+        let listen = self.listen_for(&plan, None, remembered);
+        let proxy = self
+            .proxy(&plan, listen, r.state.share)
             .await
-            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
-        self.status(&name)
-            .ok_or_else(|| ControlError::Unavailable("the rollout stopped at once".into()))
+            .map_err(|e| e.to_string())?;
+        let bound = proxy.local_addr;
+        if remembered != Some(bound) {
+            // Only a hint for the next start: the rollout runs whether or not it is written.
+            let _ = self.store.set_listen(&r.name, &bound.to_string()).await;
+        }
+        self.run(
+            Arc::new(plan),
+            r.state,
+            r.last_seq,
+            Vec::new(),
+            true,
+            proxy,
+        );
+        Ok(ResumedAt {
+            listen: Some(bound),
+            moved_from: remembered.filter(|&a| a != bound),
+        })
     }
 
-    /// Starts a rollout's proxy and controller; answers with the address the proxy listens on.
-    async fn launch(
+    /// The address a rollout's proxy binds. An address given explicitly (argument, then plan)
+    /// wins. Otherwise a resumed rollout serves where it served before, if that address is
+    /// still free: its clients know it. Otherwise the server's default address if no other
+    /// rollout has it yet, else a free port on the same interface (shown in its status), so
+    /// several such rollouts can run, and resume, side by side.
+    fn listen_for(
         &self,
-        plan: Plan,
-        resume: Option<State>,
+        plan: &Plan,
         listen: Option<SocketAddr>,
         remembered: Option<SocketAddr>,
-    ) -> Result<SocketAddr, StartError> {
-        let name = plan.name.clone();
+    ) -> SocketAddr {
         let default = self.defaults.default_listen;
-        // An address given explicitly (argument, then plan) wins. Otherwise a resumed rollout
-        // serves where it served before, if that address is still free: its clients know it.
-        // Otherwise the server's default address if no other rollout has it yet, else a free
-        // port on the same interface (shown in its status), so several such rollouts can run,
-        // and resume, side by side.
         let take_default = || {
-            if self
-                .default_taken
-                .swap(true, std::sync::atomic::Ordering::SeqCst)
-            {
+            if self.default_taken.swap(true, Ordering::SeqCst) {
                 SocketAddr::new(default.ip(), 0)
             } else {
                 default
             }
         };
         let remembered = remembered.filter(|r| r.port() != 0);
-        let listen = match (listen.or(plan.listen), remembered) {
+        match (listen.or(plan.listen), remembered) {
             (Some(a), _) if a.port() != 0 => {
                 if a == default {
-                    self.default_taken
-                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    self.default_taken.store(true, Ordering::SeqCst);
                 }
                 a
             }
@@ -251,159 +277,289 @@ impl Registry {
             (Some(a), _) => a,
             (None, Some(r)) if bindable(r) => {
                 if r == default {
-                    self.default_taken
-                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    self.default_taken.store(true, Ordering::SeqCst);
                 }
                 r
             }
             // Its old address is taken now: a free port beside it, never the default (which
             // may be the very address that is taken).
-            // (If even that interface is gone, the default rules below.)
             (None, Some(r)) if bindable(SocketAddr::new(r.ip(), 0)) => SocketAddr::new(r.ip(), 0),
             (None, Some(_)) => take_default(),
             (None, None) => take_default(),
-        };
-        let log = self.log.clone();
-        let log_name = name.clone();
-        let server = serve::start(
-            ServeConfig {
-                plan,
-                listen,
-                time_scale: self.defaults.time_scale,
-                limits: self.defaults.limits.clone(),
-                variant_header: self.defaults.variant_header,
-                access_log: self
-                    .defaults
-                    .access_log
-                    .then(|| crate::proxy::AccessLog::new(std::io::stderr())),
-                exit_on_end: false,
-                store: Some(self.store.clone()),
-                resume,
-            },
-            move |entry, origin| log(&log_name, entry, origin),
-        )
-        .await?;
-        let bound = server.proxy_addr;
-        if remembered != Some(bound) {
-            // Only a hint for the next start: the rollout runs whether or not it is written.
-            let _ =
-                tokio::task::block_in_place(|| self.store.set_listen(&name, &bound.to_string()));
-        }
-        let snapshot = server.snapshot.clone();
-        let started_at = Some(snapshot.borrow().origin);
-        let entry = Entry {
-            control: server.control.clone(),
-            snapshot,
-            listen: bound,
-            started_at,
-        };
-        if let Ok(mut r) = self.rollouts.write() {
-            r.insert(name, entry);
-        }
-        if let Ok(mut s) = self.servers.lock() {
-            s.push(server);
-        }
-        Ok(bound)
-    }
-
-    fn entry_status(name: &str, e: &Entry) -> RolloutStatus {
-        RolloutStatus {
-            name: name.to_string(),
-            started_at: e.started_at,
-            listen: e.listen.to_string(),
-            snapshot: e.snapshot.borrow().clone(),
         }
     }
 
-    fn control(&self, name: &str) -> Result<mpsc::Sender<Control>, ControlError> {
-        self.rollouts
+    async fn proxy(
+        &self,
+        plan: &Plan,
+        listen: SocketAddr,
+        share: ShareBp,
+    ) -> Result<ProxyHandle, ramp_proxy::ProxyError> {
+        let mut config = ProxyConfig::for_plan(listen, plan)?;
+        config.limits = self.defaults.limits.clone();
+        config.variant_header = self.defaults.variant_header;
+        config.access_log = self
+            .defaults
+            .access_log
+            .then(|| AccessLog::new(std::io::stderr()));
+        ramp_proxy::start(config, share, &self.workers).await
+    }
+
+    fn run(
+        &self,
+        plan: Arc<Plan>,
+        state: State,
+        seq: u64,
+        pending: Vec<Effect>,
+        restarted: bool,
+        proxy: ProxyHandle,
+    ) {
+        let name = plan.name.clone();
+        let clock = ScaledClock::resumed(self.defaults.time_scale, state.now);
+        let handle = controller::spawn(Parts {
+            name: name.clone(),
+            plan,
+            state,
+            seq,
+            pending,
+            restarted,
+            listen: proxy.local_addr.to_string(),
+            store: self.store.clone(),
+            evidence: ProxyEvidence::new(proxy.recorder.clone(), proxy.health.clone()),
+            split: ProxySplit::new(proxy.routing.clone()),
+            clock,
+            outbox: self.outbox.clone(),
+            log: self.log.clone(),
+            window_retention: self.defaults.window_retention,
+        });
+        self.insert(
+            name,
+            Entry::Live(Live {
+                inbox: handle.inbox,
+                published: handle.published,
+                task: handle.task,
+                proxy,
+            }),
+        );
+    }
+
+    /// Creates, journals and starts a new rollout, all or nothing: the plan is validated, the
+    /// proxy's address bound, and the rollout written together with its start, before anything
+    /// runs; a refusal at any point leaves no row and no listener. `listen` overrides the
+    /// plan's address.
+    pub async fn start_new(
+        &self,
+        plan_toml: &str,
+        file: &str,
+        listen: Option<SocketAddr>,
+    ) -> Result<v1::RolloutStatus, ControlError> {
+        let plan = parse_plan(plan_toml, file).map_err(ControlError::InvalidPlan)?;
+        if plan.upstreams.is_none() {
+            return Err(ControlError::Invalid(
+                "the plan has no [upstreams] table: a served rollout needs `stable` and `canary` URLs"
+                    .into(),
+            ));
+        }
+        if self.contains(&plan.name) {
+            return Err(ControlError::AlreadyExists(plan.name));
+        }
+        let had_default = self.default_taken.load(Ordering::SeqCst);
+        let addr = self.listen_for(&plan, listen, None);
+        let release = || {
+            if !had_default && addr == self.defaults.default_listen {
+                self.default_taken.store(false, Ordering::SeqCst);
+            }
+        };
+        let proxy = match self.proxy(&plan, addr, ShareBp::ZERO).await {
+            Ok(p) => p,
+            Err(e) => {
+                release();
+                return Err(match e {
+                    ramp_proxy::ProxyError::Bind { .. } => ControlError::Conflict(e.to_string()),
+                    other => ControlError::Invalid(other.to_string()),
+                });
+            }
+        };
+        let now = ScaledClock::new(self.defaults.time_scale).now();
+        let (state, fx) = step(&plan, State::new(&plan), Input::Start, now);
+        let events = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Journal(ev) => Some(v1::Event::from(ev)),
+                _ => None,
+            })
+            .collect();
+        let notices: Vec<v1::Notice> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Notify(n) => Some(v1::Notice::of(&plan.name, n)),
+                _ => None,
+            })
+            .collect();
+        let created = self
+            .store
+            .create(NewRollout {
+                name: plan.name.clone(),
+                plan_toml: plan_toml.to_string(),
+                created_at: unix_now(),
+                listen: Some(proxy.local_addr.to_string()),
+                step: Append {
+                    events,
+                    state: state.clone(),
+                    window: None,
+                    notices: notices.clone(),
+                },
+            })
+            .await;
+        let seq = match created {
+            Ok(seq) => seq,
+            Err(e) => {
+                proxy.shutdown().await;
+                release();
+                return Err(match e {
+                    StoreError::AlreadyExists(n) => ControlError::AlreadyExists(n),
+                    other => ControlError::Unavailable(other.to_string()),
+                });
+            }
+        };
+        if !notices.is_empty() {
+            self.outbox.notify_one();
+        }
+        let name = plan.name.clone();
+        self.run(Arc::new(plan), state, seq, fx, false, proxy);
+        self.status(&name)
+            .ok_or_else(|| ControlError::Unavailable("the rollout stopped at once".into()))
+    }
+
+    /// The stored plan of a rollout, if the store knows it.
+    pub async fn stored_plan(&self, name: &str) -> Option<String> {
+        self.store.load(name).await.ok().map(|r| r.plan_toml)
+    }
+
+    fn inbox(&self, name: &str) -> Result<tokio::sync::mpsc::Sender<Msg>, ControlError> {
+        let r = self
+            .rollouts
             .read()
-            .ok()
-            .and_then(|r| r.get(name).map(|e| e.control.clone()))
-            .ok_or_else(|| ControlError::NotFound(name.to_string()))
+            .map_err(|_| ControlError::Unavailable("the registry is poisoned".into()))?;
+        match r.get(name) {
+            Some(Entry::Live(l)) => Ok(l.inbox.clone()),
+            Some(Entry::Retired(_)) => Err(ControlError::Conflict(format!(
+                "rollout {name:?} is retired"
+            ))),
+            Some(Entry::Unavailable(s)) => Err(ControlError::Unavailable(format!(
+                "rollout {name:?} is not running: {}",
+                s.reason.clone().unwrap_or_default()
+            ))),
+            None => Err(ControlError::NotFound(name.to_string())),
+        }
     }
 
-    /// Stops every rollout's proxy and controller (the journal keeps their state).
+    async fn ask<T>(
+        &self,
+        name: &str,
+        msg: impl FnOnce(oneshot::Sender<Result<T, ControlError>>) -> Msg,
+    ) -> Result<T, ControlError> {
+        let inbox = self.inbox(name)?;
+        let (tx, rx) = oneshot::channel();
+        let stopped = || ControlError::Unavailable("the rollout's controller has stopped".into());
+        inbox.send(msg(tx)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Stops every rollout's controller and proxy (the journal keeps their state).
     pub async fn shutdown(&self) {
-        let servers: Vec<Server> = self
-            .servers
-            .lock()
-            .map(|mut s| s.drain(..).collect())
-            .unwrap_or_default();
-        for s in &servers {
-            let _ = s.control.send(Control::Stop).await;
+        let live: Vec<(String, Live)> = match self.rollouts.write() {
+            Ok(mut r) => {
+                let names: Vec<String> = r
+                    .iter()
+                    .filter(|(_, e)| matches!(e, Entry::Live(_)))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                names
+                    .into_iter()
+                    .filter_map(|n| match r.remove(&n) {
+                        Some(Entry::Live(l)) => Some((n, l)),
+                        _ => None,
+                    })
+                    .collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        for (_, l) in &live {
+            let _ = l.inbox.send(Msg::Stop).await;
         }
-        for s in servers {
-            let _ = s.wait().await;
+        for (name, l) in live {
+            let last = l.published.borrow().status.clone();
+            let _ = l.task.await;
+            l.proxy.shutdown().await;
+            self.insert(name, Entry::Retired(Box::new(last)));
         }
     }
 
-    /// Waits until a snapshot newer than the command has been published, so the answer shows
-    /// the new state.
-    async fn settled(&self, name: &str) -> Option<RolloutStatus> {
-        let mut rx = self.rollouts.read().ok()?.get(name)?.snapshot.clone();
-        rx.mark_unchanged();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), rx.changed()).await;
-        self.status(name)
+    /// Whether every rollout has settled (completed, rolled back or holding).
+    pub fn all_settled(&self) -> bool {
+        let list = self.list();
+        !list.is_empty() && list.iter().all(|s| s.ended || s.retired)
     }
 }
 
 impl Rollouts for Registry {
-    fn list(&self) -> Vec<RolloutStatus> {
+    fn list(&self) -> Vec<v1::RolloutStatus> {
         self.rollouts
             .read()
-            .map(|r| r.iter().map(|(n, e)| Self::entry_status(n, e)).collect())
+            .map(|r| {
+                r.values()
+                    .map(|e| match e {
+                        Entry::Live(l) => l.published.borrow().status.clone(),
+                        Entry::Retired(s) | Entry::Unavailable(s) => (**s).clone(),
+                    })
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
-    fn status(&self, name: &str) -> Option<RolloutStatus> {
-        self.rollouts
-            .read()
-            .ok()
-            .and_then(|r| r.get(name).map(|e| Self::entry_status(name, e)))
+    fn status(&self, name: &str) -> Option<v1::RolloutStatus> {
+        let r = self.rollouts.read().ok()?;
+        Some(match r.get(name)? {
+            Entry::Live(l) => l.published.borrow().status.clone(),
+            Entry::Retired(s) | Entry::Unavailable(s) => (**s).clone(),
+        })
     }
 
-    fn events(&self, name: &str, after: u64, limit: usize) -> Option<EventPage> {
-        let page =
-            tokio::task::block_in_place(|| self.store.events(name, after, limit + 1)).ok()?;
+    async fn events(
+        &self,
+        name: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<v1::EventPage, ControlError> {
+        let page = self
+            .store
+            .events(name, after, limit.saturating_add(1))
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound(n) => ControlError::NotFound(n),
+                other => ControlError::Unavailable(other.to_string()),
+            })?;
         let more = page.len() > limit;
-        let events: Vec<JournalEntry> = page
+        let events: Vec<v1::JournalEntry> = page
             .into_iter()
             .take(limit)
-            .map(|(seq, event)| JournalEntry { seq, event })
+            .map(|(seq, event)| v1::JournalEntry { seq, event })
             .collect();
         let next = if more {
             events.last().map(|e| e.seq)
         } else {
             None
         };
-        Some(EventPage { events, next })
+        Ok(v1::EventPage { events, next })
     }
 
-    async fn command(&self, name: &str, command: Command) -> Result<RolloutStatus, ControlError> {
-        let control = self.control(name)?;
-        let (tx, rx) = oneshot::channel();
-        control
-            .send(Control::Command(command, tx))
-            .await
-            .map_err(|_| {
-                ControlError::Unavailable("the rollout's controller has stopped".into())
-            })?;
-        match rx.await {
-            Ok(Ok(())) => self
-                .settled(name)
-                .await
-                .ok_or_else(|| ControlError::NotFound(name.to_string())),
-            Ok(Err(serve::CommandError::Rejected(rejection))) => {
-                Err(ControlError::Conflict(ramp_core::report::rejection_text(
-                    &rejection.reason,
-                )))
-            }
-            Ok(Err(serve::CommandError::Unavailable(e))) => Err(ControlError::Unavailable(e)),
-            Err(_) => Err(ControlError::Unavailable(
-                "the rollout's controller has stopped".into(),
-            )),
-        }
+    async fn command(
+        &self,
+        name: &str,
+        command: Command,
+    ) -> Result<v1::RolloutStatus, ControlError> {
+        self.ask(name, |reply| Msg::Command { command, reply }).await
     }
 
     async fn signal(
@@ -412,75 +568,78 @@ impl Rollouts for Registry {
         signal: Signal,
         key: Option<String>,
     ) -> Result<Recorded, ControlError> {
-        let control = self.control(name)?;
-        let (tx, rx) = oneshot::channel();
-        control
-            .send(Control::Signal {
-                signal,
-                key,
-                reply: Some(tx),
-            })
+        self.ask(name, |reply| Msg::Signal { signal, key, reply })
             .await
-            .map_err(|_| {
-                ControlError::Unavailable("the rollout's controller has stopped".into())
-            })?;
-        match rx.await {
-            Ok(Ok(seq)) => Ok(seq),
-            Ok(Err(e)) => Err(ControlError::Unavailable(e)),
-            Err(_) => Err(ControlError::Unavailable(
-                "the rollout's controller has stopped".into(),
-            )),
-        }
     }
 
-    async fn create(&self, plan_toml: &str) -> Result<RolloutStatus, ControlError> {
-        let now = crate::clock::Clock::scaled(1.0).now();
-        self.start_new(plan_toml, "request body", None, now).await
+    async fn create(&self, plan_toml: &str) -> Result<v1::RolloutStatus, ControlError> {
+        self.start_new(plan_toml, "request body", None).await
+    }
+
+    async fn retire(&self, name: &str) -> Result<v1::RolloutStatus, ControlError> {
+        let status = self.status(name).ok_or_else(|| ControlError::NotFound(name.into()))?;
+        if status.retired {
+            return Ok(status);
+        }
+        if !matches!(status.status, v1::Status::Completed | v1::Status::RolledBack) {
+            return Err(ControlError::Conflict(format!(
+                "rollout {name:?} has not ended ({}): roll it back or let it complete first",
+                status.status.name()
+            )));
+        }
+        // Durable first: a retired rollout must never come back after a restart.
+        self.store
+            .retire(name, unix_now())
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        let live = match self.rollouts.write() {
+            Ok(mut r) => match r.remove(name) {
+                Some(Entry::Live(l)) => Some(l),
+                Some(other) => {
+                    r.insert(name.to_string(), other);
+                    None
+                }
+                None => None,
+            },
+            Err(_) => None,
+        };
+        let mut last = status;
+        if let Some(l) = live {
+            let _ = l.inbox.send(Msg::Stop).await;
+            let _ = l.task.await;
+            last = l.published.borrow().status.clone();
+            l.proxy.shutdown().await;
+        }
+        last.retired = true;
+        self.insert(name.to_string(), Entry::Retired(Box::new(last.clone())));
+        Ok(last)
     }
 
     fn metrics(&self) -> Vec<RolloutMetrics> {
-        let entries: Vec<(String, mpsc::Sender<Control>, Snapshot)> = self
-            .rollouts
+        self.rollouts
             .read()
             .map(|r| {
                 r.iter()
-                    .map(|(n, e)| (n.clone(), e.control.clone(), e.snapshot.borrow().clone()))
+                    .filter_map(|(name, e)| match e {
+                        Entry::Live(l) if l.task.is_finished() => Some(unavailable(name)),
+                        Entry::Live(l) => Some(l.published.borrow().metrics.clone()),
+                        Entry::Unavailable(_) => Some(unavailable(name)),
+                        // Retired rollouts are gone from the fleet: no series at all.
+                        Entry::Retired(_) => None,
+                    })
                     .collect()
             })
-            .unwrap_or_default();
-        let mut out = Vec::new();
-        let unavailable = |name: String| RolloutMetrics {
-            name,
-            status: "unavailable".into(),
-            phase: 0,
-            share_bp: 0,
-            stable: ramp_core::evidence::VariantStats::default(),
-            canary: ramp_core::evidence::VariantStats::default(),
-        };
-        for (name, control, snap) in entries {
-            let (tx, rx) = oneshot::channel();
-            if control.try_send(Control::Totals(tx)).is_err() {
-                if control.is_closed() {
-                    out.push(unavailable(name));
-                }
-                continue;
-            }
-            let Ok((stable, canary)) = tokio::task::block_in_place(|| rx.blocking_recv()) else {
-                out.push(unavailable(name));
-                continue;
-            };
-            out.push(RolloutMetrics {
-                name,
-                status: snap.status.clone(),
-                phase: snap.phase,
-                share_bp: snap.share.bp(),
-                stable,
-                canary,
-            });
-        }
-        // Stored rollouts that could not be resumed: their proxy is not serving (share 0).
-        let failed = self.failed.lock().map(|f| f.clone()).unwrap_or_default();
-        out.extend(failed.into_iter().map(|(name, _)| unavailable(name)));
-        out
+            .unwrap_or_default()
+    }
+}
+
+fn unavailable(name: &str) -> RolloutMetrics {
+    RolloutMetrics {
+        name: name.to_string(),
+        status: v1::Status::Unavailable,
+        phase: 0,
+        share_bp: 0,
+        stable: Default::default(),
+        canary: Default::default(),
     }
 }

@@ -144,8 +144,12 @@ pub struct State {
     pub status: Status,
     /// Index of the current phase.
     pub phase: usize,
-    /// The canary share the proxy must route by.
+    /// The canary share the proxy must route by (decided).
     pub share: ShareBp,
+    /// The share the traffic split last reported in effect ([`Input::ShareApplied`]); differs
+    /// from `share` while a change is on its way, or when the split failed to apply it.
+    #[serde(default)]
+    pub applied: Option<ShareBp>,
     /// When the rollout started.
     pub started_at: Option<Millis>,
     /// The latest time the state machine has seen.
@@ -212,6 +216,7 @@ impl State {
             status: Status::Pending,
             phase: 0,
             share: ShareBp::ZERO,
+            applied: None,
             started_at: None,
             now: 0,
             phase_started_at: 0,
@@ -402,6 +407,9 @@ pub enum Input {
     /// The shell restarted and restored this state from its journal: the time since the last
     /// input was downtime, which does not count as phase time.
     Restarted,
+    /// The traffic split reports this share in effect (after a `SetShare`). Recorded, nothing
+    /// else: it is how the core knows what users actually get.
+    ShareApplied(ShareBp),
 }
 
 /// Why a rollback happened.
@@ -929,6 +937,10 @@ impl Machine<'_> {
     }
 
     fn apply(&mut self, input: Input, now: Millis) {
+        if let Input::ShareApplied(share) = input {
+            self.s.applied = Some(share);
+            return;
+        }
         if let Input::Restarted = input {
             let downtime = now.saturating_sub(self.s.now);
             self.s.now = self.s.now.max(now);
@@ -955,7 +967,7 @@ impl Machine<'_> {
             Input::Signal(sig) => self.signal(sig),
             Input::SignalOnce { key, signal } => self.signal_once(key, signal),
             Input::Command(cmd) => self.command(cmd),
-            Input::Restarted => unreachable!("handled above"),
+            Input::Restarted | Input::ShareApplied(_) => unreachable!("handled above"),
         }
     }
 

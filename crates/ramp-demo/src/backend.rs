@@ -24,7 +24,7 @@
 //! from a lock-free splitmix64 stream, the header value is shared, and the JSON body is written
 //! straight from a pre-built prefix and the request's own URI (see `ReplyBody`).
 
-use crate::simulate::inverse_normal;
+use ramp_sim::inverse_normal;
 use bytes::{Buf, Bytes};
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};

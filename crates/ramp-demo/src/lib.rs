@@ -5,23 +5,28 @@
 //! compressed clock, so the three-phase rollout (or a rollback) plays out in about a minute.
 //! Everything is real: real sockets, real proxying, real counters; only the clock is fast.
 
+#![forbid(unsafe_code)]
+// The demo is a terminal program: its live view and log lines are its output.
+#![allow(clippy::print_stdout)]
+
 pub mod backend;
 pub mod load;
 
-use crate::proxy::{BackendHealth, Limits};
-use crate::render;
-use crate::serve::{self, Control, LogEntry, ServeConfig, ServeResult, Snapshot};
-use ramp_core::evidence::Signal;
+use ramp_control::{Defaults, Log, LogEntry, Registry};
+use ramp_core::evidence::{Signal, VariantStats};
 use ramp_core::report::{count, ms, pct};
-use ramp_core::plan::{Plan, Upstreams, parse_plan};
-use ramp_core::rollout::{NotifyKind, Status};
 use ramp_core::time::{Human, Millis};
+use ramp_notify::LogNotifier;
+use ramp_proxy::{Limits, Workers};
+use ramp_store::{SqliteStore, Store};
+use ramp_wire::text::{clock, event_lines};
+use ramp_wire::v1::{self, BackendHealth, NotifyKind, RolloutStatus};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The seed plan, built into the binary so the demo needs no files.
-pub const SEED_PLAN: &str = include_str!("../../../../examples/payments-backend.toml");
+pub const SEED_PLAN: &str = include_str!("../../../examples/payments-backend.toml");
 
 /// What the canary does during the demo.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -64,20 +69,31 @@ pub struct DemoOptions {
 pub struct DemoOutcome {
     /// "completed", "rolled_back" or "held".
     pub outcome: &'static str,
-    /// The serve result.
-    pub result: ServeResult,
+    /// The rollout's last status.
+    pub status: RolloutStatus,
+    /// Canary outcomes from the moment the canary was made worse to the rollback (or the end).
+    pub blast: Option<VariantStats>,
 }
 
-fn plan_for_demo(stable: std::net::SocketAddr, canary: std::net::SocketAddr) -> Plan {
-    let mut plan = parse_plan(SEED_PLAN, "examples/payments-backend.toml")
-        .expect("the built-in seed plan is valid (tested)");
-    plan.upstreams = Some(Upstreams {
-        stable: format!("http://{stable}"),
-        canary: format!("http://{canary}"),
-        health_path: Some("/health".into()),
-        health_interval: 500,
-    });
-    plan
+/// The seed plan with the demo backends as its upstreams, probed every half second.
+fn plan_for_demo(stable: std::net::SocketAddr, canary: std::net::SocketAddr) -> String {
+    SEED_PLAN
+        .replace(
+            "stable = \"http://127.0.0.1:8081\"",
+            &format!("stable = \"http://{stable}\""),
+        )
+        .replace(
+            "canary = \"http://127.0.0.1:8082\"",
+            &format!("canary = \"http://{canary}\""),
+        )
+        .replace("health_interval = \"5s\"", "health_interval = \"500ms\"")
+}
+
+/// A line buffer the log writes into and the view reads from.
+type Lines = Arc<Mutex<Vec<String>>>;
+
+fn push(lines: &Lines, line: String) {
+    lines.lock().unwrap_or_else(|p| p.into_inner()).push(line);
 }
 
 /// Runs the demo to its end. Prints to stdout.
@@ -86,57 +102,75 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     let canary_b = backend::Behaviour::new(0.0, 33.0, 100.0);
     let stable = backend::start("stable", stable_b.clone()).await?;
     let canary = backend::start("canary", canary_b.clone()).await?;
-    let plan = plan_for_demo(stable.addr, canary.addr);
+    let plan_toml = plan_for_demo(stable.addr, canary.addr);
+    let plan = ramp_core::plan::parse_plan(&plan_toml, "examples/payments-backend.toml")?;
     let planned = plan.planned_duration();
     let time_scale = planned as f64 / (opts.seconds * 1000.0);
-    let lines: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+
+    let lines: Lines = Arc::new(Mutex::new(Vec::new()));
     let sink = lines.clone();
-    let plan_name = plan.name.clone();
-    let server = serve::start(
-        ServeConfig {
-            plan: plan.clone(),
-            listen: "127.0.0.1:0".parse().expect("a literal address"),
+    let log: Log = Arc::new(move |_rollout: &str, entry: &LogEntry<'_>, origin: Millis| match entry {
+        LogEntry::Event(e) => {
+            let at = clock(e.at.saturating_sub(origin));
+            for (i, l) in event_lines(e, origin).into_iter().enumerate() {
+                push(
+                    &sink,
+                    if i == 0 {
+                        format!("{at}  {l}")
+                    } else {
+                        format!("               {l}")
+                    },
+                );
+            }
+        }
+        LogEntry::Notice(_) => {}
+        LogEntry::StoreError(e) => push(&sink, format!("           ! {e}")),
+        LogEntry::Report(r) => push(
+            &sink,
+            format!(
+                "           ✎ report: {}",
+                match r {
+                    v1::ReportKind::IncidentReview => "incident review",
+                    v1::ReportKind::Final => "final",
+                }
+            ),
+        ),
+    });
+    let sink = lines.clone();
+    let notifier = LogNotifier::new(move |entry| {
+        if entry.notice.kind == NotifyKind::Critical {
+            push(
+                &sink,
+                format!(
+                    "           ! critical notification sent: {}",
+                    entry.notice.headline
+                ),
+            );
+        }
+    });
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory()?);
+    let outbox = ramp_control::outbox::Outbox::start(store.clone(), Arc::new(notifier));
+    let registry = Registry::new(
+        store.clone(),
+        Arc::new(Workers::new(0)?),
+        Defaults {
             time_scale,
             limits: Limits::default(),
             variant_header: true,
-            access_log: None,
-            exit_on_end: true,
-            store: None,
-            resume: None,
+            default_listen: "127.0.0.1:0".parse().expect("a literal address"),
+            ..Defaults::default()
         },
-        move |entry, origin| {
-            let mut out = sink.lock().unwrap_or_else(|p| p.into_inner());
-            match entry {
-                LogEntry::Event(e) => {
-                    let at = render::clock(e.at.saturating_sub(origin));
-                    for (i, l) in render::event_lines(e, origin).into_iter().enumerate() {
-                        out.push(if i == 0 {
-                            format!("{at}  {l}")
-                        } else {
-                            format!("               {l}")
-                        });
-                    }
-                }
-                LogEntry::Notify(n) if n.kind == NotifyKind::Critical => {
-                    out.push(format!(
-                        "           ! critical notification sent: {}",
-                        ramp_core::report::headline(&plan_name, n)
-                    ));
-                }
-                LogEntry::Notify(_) => {}
-                LogEntry::StoreError(e) => out.push(format!("           ! {e}")),
-                LogEntry::Report(r) => out.push(format!(
-                    "           ✎ report: {}",
-                    serde_json::to_value(r)
-                        .ok()
-                        .and_then(|v| v.as_str().map(|s| s.replace('_', " ")))
-                        .unwrap_or_default()
-                )),
-            }
-        },
-    )
-    .await?;
-    crate::outln!(
+        log,
+        outbox.waker(),
+    );
+    use ramp_api::Rollouts as _;
+    let started = registry
+        .start_new(&plan_toml, "examples/payments-backend.toml", None)
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the demo rollout: {e}"))?;
+    let name = started.name.clone();
+    let proxy_addr: std::net::SocketAddr = started.listen.parse()?;
+    println!(
         "ramp demo: plan {} ({} phases, {} planned) compressed ×{:.0} into ~{:.0}s of real time",
         plan.name,
         plan.phases.len(),
@@ -144,23 +178,19 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         time_scale,
         opts.seconds
     );
-    crate::outln!(
+    println!(
         "  proxy http://{}  stable http://{}  canary http://{}  load {} req/s from {} users",
-        server.proxy_addr,
-        stable.addr,
-        canary.addr,
-        opts.rps,
-        opts.users
+        proxy_addr, stable.addr, canary.addr, opts.rps, opts.users
     );
     match opts.canary {
-        CanaryBehaviour::Healthy => crate::outln!("  the canary stays healthy\n"),
-        CanaryBehaviour::FailsAt { at, error_rate } => crate::outln!(
+        CanaryBehaviour::Healthy => println!("  the canary stays healthy\n"),
+        CanaryBehaviour::FailsAt { at, error_rate } => println!(
             "  the canary starts failing {} of requests at {} of the plan ({})\n",
             pct(error_rate),
             pct(at),
             Human((planned as f64 * at) as Millis)
         ),
-        CanaryBehaviour::SlowsAt { at, p95_ms } => crate::outln!(
+        CanaryBehaviour::SlowsAt { at, p95_ms } => println!(
             "  the canary's p95 goes to {p95_ms}ms at {} of the plan ({})\n",
             pct(at),
             Human((planned as f64 * at) as Millis)
@@ -168,28 +198,31 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     }
 
     let load = load::start(load::LoadConfig {
-        target: server.proxy_addr,
+        target: proxy_addr,
         requests_per_second: opts.rps,
         users: opts.users,
         concurrency: 512,
         seed: 7,
         path: "/api/payments".into(),
     });
-    let control = server.control.clone();
-    let mut snapshot = server.snapshot.clone();
-    let started = std::time::Instant::now();
+    // The demo's pacing and redraws are measured on the real clock; no decision uses them.
+    #[allow(clippy::disallowed_methods)]
+    let begun = std::time::Instant::now();
     let deadline = Duration::from_secs_f64(opts.seconds * 3.0 + 30.0);
-    let mut harmed = false;
+    let mut harm_at: Option<Millis> = None;
     let mut printed = 0usize;
-    let mut last_plain = std::time::Instant::now();
+    let mut last_plain = begun;
     let mut drawn_lines = 0usize;
     let mut feedback_due = 0.0f64;
     let mut rng_state = 0x2545_F491_4F6C_DD1Du64;
     let tick = Duration::from_millis(100);
     let stdout = std::io::stdout();
+    let mut snap = started;
     loop {
         tokio::time::sleep(tick).await;
-        let snap = snapshot.borrow_and_update().clone();
+        if let Some(s) = registry.status(&name) {
+            snap = s;
+        }
         let virtual_elapsed = snap.now.saturating_sub(snap.origin);
         // Failure injection at the chosen point of the plan.
         let at = match opts.canary {
@@ -197,10 +230,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             CanaryBehaviour::Healthy => None,
         };
         if let Some(at) = at
-            && !harmed
+            && harm_at.is_none()
             && virtual_elapsed as f64 >= planned as f64 * at
         {
-            harmed = true;
+            harm_at = Some(snap.now);
             match opts.canary {
                 CanaryBehaviour::FailsAt { error_rate, .. } => canary_b.set_error_rate(error_rate),
                 CanaryBehaviour::SlowsAt { p95_ms, .. } => {
@@ -208,17 +241,16 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
                 }
                 CanaryBehaviour::Healthy => {}
             }
-            let _ = control.send(Control::MarkHarm).await;
-            lines
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(format!(
+            push(
+                &lines,
+                format!(
                     "{}  ~ demo: the canary backend degrades now",
-                    render::clock(virtual_elapsed)
-                ));
+                    clock(virtual_elapsed)
+                ),
+            );
         }
         // User feedback from canary users: about 12 an hour of plan time, 97% positive.
-        if snap.share.bp() > 0 && !snap.ended {
+        if snap.share > 0 && !snap.ended {
             feedback_due += 12.0 * (tick.as_secs_f64() * time_scale) / 3600.0;
             while feedback_due >= 1.0 {
                 feedback_due -= 1.0;
@@ -226,16 +258,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
                 rng_state ^= rng_state >> 7;
                 rng_state ^= rng_state << 17;
                 let good = rng_state % 100 < 97;
-                let _ = control
-                    .send(Control::Signal {
-                        signal: Signal::Feedback {
-                            score: if good { 0.9 } else { 0.3 },
-                            note: String::new(),
-                        },
-                        key: None,
-                        reply: None,
-                    })
-                    .await;
+                let signal = Signal::Feedback {
+                    score: if good { 0.9 } else { 0.3 },
+                    note: String::new(),
+                };
+                let _ = registry.signal(&name, signal, None).await;
             }
         }
         let new_lines: Vec<String> = {
@@ -246,7 +273,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         let mut out = stdout.lock();
         if opts.live {
             let view = live_view(
-                &plan,
+                &plan.name,
+                plan.phases.len(),
                 &snap,
                 time_scale,
                 &lines.lock().unwrap_or_else(|p| p.into_inner()),
@@ -261,19 +289,22 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
                 let _ = writeln!(out, "{l}");
             }
             if last_plain.elapsed() >= Duration::from_secs(5) {
-                last_plain = std::time::Instant::now();
+                #[allow(clippy::disallowed_methods)]
+                let now = std::time::Instant::now();
+                last_plain = now;
                 let _ = writeln!(out, "{}", status_line(&snap, time_scale));
             }
         }
         let _ = out.flush();
-        if snap.ended || started.elapsed() > deadline {
+        if snap.ended || begun.elapsed() > deadline {
             break;
         }
     }
-    if started.elapsed() > deadline {
-        let _ = control.send(Control::Stop).await;
+    registry.shutdown().await;
+    outbox.shutdown().await;
+    if let Some(s) = registry.status(&name) {
+        snap = s;
     }
-    let result = server.wait().await;
     let sent = load.stats.sent();
     load.stop().await;
     stable.shutdown().await;
@@ -281,60 +312,87 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     if !opts.live {
         let all = lines.lock().unwrap_or_else(|p| p.into_inner());
         for l in &all[printed..] {
-            crate::outln!("{l}");
+            println!("{l}");
         }
     }
-    let outcome = match result.state.status {
-        Status::Completed => "completed",
-        Status::RolledBack => "rolled_back",
+    let outcome = match snap.status {
+        v1::Status::Completed => "completed",
+        v1::Status::RolledBack => "rolled_back",
         _ => "held",
     };
-    crate::outln!();
-    let phase = &plan.phases[result.state.phase];
-    let ended = result.state.ended_at.unwrap_or(result.state.now);
-    crate::outln!(
+    println!();
+    let ended = snap.ended_at.unwrap_or(snap.now);
+    println!(
         "outcome: {} in phase {} after {} of plan time ({:.1}s real); {} requests sent through the proxy",
         outcome.replace('_', " "),
-        phase.name,
-        Human(ended.saturating_sub(result.origin)),
-        started.elapsed().as_secs_f64(),
+        snap.phase_name,
+        Human(ended.saturating_sub(snap.started_at.unwrap_or(snap.origin))),
+        begun.elapsed().as_secs_f64(),
         count(sent)
     );
-    if let Some(r) = &result.state.reason {
-        crate::outln!("reason: {}", ramp_core::report::stop_text(r));
+    if let Some(r) = &snap.reason {
+        println!("reason: {r}");
     }
-    match (&result.blast, result.harm_at) {
-        (Some(b), Some(h)) => crate::outln!(
-            "blast radius (from the canary's degradation at {} to {}): {} canary requests, {} failed, ≈{} distinct users",
-            render::clock(h.saturating_sub(result.origin)).trim(),
-            if outcome == "rolled_back" {
-                "the rollback"
-            } else {
-                "the end"
-            },
-            count(b.requests),
-            count(b.errors),
-            count(b.users.estimate())
-        ),
-        _ => crate::outln!("blast radius: none (the canary was never made worse)"),
-    }
-    Ok(DemoOutcome { outcome, result })
+    // The blast radius, from the journal's windows: every canary request from the moment the
+    // canary was made worse to the rollback (or the end).
+    let blast = match harm_at {
+        Some(h) => {
+            let mut b = VariantStats::default();
+            let mut after = h;
+            loop {
+                let page = store.windows(&name, after, 1_000).await.unwrap_or_default();
+                let Some(&(last, _)) = page.last() else { break };
+                for (at, w) in &page {
+                    if snap.ended_at.is_none_or(|end| *at <= end + plan.analysis.interval) {
+                        b.merge(&w.canary);
+                    }
+                }
+                after = last;
+            }
+            println!(
+                "blast radius (from the canary's degradation at {} to {}): {} canary requests, {} failed, ≈{} distinct users",
+                clock(h.saturating_sub(snap.started_at.unwrap_or(snap.origin))).trim(),
+                if outcome == "rolled_back" {
+                    "the rollback"
+                } else {
+                    "the end"
+                },
+                count(b.requests),
+                count(b.errors),
+                count(b.users.estimate())
+            );
+            Some(b)
+        }
+        None => {
+            println!("blast radius: none (the canary was never made worse)");
+            None
+        }
+    };
+    Ok(DemoOutcome {
+        outcome,
+        status: snap,
+        blast,
+    })
 }
 
-fn health_word(h: Option<BackendHealth>) -> String {
-    h.and_then(|h| serde_json::to_value(h).ok())
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_else(|| "-".into())
+fn health_word(h: Option<BackendHealth>) -> &'static str {
+    match h {
+        Some(BackendHealth::Operational) => "operational",
+        Some(BackendHealth::Degraded) => "degraded",
+        Some(BackendHealth::Down) => "down",
+        Some(BackendHealth::Unknown) => "unknown",
+        None => "-",
+    }
 }
 
 /// One line for logs.
-fn status_line(s: &Snapshot, scale: f64) -> String {
+fn status_line(s: &RolloutStatus, scale: f64) -> String {
     format!(
         "{}  · {} phase {} at {} for {}{}; canary {} req/s, errors {}, p95 {}; stable {} req/s, errors {}; health {}",
-        render::clock(s.now.saturating_sub(s.origin)),
-        s.status,
+        clock(s.now.saturating_sub(s.started_at.unwrap_or(s.origin))),
+        s.status.name(),
         s.phase_name,
-        s.share,
+        share(s.share),
         Human(s.phase_elapsed),
         if s.extended { " (extended)" } else { "" },
         (s.canary.rps * 1.0).round(),
@@ -342,21 +400,21 @@ fn status_line(s: &Snapshot, scale: f64) -> String {
         s.canary.p95_ms.map(ms).unwrap_or("-".into()),
         (s.stable.rps).round(),
         pct(s.stable.error_rate),
-        s.health
+        health_name(s.health)
     ) + &format!(" (×{scale:.0})")
 }
 
 /// The live terminal view.
-fn live_view(plan: &Plan, s: &Snapshot, scale: f64, log: &[String]) -> String {
+fn live_view(plan: &str, phases: usize, s: &RolloutStatus, scale: f64, log: &[String]) -> String {
     let mut out = String::new();
-    let elapsed = s.now.saturating_sub(s.origin);
+    let elapsed = s.now.saturating_sub(s.started_at.unwrap_or(s.origin));
     out += &format!(
         "ramp demo — {}   plan time {} (×{:.0})   status {}   health {}\n",
-        plan.name,
+        plan,
         Human(elapsed),
         scale,
-        s.status,
-        s.health
+        s.status.name(),
+        health_name(s.health)
     );
     let frac = if s.phase_duration == 0 {
         0.0
@@ -368,14 +426,14 @@ fn live_view(plan: &Plan, s: &Snapshot, scale: f64, log: &[String]) -> String {
     out += &format!(
         "phase {}/{} {:<9} [{}{}] {:>3.0}% of {}{}   canary share {}\n\n",
         s.phase + 1,
-        plan.phases.len(),
+        phases,
         s.phase_name,
         "█".repeat(filled),
         "░".repeat(width - filled),
         frac * 100.0,
         Human(s.phase_duration),
         if s.extended { " +extension" } else { "" },
-        s.share
+        share(s.share)
     );
     out += &format!(
         "{:<8} {:>8} {:>11} {:>9} {:>9} {:>9} {:>8}  {}\n",
@@ -400,7 +458,7 @@ fn live_view(plan: &Plan, s: &Snapshot, scale: f64, log: &[String]) -> String {
             "  {:<12} {} — {}",
             v.outcome.label(),
             v.criterion,
-            ramp_core::report::explain(v)
+            v.explanation
         );
         if e.chars().count() > 160 {
             e = e.chars().take(157).collect::<String>() + "...";
@@ -418,4 +476,17 @@ fn live_view(plan: &Plan, s: &Snapshot, scale: f64, log: &[String]) -> String {
         out += &format!("  {l}\n");
     }
     out
+}
+
+fn health_name(h: v1::Health) -> &'static str {
+    match h {
+        v1::Health::Healthy => "healthy",
+        v1::Health::Monitoring => "monitoring",
+        v1::Health::Degraded => "degraded",
+        v1::Health::Critical => "critical",
+    }
+}
+
+fn share(bp: u16) -> String {
+    ramp_core::cohort::ShareBp::new(bp).map_or_else(|| format!("{bp}bp"), |s| s.to_string())
 }

@@ -1,4 +1,5 @@
-//! `ramp simulate`: runs a plan against synthetic traffic on a virtual clock.
+//! `ramp simulate`: runs a plan against synthetic traffic on a virtual clock, and prints what
+//! happened (`render`). Reads scenario files (`scenario`).
 //!
 //! The controller is the same pure state machine `ramp serve` uses; only the source of
 //! metric windows (generated requests instead of proxied ones) and the clock (virtual) differ.
@@ -6,12 +7,19 @@
 //! bucketing formula, an outcome and a latency drawn from the variant's model, recorded into
 //! the same per-variant counters the proxy keeps.
 
+#![forbid(unsafe_code)]
+
+pub mod render;
+pub mod scenario;
+
 use crate::scenario::{Scenario, VariantSpec};
+use ramp_core::evidence::class::{Answer, Class, classify};
 use ramp_core::cohort::{self, Salt, ShareBp};
 use ramp_core::evidence::sketch::{self, LatencyHistogram};
 use ramp_core::evidence::{MetricWindow, Signal, VariantStats};
 use ramp_core::plan::Plan;
-use ramp_core::rollout::{Effect, Event, Input, Notice, ReportKind, State, Status, step};
+use ramp_core::rollout::{Effect, Input, ReportKind, State, Status, step};
+use ramp_wire::v1;
 use ramp_core::time::{Millis, SECOND};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
@@ -34,7 +42,7 @@ pub struct BlastRadius {
 #[serde(untagged)]
 pub enum TimelineEntry {
     /// From the controller's journal.
-    Journal(Event),
+    Journal(v1::Event),
     /// The scenario changed a variant.
     Change {
         /// When.
@@ -51,7 +59,7 @@ pub enum TimelineEntry {
         /// Always "notify".
         kind: &'static str,
         /// The notification.
-        notification: Notice,
+        notification: v1::Notice,
     },
     /// A report the controller asked for.
     Report {
@@ -273,21 +281,25 @@ impl Counters {
         }
     }
 
-    /// Records one request; returns true when it failed.
+    /// Records one request; returns true when it failed. The draw picks an answer and the
+    /// core's table classifies it, as the proxy's recorder does.
     #[inline]
     fn record(&mut self, model: &Model, r_outcome: u64, r_latency: u64, user_hash: u64) -> bool {
         let s = &mut self.stats;
-        s.requests += 1;
-        let failed = r_outcome < model.error;
-        if failed {
-            s.errors += 1;
+        let answer = if r_outcome < model.error {
+            Answer::Status(500)
         } else if r_outcome < model.rl {
-            s.rate_limited += 1;
+            Answer::Status(429)
         } else if r_outcome < model.auth {
-            s.auth_failures += 1;
-        } else if r_outcome >= model.client {
-            s.successes += 1;
-        }
+            Answer::Status(401)
+        } else if r_outcome < model.client {
+            Answer::Status(404)
+        } else {
+            Answer::Status(200)
+        };
+        let class = classify(answer);
+        s.count_request(class);
+        let failed = class == Class::Error;
         let cell = (r_latency >> (64 - CELL_BITS)) as usize;
         if cell == CELLS - 1 {
             let lat = model.tail_us(r_latency);
@@ -377,12 +389,12 @@ pub fn run(plan: &Plan, sc: &Scenario, seed: u64) -> Run {
         let (state, effects) = step(plan, state, input, now);
         for e in effects {
             match e {
-                Effect::Journal(ev) => timeline.push(TimelineEntry::Journal(ev)),
+                Effect::Journal(ev) => timeline.push(TimelineEntry::Journal((&ev).into())),
                 Effect::SetShare { share: s } => *share = s,
                 Effect::Notify(n) => timeline.push(TimelineEntry::Notify {
                     at: now,
                     kind: "notify",
-                    notification: n,
+                    notification: v1::Notice::of(&plan.name, &n),
                 }),
                 Effect::Report { report } => timeline.push(TimelineEntry::Report {
                     at: now,

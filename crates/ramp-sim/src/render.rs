@@ -1,40 +1,13 @@
 //! Human and JSON output for `ramp simulate`.
 
-use crate::simulate::{Run, TimelineEntry, secs};
+use crate::{Run, TimelineEntry, secs};
 use ramp_core::report::{count, ms, pct};
 use ramp_core::plan::Plan;
-use ramp_core::rollout::{About, Cause, Event, EventKind, NotifyKind};
-use ramp_core::time::{Human, Millis};
+use ramp_core::time::Human;
+use ramp_wire::text::{clock, event_lines};
+use ramp_wire::v1::{self, NotifyKind};
 use serde_json::{Value, json};
 use std::fmt::Write;
-
-/// A Unix time in milliseconds as `YYYY-MM-DD HH:MM:SSZ` (UTC; days-to-civil conversion from
-/// Howard Hinnant's published algorithm).
-pub fn utc(ms: Millis) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
-}
-
-/// Time since start as `HHHhMMmSSs`.
-pub fn clock(at: Millis) -> String {
-    let s = at / 1000;
-    format!("{:>3}h{:02}m{:02}s", s / 3600, (s / 60) % 60, s % 60)
-}
 
 /// The human timeline.
 pub fn timeline(plan: &Plan, run: &Run, scenario_name: &str) -> String {
@@ -55,18 +28,16 @@ pub fn timeline(plan: &Plan, run: &Run, scenario_name: &str) -> String {
             TimelineEntry::Change { description, .. } => {
                 let _ = writeln!(out, "{at}  ~ scenario: {description}");
             }
-            TimelineEntry::Notify { notification, .. } => match (&notification.about, notification.kind) {
-                (_, NotifyKind::Critical) => {
-                    let _ = writeln!(
-                        out,
-                        "{at}  ! notify (critical): {}",
-                        ramp_core::report::headline(&plan.name, notification)
-                    );
+            TimelineEntry::Notify { notification, .. } => {
+                match (notification.about.as_str(), notification.kind) {
+                    (_, NotifyKind::Critical) => {
+                        let _ = writeln!(out, "{at}  ! notify (critical): {}", notification.headline);
+                    }
+                    ("status_update", _) => scheduled.0 += 1,
+                    ("summary", _) => scheduled.1 += 1,
+                    _ => {}
                 }
-                (About::StatusUpdate(_), _) => scheduled.0 += 1,
-                (About::Summary(_), _) => scheduled.1 += 1,
-                _ => {}
-            },
+            }
             TimelineEntry::Report { report, .. } => {
                 let _ = writeln!(
                     out,
@@ -171,14 +142,30 @@ pub fn json(plan: &Plan, run: &Run) -> Value {
         "final_phase": final_phase(plan, run),
         "ended_at": secs(run.ended_at),
         "share": run.state.share,
-        "reason": run.state.reason,
+        "reason": run.state.reason.as_ref().map(ramp_core::report::stop_text),
+        "why": run.state.reason.as_ref().and_then(v1::StopReason::of),
         "harm_started_at": run.harm_started_at.map(secs),
         "blast_radius": run.blast_radius,
         "requests": run.requests,
         "canary": variant_json(&run.canary_total),
         "stable": variant_json(&run.stable_total),
-        "phases": run.state.history,
+        "phases": run.state.history.iter().map(phase_json).collect::<Vec<_>>(),
         "events": events,
+    })
+}
+
+fn phase_json(p: &ramp_core::rollout::PhaseRecord) -> Value {
+    json!({
+        "name": p.name,
+        "share": p.share,
+        "started_at": p.started_at,
+        "ended_at": p.ended_at,
+        "result": p.result.name(),
+        "verdicts": p.verdicts.iter().map(v1::Verdict::from).collect::<Vec<_>>(),
+        "canary_requests": p.canary_requests,
+        "canary_errors": p.canary_errors,
+        "stable_requests": p.stable_requests,
+        "stable_errors": p.stable_errors,
     })
 }
 
@@ -195,111 +182,4 @@ fn variant_json(v: &ramp_core::evidence::VariantStats) -> Value {
         "p99_latency_ms": v.quantile_ms(0.99),
         "active_users": v.users.estimate(),
     })
-}
-
-/// A journal entry as human lines (the first is the headline; the rest are details).
-/// Feedback signals give no line (they are counted, not narrated).
-/// `origin` is the rollout's start, so absolute times print as time since start.
-pub fn event_lines(e: &Event, origin: Millis) -> Vec<String> {
-    let phase = &e.phase;
-    match &e.kind {
-        EventKind::Started => vec!["▶ rollout started".into()],
-        EventKind::PhaseStarted { share } => {
-            vec![format!(
-                "▶ phase {phase} started: {share} of users on the canary"
-            )]
-        }
-        EventKind::GateChecked { outcome, verdicts } => {
-            let mut lines = vec![format!("◆ gate {phase}: {}", outcome.label())];
-            for v in verdicts {
-                lines.push(format!(
-                    "{:<12} {} — {}",
-                    v.outcome.label(),
-                    v.criterion,
-                    ramp_core::report::explain(v)
-                ));
-            }
-            lines
-        }
-        EventKind::Extended { until } => vec![format!(
-            "… phase {phase} extended until {} to collect evidence",
-            clock(until.saturating_sub(origin)).trim()
-        )],
-        EventKind::Promoted {
-            from,
-            to,
-            forced,
-            by,
-            reason,
-        } => {
-            let how = match (forced, by) {
-                (true, Some(b)) => {
-                    format!(" (FORCED by {b}: {})", reason.clone().unwrap_or_default())
-                }
-                (false, Some(b)) => format!(" (by {b})"),
-                _ => String::new(),
-            };
-            vec![format!("↑ promoted {from} → {to}{how}")]
-        }
-        EventKind::AwaitingApproval { next } => vec![format!("? phase {next} waits for approval")],
-        EventKind::Approved { by } => vec![format!("✓ approved by {by}")],
-        EventKind::Paused { by, reason } => vec![format!("‖ paused by {by}: {reason}")],
-        EventKind::Resumed { by } => vec![format!("▶ resumed by {by}")],
-        EventKind::SignalReceived { signal } => {
-            if signal.kind() == "feedback" {
-                Vec::new()
-            } else {
-                vec![format!("⚑ signal: {}", signal.describe())]
-            }
-        }
-        EventKind::SignalRepeated { key } => {
-            vec![format!("⚑ repeated signal not counted again ({key})")]
-        }
-        EventKind::TriggerFired { trigger, evidence } => vec![format!(
-            "✖ trigger {trigger} FIRED — {}",
-            ramp_core::report::trigger_text(evidence)
-        )],
-        EventKind::RolledBack {
-            cause,
-            share_before,
-            ..
-        } => {
-            let why = match cause {
-                Cause::Trigger => "rollback trigger",
-                Cause::GateFailed => "failed gate",
-                Cause::Deadline => "gates inconclusive past the deadline",
-                Cause::Operator => "operator",
-            };
-            vec![format!(
-                "↓ ROLLED BACK ({why}): canary share {share_before} → 0%, all users on stable"
-            )]
-        }
-        EventKind::Held { reason } => vec![format!(
-            "■ HOLDING at the current share, waiting for a person: {}",
-            ramp_core::report::stop_text(reason)
-        )],
-        EventKind::Completed { forced: false, .. } => vec!["✓ rollout completed".into()],
-        EventKind::Completed { by, reason, .. } => vec![format!(
-            "✓ rollout completed (FORCED by {}: {})",
-            by.as_deref().unwrap_or("an operator"),
-            reason.as_deref().unwrap_or_default()
-        )],
-        EventKind::Restarted { downtime } => vec![format!(
-            "↻ controller restarted from its journal (down for {}, not counted as phase time)",
-            Human(*downtime)
-        )],
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn utc_formats_known_instants() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00Z");
-        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00Z");
-        assert_eq!(utc(1_708_423_200_000), "2024-02-20 10:00:00Z");
-        assert_eq!(utc(1_795_739_037_639), "2026-11-27 00:23:57Z");
-    }
 }

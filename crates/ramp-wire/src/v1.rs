@@ -354,6 +354,9 @@ pub struct RolloutStatus {
     pub why: Option<StopReason>,
     /// True once the rollout has settled: completed, rolled back or holding.
     pub ended: bool,
+    /// When it completed or rolled back (controller time, ms since the Unix epoch).
+    #[serde(default)]
+    pub ended_at: Option<u64>,
     /// True when the rollout was retired (`DELETE`): its proxy and controller are stopped and
     /// its journal stays readable.
     #[serde(default)]

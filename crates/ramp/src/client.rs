@@ -1,5 +1,5 @@
-//! The CLI client: `ramp status|pause|resume|approve|promote|rollback|signal|events`, talking
-//! to a server's HTTP API with a bearer token.
+//! The CLI client: `ramp status|pause|resume|approve|promote|rollback|signal|events|retire`,
+//! talking to a server's HTTP API with a bearer token, in the wire types the server speaks.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -7,11 +7,12 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde_json::Value;
+use ramp_wire::v1;
+use serde::de::DeserializeOwned;
 
 /// Where the API is and who we are.
 #[derive(Clone, Debug)]
-pub struct Client {
+pub(crate) struct Client {
     base: String,
     token: Option<String>,
     http: HttpClient<HttpConnector, Full<Bytes>>,
@@ -19,7 +20,7 @@ pub struct Client {
 
 /// What went wrong talking to the API.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     /// The server URL is not usable.
     #[error("bad server URL {0:?}: use e.g. http://127.0.0.1:7070")]
     BadUrl(String),
@@ -34,11 +35,14 @@ pub enum ClientError {
         /// The error message (and field details) from the body.
         message: String,
     },
+    /// The server answered something this client does not understand.
+    #[error("unexpected answer from {0}: {1}")]
+    Answer(String, String),
 }
 
 impl ClientError {
     /// Exit code: 2 for our mistakes (bad input, unknown rollout, auth), 1 otherwise.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             ClientError::BadUrl(_) => 2,
             ClientError::Api { status, .. }
@@ -51,9 +55,23 @@ impl ClientError {
     }
 }
 
+/// A path segment with everything but unreserved characters percent-encoded, so that a name
+/// can never reach another path or a query (`a b`, `x?y=1`, `../x`).
+fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 impl Client {
     /// A client for `server` (e.g. `http://127.0.0.1:7070`).
-    pub fn new(server: &str, token: Option<String>) -> Result<Self, ClientError> {
+    pub(crate) fn new(server: &str, token: Option<String>) -> Result<Self, ClientError> {
         let base = server.trim_end_matches('/').to_string();
         if !base.starts_with("http://") || base.parse::<hyper::Uri>().is_err() {
             return Err(ClientError::BadUrl(server.to_string()));
@@ -62,21 +80,22 @@ impl Client {
         Ok(Client { base, token, http })
     }
 
+    /// One call; the raw body of a success.
     async fn call(
         &self,
         method: Method,
         path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, ClientError> {
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut req = Request::builder().method(method).uri(&url);
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
         let body = match body {
-            Some(v) => {
+            Some(b) => {
                 req = req.header("content-type", "application/json");
-                Full::new(Bytes::from(v.to_string()))
+                Full::new(Bytes::from(b))
             }
             None => Full::new(Bytes::new()),
         };
@@ -95,169 +114,123 @@ impl Client {
             .await
             .map_err(|e| ClientError::Unreachable(self.base.clone(), e.to_string()))?
             .to_bytes();
-        let value: Value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         if status.is_success() {
-            return Ok(value);
+            return Ok(bytes);
         }
-        let mut message = value
-            .get("error")
-            .and_then(Value::as_str)
-            .map(String::from)
-            .unwrap_or_else(|| value.to_string());
-        for key in ["fields", "errors"] {
-            if let Some(items) = value.get(key).and_then(Value::as_array) {
-                for item in items {
-                    let what = item
-                        .get("field")
-                        .and_then(Value::as_str)
-                        .map(String::from)
-                        .or_else(|| {
-                            Some(format!(
-                                "{}:{}",
-                                item.get("line")?.as_u64()?,
-                                item.get("col")?.as_u64()?
-                            ))
-                        })
-                        .unwrap_or_default();
-                    let msg = item.get("message").and_then(Value::as_str).unwrap_or("");
-                    message.push_str(&format!("\n  {what}: {msg}"));
+        let message = match serde_json::from_slice::<v1::ErrorBody>(&bytes) {
+            Ok(e) => {
+                let mut message = e.error;
+                for f in e.fields.unwrap_or_default() {
+                    message.push_str(&format!("\n  {}: {}", f.field, f.message));
                 }
+                for p in e.errors.unwrap_or_default() {
+                    message.push_str(&format!("\n  {}:{}: {}", p.line, p.col, p.message));
+                }
+                message
             }
-        }
+            Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
+        };
         Err(ClientError::Api { status, message })
     }
 
-    /// `GET /v1/rollouts[/{name}]`.
-    pub async fn status(&self, name: Option<&str>) -> Result<Value, ClientError> {
-        match name {
-            Some(n) => {
-                self.call(Method::GET, &format!("/v1/rollouts/{n}"), None)
-                    .await
-            }
-            None => self.call(Method::GET, "/v1/rollouts", None).await,
-        }
+    fn parse<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, ClientError> {
+        serde_json::from_slice(bytes).map_err(|e| ClientError::Answer(self.base.clone(), e.to_string()))
+    }
+
+    /// `GET /v1/rollouts` (raw JSON and typed).
+    pub(crate) async fn list(&self) -> Result<(Bytes, Vec<v1::RolloutStatus>), ClientError> {
+        let raw = self.call(Method::GET, "/v1/rollouts", None).await?;
+        let list = self.parse(&raw)?;
+        Ok((raw, list))
+    }
+
+    /// `GET /v1/rollouts/{name}` (raw JSON and typed).
+    pub(crate) async fn status(&self, name: &str) -> Result<(Bytes, v1::RolloutStatus), ClientError> {
+        let raw = self
+            .call(Method::GET, &format!("/v1/rollouts/{}", segment(name)), None)
+            .await?;
+        let status = self.parse(&raw)?;
+        Ok((raw, status))
     }
 
     /// `POST /v1/rollouts/{name}/{action}`.
-    pub async fn action(
+    pub(crate) async fn action(
         &self,
         name: &str,
         action: &str,
         reason: Option<&str>,
         force: bool,
-    ) -> Result<Value, ClientError> {
-        let mut body = serde_json::Map::new();
-        if let Some(r) = reason {
-            body.insert("reason".into(), Value::String(r.to_string()));
-        }
-        if force {
-            body.insert("force".into(), Value::Bool(true));
-        }
-        self.call(
-            Method::POST,
-            &format!("/v1/rollouts/{name}/{action}"),
-            Some(Value::Object(body)),
-        )
-        .await
+    ) -> Result<v1::RolloutStatus, ClientError> {
+        let body = v1::ActionRequest {
+            reason: reason.map(String::from),
+            force: force.then_some(true),
+        };
+        let raw = self
+            .call(
+                Method::POST,
+                &format!("/v1/rollouts/{}/{action}", segment(name)),
+                Some(serde_json::to_vec(&body).unwrap_or_default()),
+            )
+            .await?;
+        self.parse(&raw)
+    }
+
+    /// `DELETE /v1/rollouts/{name}`.
+    pub(crate) async fn retire(&self, name: &str) -> Result<v1::RolloutStatus, ClientError> {
+        let raw = self
+            .call(Method::DELETE, &format!("/v1/rollouts/{}", segment(name)), None)
+            .await?;
+        self.parse(&raw)
     }
 
     /// `POST /v1/rollouts/{name}/signals`.
-    pub async fn signal(&self, name: &str, signal: Value) -> Result<Value, ClientError> {
-        self.call(
-            Method::POST,
-            &format!("/v1/rollouts/{name}/signals"),
-            Some(signal),
-        )
-        .await
+    pub(crate) async fn signal(
+        &self,
+        name: &str,
+        signal: &v1::SignalRequest,
+    ) -> Result<v1::SignalAccepted, ClientError> {
+        let raw = self
+            .call(
+                Method::POST,
+                &format!("/v1/rollouts/{}/signals", segment(name)),
+                Some(serde_json::to_vec(signal).unwrap_or_default()),
+            )
+            .await?;
+        self.parse(&raw)
     }
 
-    /// `GET /v1/rollouts/{name}/events`.
-    pub async fn events(&self, name: &str, after: u64, limit: usize) -> Result<Value, ClientError> {
-        self.call(
-            Method::GET,
-            &format!("/v1/rollouts/{name}/events?after={after}&limit={limit}"),
-            None,
-        )
-        .await
+    /// `GET /v1/rollouts/{name}/events` (raw JSON and typed).
+    pub(crate) async fn events(
+        &self,
+        name: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Bytes, v1::EventPage), ClientError> {
+        let raw = self
+            .call(
+                Method::GET,
+                &format!(
+                    "/v1/rollouts/{}/events?after={after}&limit={limit}",
+                    segment(name)
+                ),
+                None,
+            )
+            .await?;
+        let page = self.parse(&raw)?;
+        Ok((raw, page))
     }
 }
 
-fn pct(v: &Value) -> String {
-    v.as_f64()
-        .map(ramp_core::report::pct)
-        .unwrap_or_else(|| "-".into())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// A rollout's status for people.
-pub fn render_status(s: &Value) -> String {
-    let g = |k: &str| s.get(k).cloned().unwrap_or(Value::Null);
-    let text = |v: Value| {
-        v.as_str()
-            .map(String::from)
-            .unwrap_or_else(|| v.to_string())
-    };
-    let mut out = String::new();
-    let elapsed = g("phase_elapsed").as_u64().unwrap_or(0);
-    let duration = g("phase_duration").as_u64().unwrap_or(0);
-    out += &format!(
-        "{}  {}  health {}  phase {} ({}/{}{})  canary share {}%  proxy {}\n",
-        text(g("name")),
-        text(g("status")),
-        text(g("health")),
-        text(g("phase_name")),
-        ramp_core::time::Human(elapsed),
-        ramp_core::time::Human(duration),
-        if g("extended").as_bool() == Some(true) {
-            ", extended"
-        } else {
-            ""
-        },
-        g("share")
-            .as_u64()
-            .map(|bp| format!("{}", bp as f64 / 100.0))
-            .unwrap_or_default(),
-        text(g("listen")),
-    );
-    out += &format!(
-        "  {:<7} {:>8} {:>11} {:>9} {:>9} {:>9} {:>8}  {}\n",
-        "", "req/s", "requests", "errors", "p95", "success", "users", "backend"
-    );
-    for v in ["stable", "canary"] {
-        let m = g(v);
-        let f = |k: &str| m.get(k).cloned().unwrap_or(Value::Null);
-        out += &format!(
-            "  {:<7} {:>8.0} {:>11} {:>9} {:>9} {:>9} {:>8}  {}\n",
-            v,
-            f("rps").as_f64().unwrap_or(0.0),
-            f("requests").as_u64().unwrap_or(0),
-            pct(&f("error_rate")),
-            f("p95_ms")
-                .as_f64()
-                .map(ramp_core::report::ms)
-                .unwrap_or("-".into()),
-            pct(&f("success_rate")),
-            f("active_users").as_u64().unwrap_or(0),
-            f("health").as_str().unwrap_or("-"),
-        );
+    #[test]
+    fn names_cannot_escape_their_path_segment() {
+        assert_eq!(segment("payments-backend"), "payments-backend");
+        assert_eq!(segment("a b"), "a%20b");
+        assert_eq!(segment("x?y=1"), "x%3Fy%3D1");
+        assert_eq!(segment("../admin"), "..%2Fadmin");
+        assert_eq!(segment("é"), "%C3%A9");
     }
-    if let Some(vs) = g("verdicts").as_array() {
-        for v in vs {
-            let o = v
-                .get("outcome")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_uppercase();
-            out += &format!(
-                "  {:<12} {} — {}\n",
-                o,
-                v.get("criterion").and_then(Value::as_str).unwrap_or(""),
-                v.get("explanation").and_then(Value::as_str).unwrap_or("")
-            );
-        }
-    }
-    if let Some(r) = g("reason").as_str() {
-        out += &format!("  reason: {r}\n");
-    }
-    out
 }

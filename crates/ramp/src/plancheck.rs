@@ -10,17 +10,17 @@ use std::fmt::Write;
 
 /// What one gate needs.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Need {
+pub(crate) struct Need {
     /// Samples needed in the best case (no bad events at all).
-    pub best: Option<u64>,
+    pub(crate) best: Option<u64>,
     /// Samples needed when the truth sits halfway between perfect and the threshold.
-    pub typical: Option<u64>,
+    pub(crate) typical: Option<u64>,
     /// What the samples are.
-    pub unit: &'static str,
+    pub(crate) unit: &'static str,
 }
 
 /// Samples a criterion needs before it could pass; `None` for exact counts.
-pub fn need(plan: &Plan, c: &Criterion) -> Option<Need> {
+pub(crate) fn need(plan: &Plan, c: &Criterion) -> Option<Need> {
     let conf = plan.analysis.confidence;
     match (&c.test, c.metric.kind()) {
         (Test::Compare { op, threshold, .. }, MetricKind::Rate | MetricKind::Latency) => {
@@ -98,7 +98,7 @@ fn human_time(ms: Millis) -> String {
 
 /// Renders the plan, with traffic planning when `rps` is given. Returns the text and the
 /// warnings.
-pub fn render(plan: &Plan, rps: Option<f64>) -> (String, Vec<String>) {
+pub(crate) fn render(plan: &Plan, rps: Option<f64>) -> (String, Vec<String>) {
     let mut out = String::new();
     let mut warnings = Vec::new();
     let conf = plan.analysis.confidence;
