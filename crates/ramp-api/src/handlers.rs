@@ -10,7 +10,6 @@ use super::input::{self, Action};
 use super::metrics;
 use super::plane::Rollouts;
 use super::tokens::TokenSource;
-use ramp_wire::v1;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -20,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use bytes::Bytes;
 use prometheus_client::registry::Registry;
+use ramp_wire::v1;
 use std::sync::Arc;
 
 /// What every handler shares.

@@ -105,10 +105,7 @@ pub(crate) fn plan_text(headers: &HeaderMap, bytes: &[u8]) -> Result<String, Pro
             let plan = match object.get("plan") {
                 Some(Value::String(s)) => Some(s.clone()),
                 Some(_) => {
-                    errors.push(field_error(
-                        "plan",
-                        "must be a string (the plan as TOML)",
-                    ));
+                    errors.push(field_error("plan", "must be a string (the plan as TOML)"));
                     None
                 }
                 None => {

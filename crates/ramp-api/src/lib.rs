@@ -32,8 +32,8 @@ pub use auth::{Role, Tokens};
 pub use doc::openapi;
 pub use plane::{ControlError, Recorded, RolloutMetrics, Rollouts};
 pub use server::ApiLimits;
-pub use tokens::{TokenSource, TokensFileError, add_token, read_tokens};
 use std::sync::Arc;
+pub use tokens::{TokenSource, TokensFileError, add_token, read_tokens};
 
 /// Why an API configuration call failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

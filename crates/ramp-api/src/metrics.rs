@@ -107,7 +107,10 @@ impl Collector for RolloutCollector {
         let all = (self.source)();
         // A rollout that is not running has no numbers to export (zeros would read as counter
         // resets); it appears only in `ramp_rollout_status`.
-        let live: Vec<&RolloutMetrics> = all.iter().filter(|m| m.status != ramp_wire::v1::Status::Unavailable).collect();
+        let live: Vec<&RolloutMetrics> = all
+            .iter()
+            .filter(|m| m.status != ramp_wire::v1::Status::Unavailable)
+            .collect();
         type Get = fn(&VariantStats) -> u64;
         let counters: [(&str, &str, Get); 5] = [
             (
@@ -188,8 +191,10 @@ impl Collector for RolloutCollector {
                 MetricType::Gauge,
             )?;
             for m in &all {
-                let labels: Labels =
-                    vec![("rollout", escape(&m.name)), ("status", escape(m.status.name()))];
+                let labels: Labels = vec![
+                    ("rollout", escape(&m.name)),
+                    ("status", escape(m.status.name())),
+                ];
                 metric.encode_family(&labels)?.encode_gauge(&1u64)?;
             }
         }

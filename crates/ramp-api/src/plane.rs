@@ -94,8 +94,10 @@ pub trait Rollouts: Send + Sync + 'static {
     ) -> impl Future<Output = Result<v1::RolloutStatus, ControlError>> + Send;
     /// Retires a rollout that has ended: its proxy and controller stop, its journal stays
     /// readable. Answers with its final status.
-    fn retire(&self, name: &str)
-    -> impl Future<Output = Result<v1::RolloutStatus, ControlError>> + Send;
+    fn retire(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<v1::RolloutStatus, ControlError>> + Send;
     /// Cumulative numbers for `/metrics`; rollouts that should run but do not (could not be
     /// resumed, or their controller stopped) are listed with status `unavailable`.
     fn metrics(&self) -> Vec<RolloutMetrics>;

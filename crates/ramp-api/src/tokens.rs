@@ -155,10 +155,11 @@ impl TokenSource {
                 .read()
                 .map(|c| c.0 != now)
                 .unwrap_or(true);
-            if stale && let Ok(tokens) = read_tokens(path) {
-                if let Ok(mut c) = self.inner.current.write() {
-                    *c = (now, Arc::new(tokens));
-                }
+            if stale
+                && let Ok(tokens) = read_tokens(path)
+                && let Ok(mut c) = self.inner.current.write()
+            {
+                *c = (now, Arc::new(tokens));
             }
         }
         self.inner
@@ -216,9 +217,17 @@ mod tests {
         let path = dir.join("t");
         std::fs::write(&path, "# comment\n\nalice viewer\n").unwrap();
         let err = read_tokens(&path).unwrap_err().to_string();
-        assert!(err.ends_with(":3:1: error: expected `NAME ROLE SHA256`"), "{err}");
+        assert!(
+            err.ends_with(":3:1: error: expected `NAME ROLE SHA256`"),
+            "{err}"
+        );
         std::fs::write(&path, format!("bob wizard {}\n", "a".repeat(64))).unwrap();
-        assert!(read_tokens(&path).unwrap_err().to_string().contains("role must be"));
+        assert!(
+            read_tokens(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("role must be")
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

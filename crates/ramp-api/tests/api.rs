@@ -1,6 +1,8 @@
 //! The HTTP API over real sockets against a fake control plane: the auth matrix, every
 //! bad-input class, Alertmanager payloads in the documented webhook format, the metrics
 //! exposition, property tests on arbitrary bodies, and the OpenAPI drift check.
+// Tests bound their own waits and measure on the real clock; no decision reads it.
+#![allow(clippy::disallowed_methods)]
 
 use proptest::prelude::*;
 use ramp_api::{
@@ -182,7 +184,12 @@ impl Rollouts for Fake {
         r.get(name).map(|r| r.status.clone())
     }
 
-    async fn events(&self, name: &str, after: u64, limit: usize) -> Result<EventPage, ControlError> {
+    async fn events(
+        &self,
+        name: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<EventPage, ControlError> {
         if name == "down" {
             return Err(ControlError::Unavailable("disk I/O error".into()));
         }
@@ -412,7 +419,12 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(ramp_api::serve(listener, Arc::clone(&fake), config, stopped));
+        let task = tokio::spawn(ramp_api::serve(
+            listener,
+            Arc::clone(&fake),
+            config,
+            stopped,
+        ));
         Server {
             addr,
             fake,
@@ -923,7 +935,12 @@ async fn retiring_needs_admin_and_an_ended_rollout() {
         .send(server.addr)
         .await;
     assert_eq!(running.status, 409, "{}", running.text());
-    assert!(running.json()["error"].as_str().unwrap().contains("not ended"));
+    assert!(
+        running.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("not ended")
+    );
     let r = Req::post("/v1/rollouts/demo/rollback")
         .token(OPERATOR)
         .json(json!({"reason": "done with it"}))
@@ -2163,11 +2180,17 @@ fn documented(doc: &Value, schema: &Value, value: &Value) -> BTreeSet<String> {
         let chosen = variants.iter().map(resolve).find(|v| {
             v["properties"].as_object().is_some_and(|p| {
                 p.iter().any(|(tag, t)| {
-                    t["enum"].as_array().is_some_and(|e| e.len() == 1 && e[0] == value[tag])
+                    t["enum"]
+                        .as_array()
+                        .is_some_and(|e| e.len() == 1 && e[0] == value[tag])
                 })
             })
         });
-        names.extend(documented(doc, &chosen.expect("a variant for the value"), value));
+        names.extend(documented(
+            doc,
+            &chosen.expect("a variant for the value"),
+            value,
+        ));
     }
     names
 }
@@ -2186,7 +2209,10 @@ fn documented_schemas_have_the_fields_the_real_types_serialise() {
     status.reason = Some("rolled back by ana: n".into());
     let status = serde_json::to_value(status).unwrap();
     assert_eq!(schema("RolloutStatus", &status), keys(&status));
-    assert_eq!(schema("VariantView", &status["canary"]), keys(&status["canary"]));
+    assert_eq!(
+        schema("VariantView", &status["canary"]),
+        keys(&status["canary"])
+    );
     assert_eq!(
         schema("Verdict", &status["verdicts"][0]),
         keys(&status["verdicts"][0])

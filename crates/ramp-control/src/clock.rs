@@ -89,7 +89,11 @@ mod tests {
         assert_eq!(c.now(), 61_000, "a second is a minute at ×60");
         assert_eq!(c.real(60_000), Duration::from_secs(1));
         let resumed = ScaledClock::resumed(1.0, u64::MAX / 4);
-        assert_eq!(resumed.now(), u64::MAX / 4, "a journal from the future wins");
+        assert_eq!(
+            resumed.now(),
+            u64::MAX / 4,
+            "a journal from the future wins"
+        );
         assert_eq!(ScaledClock::new(-3.0).scale(), 1.0);
     }
 }

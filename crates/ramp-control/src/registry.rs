@@ -168,7 +168,12 @@ impl Registry {
                     let why = format!("its journal cannot be read: {e}");
                     self.insert(
                         name.clone(),
-                        Entry::Unavailable(Box::new(status::unavailable(&name, "", &why, unix_now()))),
+                        Entry::Unavailable(Box::new(status::unavailable(
+                            &name,
+                            "",
+                            &why,
+                            unix_now(),
+                        ))),
                     );
                     report.push(Resumed {
                         name,
@@ -231,14 +236,7 @@ impl Registry {
             // Only a hint for the next start: the rollout runs whether or not it is written.
             let _ = self.store.set_listen(&r.name, &bound.to_string()).await;
         }
-        self.run(
-            Arc::new(plan),
-            r.state,
-            r.last_seq,
-            Vec::new(),
-            true,
-            proxy,
-        );
+        self.run(Arc::new(plan), r.state, r.last_seq, Vec::new(), true, proxy);
         Ok(ResumedAt {
             listen: Some(bound),
             moved_from: remembered.filter(|&a| a != bound),
@@ -559,7 +557,8 @@ impl Rollouts for Registry {
         name: &str,
         command: Command,
     ) -> Result<v1::RolloutStatus, ControlError> {
-        self.ask(name, |reply| Msg::Command { command, reply }).await
+        self.ask(name, |reply| Msg::Command { command, reply })
+            .await
     }
 
     async fn signal(
@@ -577,11 +576,16 @@ impl Rollouts for Registry {
     }
 
     async fn retire(&self, name: &str) -> Result<v1::RolloutStatus, ControlError> {
-        let status = self.status(name).ok_or_else(|| ControlError::NotFound(name.into()))?;
+        let status = self
+            .status(name)
+            .ok_or_else(|| ControlError::NotFound(name.into()))?;
         if status.retired {
             return Ok(status);
         }
-        if !matches!(status.status, v1::Status::Completed | v1::Status::RolledBack) {
+        if !matches!(
+            status.status,
+            v1::Status::Completed | v1::Status::RolledBack
+        ) {
             return Err(ControlError::Conflict(format!(
                 "rollout {name:?} has not ended ({}): roll it back or let it complete first",
                 status.status.name()

@@ -75,7 +75,12 @@ pub(crate) fn publish(v: &View<'_>) -> Published {
 
 /// The status of a rollout the server knows but cannot run (its journal cannot be read, or its
 /// state does not fit its plan): everything it can say is the reason.
-pub(crate) fn unavailable(name: &str, listen: &str, reason: &str, now: Millis) -> v1::RolloutStatus {
+pub(crate) fn unavailable(
+    name: &str,
+    listen: &str,
+    reason: &str,
+    now: Millis,
+) -> v1::RolloutStatus {
     v1::RolloutStatus {
         name: name.to_string(),
         started_at: None,

@@ -1,76 +1,22 @@
 //! What the controller does when the journal cannot be written: a signal or command is not
 //! carried out (and is answered with an error, so a retry counts once), a window's evidence is
 //! kept and fed again, and a rollback still happens at once and reaches the journal with the
-//! next successful write.
+//! next successful write. Driven through the real registry, proxy and controller, over a store
+//! whose writes fail on demand.
 
-mod common;
-
-use common::upstream;
-use ramp::serve::{self, Control, ServeConfig};
-use ramp::store::{SqliteStore, Store, StoreError, StoredRollout};
-use ramp_core::evidence::{MetricWindow, Signal};
-use ramp_core::plan::{Severity, parse_plan};
-use ramp_core::rollout::{Event, EventKind, State};
+use ramp_api::Rollouts;
+use ramp_control::{Defaults, Registry, log};
+use ramp_core::evidence::Signal;
+use ramp_core::plan::Severity;
+use ramp_harness::doubles::FlakyStore;
+use ramp_harness::upstream;
+use ramp_proxy::Workers;
+use ramp_store::{SqliteStore, Store};
+use ramp_wire::v1::{self, EventKind, RolloutStatus};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::oneshot;
-
-/// A SQLite store whose writes fail while `broken` is set (a full disk, say).
-struct FlakyStore {
-    inner: SqliteStore,
-    broken: AtomicBool,
-}
-
-impl FlakyStore {
-    fn check(&self) -> Result<(), StoreError> {
-        if self.broken.load(Ordering::SeqCst) {
-            Err(StoreError::Open("disk full (test)".into()))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl Store for FlakyStore {
-    fn create(&self, n: &str, p: &str, c: u64, s: &State) -> Result<(), StoreError> {
-        self.check()?;
-        self.inner.create(n, p, c, s)
-    }
-    fn append(&self, n: &str, e: &[Event], s: &State) -> Result<u64, StoreError> {
-        self.check()?;
-        self.inner.append(n, e, s)
-    }
-    fn append_window(
-        &self,
-        n: &str,
-        w: &MetricWindow,
-        e: &[Event],
-        s: &State,
-    ) -> Result<u64, StoreError> {
-        self.check()?;
-        self.inner.append_window(n, w, e, s)
-    }
-    fn windows(&self, n: &str, a: u64, l: usize) -> Result<Vec<(u64, MetricWindow)>, StoreError> {
-        self.inner.windows(n, a, l)
-    }
-    fn load_all(&self) -> Result<Vec<Result<StoredRollout, StoreError>>, StoreError> {
-        self.inner.load_all()
-    }
-    fn set_listen(&self, n: &str, l: &str) -> Result<(), StoreError> {
-        self.inner.set_listen(n, l)
-    }
-    fn load(&self, n: &str) -> Result<StoredRollout, StoreError> {
-        self.inner.load(n)
-    }
-    fn events(&self, n: &str, a: u64, l: usize) -> Result<Vec<(u64, Event)>, StoreError> {
-        self.inner.events(n, a, l)
-    }
-    fn names(&self) -> Result<Vec<String>, StoreError> {
-        self.inner.names()
-    }
-}
 
 fn plan_text(stable: SocketAddr, canary: SocketAddr) -> String {
     format!(
@@ -93,49 +39,49 @@ triggers = ["pci_alerts >= 2", "security_alerts[critical] >= 1"]
     )
 }
 
-async fn signal(
-    control: &tokio::sync::mpsc::Sender<Control>,
-    signal: Signal,
-) -> Result<u64, String> {
-    let (tx, rx) = oneshot::channel();
-    control
-        .send(Control::Signal {
-            signal,
-            key: None,
-            reply: Some(tx),
-        })
+async fn signal(registry: &Registry, signal: Signal) -> Result<u64, String> {
+    registry
+        .signal("flaky", signal, None)
         .await
-        .unwrap();
-    rx.await.unwrap().map(|r| r.seq)
+        .map(|r| r.seq)
+        .map_err(|e| e.to_string())
 }
 
 async fn traffic(proxy: SocketAddr, n: u32) {
     assert_eq!(
-        common::traffic(proxy, n, n).await,
+        ramp_harness::traffic(proxy, n, n).await,
         n,
         "every request answered"
     );
 }
 
-/// Waits (bounded) until `f` holds for the latest snapshot.
-async fn until(server: &serve::Server, what: &str, f: impl Fn(&serve::Snapshot) -> bool) {
-    let mut rx = server.snapshot.clone();
+/// Waits (bounded) until `f` holds for the rollout's published status.
+async fn until(registry: &Registry, what: &str, f: impl Fn(&RolloutStatus) -> bool) {
     let ok = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            if f(&rx.borrow_and_update()) {
+            if registry.status("flaky").is_some_and(|s| f(&s)) {
                 return;
             }
-            if rx.changed().await.is_err() {
-                return;
-            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await;
     assert!(ok.is_ok(), "timed out waiting for: {what}");
 }
 
-/// A server for the test plan over a [`FlakyStore`]; also returns the canary's hit counter.
-async fn start() -> (serve::Server, Arc<FlakyStore>, Arc<AtomicU64>) {
+fn status(registry: &Registry) -> v1::Status {
+    registry.status("flaky").unwrap().status
+}
+
+struct Setup {
+    registry: Arc<Registry>,
+    store: Arc<FlakyStore<SqliteStore>>,
+    proxy: SocketAddr,
+    canary_hits: Arc<AtomicU64>,
+}
+
+/// The test plan served by a registry over a [`FlakyStore`].
+async fn start() -> Setup {
     let canary_hits = Arc::new(AtomicU64::new(0));
     let stable = upstream(
         Arc::new(AtomicBool::new(false)),
@@ -143,52 +89,55 @@ async fn start() -> (serve::Server, Arc<FlakyStore>, Arc<AtomicU64>) {
     )
     .await;
     let canary = upstream(Arc::new(AtomicBool::new(false)), canary_hits.clone()).await;
-    let text = plan_text(stable, canary);
-    let plan = parse_plan(&text, "flaky.toml").unwrap();
-    let store = Arc::new(FlakyStore {
-        inner: SqliteStore::in_memory().unwrap(),
-        broken: AtomicBool::new(false),
-    });
-    store.create("flaky", &text, 0, &State::new(&plan)).unwrap();
-    let server = serve::start(
-        ServeConfig {
-            plan,
-            listen: "127.0.0.1:0".parse().unwrap(),
+    let store = Arc::new(FlakyStore::new(SqliteStore::in_memory().unwrap()));
+    let registry = Registry::new(
+        store.clone(),
+        Arc::new(Workers::new(2).unwrap()),
+        Defaults {
             time_scale: 3600.0,
-            limits: Default::default(),
-            variant_header: false,
-            access_log: None,
-            exit_on_end: false,
-            store: Some(store.clone()),
-            resume: None,
+            default_listen: "127.0.0.1:0".parse().unwrap(),
+            ..Defaults::default()
         },
-        |_, _| {},
-    )
-    .await
-    .unwrap();
-    (server, store, canary_hits)
+        log::silent(),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let status = registry
+        .start_new(&plan_text(stable, canary), "flaky.toml", None)
+        .await
+        .unwrap();
+    Setup {
+        proxy: status.listen.parse().unwrap(),
+        registry,
+        store,
+        canary_hits,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_journal_undoes_signals_keeps_evidence_and_still_rolls_back() {
-    let (server, store, canary_hits) = start().await;
+    let Setup {
+        registry,
+        store,
+        proxy,
+        canary_hits,
+    } = start().await;
 
     // The disk fills up. Two PCI alerts arrive; neither can be journaled, so neither counts
     // (two would roll back) and each sender is told to retry.
-    store.broken.store(true, Ordering::SeqCst);
+    store.set_broken(true);
     for note in ["first", "second"] {
-        let r = signal(&server.control, Signal::PciAlert { note: note.into() }).await;
+        let r = signal(&registry, Signal::PciAlert { note: note.into() }).await;
         assert!(r.is_err(), "an unjournaled signal is not acknowledged");
     }
     // Traffic meanwhile: its evidence must not be lost with the failed window writes.
-    traffic(server.proxy_addr, 200).await;
+    traffic(proxy, 200).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(server.snapshot.borrow().status, "running");
+    assert_eq!(status(&registry), v1::Status::Running);
 
     // The disk recovers: one retried alert counts once, the evidence is all there.
-    store.broken.store(false, Ordering::SeqCst);
+    store.set_broken(false);
     signal(
-        &server.control,
+        &registry,
         Signal::PciAlert {
             note: "retried".into(),
         },
@@ -196,17 +145,17 @@ async fn a_failing_journal_undoes_signals_keeps_evidence_and_still_rolls_back() 
     .await
     .expect("journaled");
     assert_eq!(
-        server.snapshot.borrow().status,
-        "running",
+        status(&registry),
+        v1::Status::Running,
         "one PCI alert, not two"
     );
     let sent = canary_hits.load(Ordering::SeqCst);
     assert!(sent > 50, "{sent}");
-    until(&server, "every canary request is in the evidence", |s| {
+    until(&registry, "every canary request is in the evidence", |s| {
         s.canary.requests == sent
     })
     .await;
-    let stored = store.load("flaky").unwrap();
+    let stored = store.load("flaky").await.unwrap();
     assert_eq!(
         stored.state.evidence.canary.requests, sent,
         "and in the journal"
@@ -214,9 +163,9 @@ async fn a_failing_journal_undoes_signals_keeps_evidence_and_still_rolls_back() 
 
     // The disk fails again and a critical security alert arrives: the rollback happens at
     // once, journal or not.
-    store.broken.store(true, Ordering::SeqCst);
+    store.set_broken(true);
     let r = signal(
-        &server.control,
+        &registry,
         Signal::SecurityAlert {
             severity: Severity::Critical,
             note: "token leak".into(),
@@ -224,9 +173,12 @@ async fn a_failing_journal_undoes_signals_keeps_evidence_and_still_rolls_back() 
     )
     .await;
     assert!(r.is_err(), "not durable, so not acknowledged");
-    until(&server, "rolled back", |s| s.status == "rolled_back").await;
+    until(&registry, "rolled back", |s| {
+        s.status == v1::Status::RolledBack
+    })
+    .await;
     let before = canary_hits.load(Ordering::SeqCst);
-    traffic(server.proxy_addr, 50).await;
+    traffic(proxy, 50).await;
     assert_eq!(
         canary_hits.load(Ordering::SeqCst),
         before,
@@ -234,10 +186,10 @@ async fn a_failing_journal_undoes_signals_keeps_evidence_and_still_rolls_back() 
     );
 
     // Once writes work again, the rollback reaches the journal with the next window.
-    store.broken.store(false, Ordering::SeqCst);
+    store.set_broken(false);
     let ok = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let events = store.events("flaky", 0, 1000).unwrap();
+            let events = store.events("flaky", 0, 1000).await.unwrap();
             if events
                 .iter()
                 .any(|(_, e)| matches!(e.kind, EventKind::RolledBack { .. }))
@@ -258,11 +210,10 @@ async fn a_failing_journal_undoes_signals_keeps_evidence_and_still_rolls_back() 
         "the retried PCI alert and the security alert: {ok:?}"
     );
     assert_eq!(
-        store.load("flaky").unwrap().state.status.name(),
+        store.load("flaky").await.unwrap().state.status.name(),
         "rolled_back"
     );
-    let _ = server.control.send(Control::Stop).await;
-    let _ = server.wait().await;
+    registry.shutdown().await;
 }
 
 /// Regression (review): a rollback made while the store failed was kept only in memory until
@@ -270,10 +221,12 @@ async fn a_failing_journal_undoes_signals_keeps_evidence_and_still_rolls_back() 
 /// restart would have routed canary traffic again. Stopping now writes it, with retries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_made_while_the_store_fails_is_written_before_stopping() {
-    let (server, store, _) = start().await;
-    store.broken.store(true, Ordering::SeqCst);
+    let Setup {
+        registry, store, ..
+    } = start().await;
+    store.set_broken(true);
     let r = signal(
-        &server.control,
+        &registry,
         Signal::SecurityAlert {
             severity: Severity::Critical,
             note: "token leak".into(),
@@ -281,22 +234,24 @@ async fn a_rollback_made_while_the_store_fails_is_written_before_stopping() {
     )
     .await;
     assert!(r.is_err());
-    until(&server, "rolled back", |s| s.status == "rolled_back").await;
+    until(&registry, "rolled back", |s| {
+        s.status == v1::Status::RolledBack
+    })
+    .await;
     // Stop while the store still fails; it recovers moments later.
-    server.control.send(Control::Stop).await.unwrap();
     let fixer = {
         let store = store.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(150)).await;
-            store.broken.store(false, Ordering::SeqCst);
+            store.set_broken(false);
         })
     };
-    let result = tokio::time::timeout(Duration::from_secs(20), server.wait())
+    tokio::time::timeout(Duration::from_secs(20), registry.shutdown())
         .await
         .expect("stops");
     fixer.await.unwrap();
-    assert_eq!(result.state.status.name(), "rolled_back");
-    let stored = store.load("flaky").unwrap();
+    assert_eq!(status(&registry), v1::Status::RolledBack);
+    let stored = store.load("flaky").await.unwrap();
     assert_eq!(
         stored.state.status.name(),
         "rolled_back",
@@ -306,6 +261,7 @@ async fn a_rollback_made_while_the_store_fails_is_written_before_stopping() {
     assert!(
         store
             .events("flaky", 0, 1000)
+            .await
             .unwrap()
             .iter()
             .any(|(_, e)| matches!(e.kind, EventKind::RolledBack { .. }))

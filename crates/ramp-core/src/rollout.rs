@@ -384,6 +384,9 @@ impl Command {
 /// Something that happened, for the state machine.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "input", rename_all = "snake_case")]
+// A window is the common input and is moved, once, into `step`: boxing it would cost an
+// allocation per window to save stack space nobody is short of.
+#[allow(clippy::large_enum_variant)]
 pub enum Input {
     /// Start the rollout (enter the first phase).
     Start,

@@ -164,9 +164,9 @@ fn not_enough_evidence_extends_then_holds_and_never_promotes() {
         "says how much more evidence it needs"
     );
     assert!(
-        explain(&v).contains("needs ≈835 more requests"),
+        explain(v).contains("needs ≈835 more requests"),
         "{}",
-        explain(&v)
+        explain(v)
     );
 }
 

@@ -24,7 +24,6 @@
 //! from a lock-free splitmix64 stream, the header value is shared, and the JSON body is written
 //! straight from a pre-built prefix and the request's own URI (see `ReplyBody`).
 
-use ramp_sim::inverse_normal;
 use bytes::{Buf, Bytes};
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
@@ -33,6 +32,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use ramp_sim::inverse_normal;
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::pin;

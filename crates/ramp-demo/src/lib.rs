@@ -109,33 +109,35 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
 
     let lines: Lines = Arc::new(Mutex::new(Vec::new()));
     let sink = lines.clone();
-    let log: Log = Arc::new(move |_rollout: &str, entry: &LogEntry<'_>, origin: Millis| match entry {
-        LogEntry::Event(e) => {
-            let at = clock(e.at.saturating_sub(origin));
-            for (i, l) in event_lines(e, origin).into_iter().enumerate() {
-                push(
-                    &sink,
-                    if i == 0 {
-                        format!("{at}  {l}")
-                    } else {
-                        format!("               {l}")
-                    },
-                );
-            }
-        }
-        LogEntry::Notice(_) => {}
-        LogEntry::StoreError(e) => push(&sink, format!("           ! {e}")),
-        LogEntry::Report(r) => push(
-            &sink,
-            format!(
-                "           ✎ report: {}",
-                match r {
-                    v1::ReportKind::IncidentReview => "incident review",
-                    v1::ReportKind::Final => "final",
+    let log: Log = Arc::new(
+        move |_rollout: &str, entry: &LogEntry<'_>, origin: Millis| match entry {
+            LogEntry::Event(e) => {
+                let at = clock(e.at.saturating_sub(origin));
+                for (i, l) in event_lines(e, origin).into_iter().enumerate() {
+                    push(
+                        &sink,
+                        if i == 0 {
+                            format!("{at}  {l}")
+                        } else {
+                            format!("               {l}")
+                        },
+                    );
                 }
+            }
+            LogEntry::Notice(_) => {}
+            LogEntry::StoreError(e) => push(&sink, format!("           ! {e}")),
+            LogEntry::Report(r) => push(
+                &sink,
+                format!(
+                    "           ✎ report: {}",
+                    match r {
+                        v1::ReportKind::IncidentReview => "incident review",
+                        v1::ReportKind::Final => "final",
+                    }
+                ),
             ),
-        ),
-    });
+        },
+    );
     let sink = lines.clone();
     let notifier = LogNotifier::new(move |entry| {
         if entry.notice.kind == NotifyKind::Critical {
@@ -343,7 +345,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
                 let page = store.windows(&name, after, 1_000).await.unwrap_or_default();
                 let Some(&(last, _)) = page.last() else { break };
                 for (at, w) in &page {
-                    if snap.ended_at.is_none_or(|end| *at <= end + plan.analysis.interval) {
+                    if snap
+                        .ended_at
+                        .is_none_or(|end| *at <= end + plan.analysis.interval)
+                    {
                         b.merge(&w.canary);
                     }
                 }

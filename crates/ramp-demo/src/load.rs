@@ -163,6 +163,8 @@ fn periods_in(d: Duration, period: Duration) -> u32 {
     (d.as_nanos() / period.as_nanos().max(1)).min(u128::from(u32::MAX)) as u32
 }
 
+// The load generator paces requests on the clock; it decides nothing about the rollout.
+#[allow(clippy::disallowed_methods)]
 async fn drive(
     config: LoadConfig,
     uri: Uri,

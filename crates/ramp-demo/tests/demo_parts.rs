@@ -1,5 +1,7 @@
 //! The demo's building blocks on real sockets (127.0.0.1): the demo backend and the load
 //! generator. Every test is bounded in time.
+// Tests bound their own waits and measure on the real clock; no decision reads it.
+#![allow(clippy::disallowed_methods)]
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -9,8 +11,8 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use ramp::demo::backend::{self, Behaviour};
-use ramp::demo::load::{self, LoadConfig};
+use ramp_demo::backend::{self, Behaviour};
+use ramp_demo::load::{self, LoadConfig};
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;

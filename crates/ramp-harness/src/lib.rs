@@ -1,5 +1,5 @@
 //! Helpers shared by ramp's tests: tiny upstreams on 127.0.0.1, fresh temporary directories,
-//! test traffic, and (with the control crate) doubles of the controller's ports.
+//! test traffic, and doubles of the controller's ports and of the store ([`doubles`]).
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -51,6 +51,8 @@ pub async fn upstream(fail: Arc<AtomicBool>, hits: Arc<AtomicU64>) -> SocketAddr
 /// A new, empty directory for one test run: unique per process and moment, so a stale journal
 /// from an earlier run (or a reused pid) can never leak in.
 pub fn fresh_dir(name: &str) -> std::path::PathBuf {
+    // Only for a unique directory name.
+    #[allow(clippy::disallowed_methods)]
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -80,3 +82,5 @@ pub async fn traffic(proxy: SocketAddr, n: u32, users: u32) -> u32 {
     }
     answered
 }
+
+pub mod doubles;

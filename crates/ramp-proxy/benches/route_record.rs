@@ -1,6 +1,9 @@
 //! The proxy's per-request hot path: route a cohort key against the current share and record
 //! the outcome into the lock-free per-variant counters (target: well under 100 ns).
 
+// Benches measure time; that is their job.
+#![allow(clippy::disallowed_methods)]
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use ramp_core::cohort::ShareBp;
 use ramp_core::evidence::Answer;

@@ -133,7 +133,10 @@ impl LogSender {
     ) {
         let masked = super::pan::mask_pans(path_and_query);
         let mut line = String::with_capacity(64 + masked.len());
-        push_timestamp(&mut line, SystemTime::now());
+        // The log line's own timestamp: a record of when, not an input to any decision.
+        #[allow(clippy::disallowed_methods)]
+        let now = SystemTime::now();
+        push_timestamp(&mut line, now);
         let micros = latency.as_micros();
         let _ = writeln!(
             line,

@@ -154,6 +154,8 @@ async fn probe(
         Ok(r) => r,
         Err(_) => return BackendHealth::Down,
     };
+    // Measures the probe's latency (slow answers are degraded).
+    #[allow(clippy::disallowed_methods)]
     let started = Instant::now();
     match tokio::time::timeout(timeout, client.request(request)).await {
         Ok(Ok(response)) => {

@@ -1,5 +1,7 @@
 //! The built-in reverse proxy against in-process upstreams on real sockets (127.0.0.1, port 0).
 //! Every test is bounded in time and awaits events instead of sleeping for them.
+// Tests bound their own waits and measure on the real clock; no decision reads it.
+#![allow(clippy::disallowed_methods)]
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, Version};

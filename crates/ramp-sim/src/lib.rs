@@ -13,14 +13,14 @@ pub mod render;
 pub mod scenario;
 
 use crate::scenario::{Scenario, VariantSpec};
-use ramp_core::evidence::class::{Answer, Class, classify};
 use ramp_core::cohort::{self, Salt, ShareBp};
+use ramp_core::evidence::class::{Answer, Class, classify};
 use ramp_core::evidence::sketch::{self, LatencyHistogram};
 use ramp_core::evidence::{MetricWindow, Signal, VariantStats};
 use ramp_core::plan::Plan;
 use ramp_core::rollout::{Effect, Input, ReportKind, State, Status, step};
-use ramp_wire::v1;
 use ramp_core::time::{Millis, SECOND};
+use ramp_wire::v1;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
 use serde::Serialize;
@@ -549,28 +549,16 @@ fn is_harm_signal(sig: &Signal) -> bool {
 fn describe_patch(p: &crate::scenario::VariantPatch) -> String {
     let mut parts = Vec::new();
     if let Some(v) = p.error_rate {
-        parts.push(format!(
-            "error_rate → {}",
-            ramp_core::report::pct(v)
-        ));
+        parts.push(format!("error_rate → {}", ramp_core::report::pct(v)));
     }
     if let Some(v) = p.rate_limit_rate {
-        parts.push(format!(
-            "rate_limit_rate → {}",
-            ramp_core::report::pct(v)
-        ));
+        parts.push(format!("rate_limit_rate → {}", ramp_core::report::pct(v)));
     }
     if let Some(v) = p.auth_failure_rate {
-        parts.push(format!(
-            "auth_failure_rate → {}",
-            ramp_core::report::pct(v)
-        ));
+        parts.push(format!("auth_failure_rate → {}", ramp_core::report::pct(v)));
     }
     if let Some(v) = p.client_error_rate {
-        parts.push(format!(
-            "client_error_rate → {}",
-            ramp_core::report::pct(v)
-        ));
+        parts.push(format!("client_error_rate → {}", ramp_core::report::pct(v)));
     }
     if let Some(l) = p.latency_ms {
         if let Some(v) = l.p50 {

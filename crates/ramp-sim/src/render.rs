@@ -1,8 +1,8 @@
 //! Human and JSON output for `ramp simulate`.
 
 use crate::{Run, TimelineEntry, secs};
-use ramp_core::report::{count, ms, pct};
 use ramp_core::plan::Plan;
+use ramp_core::report::{count, ms, pct};
 use ramp_core::time::Human;
 use ramp_wire::text::{clock, event_lines};
 use ramp_wire::v1::{self, NotifyKind};
@@ -31,7 +31,8 @@ pub fn timeline(plan: &Plan, run: &Run, scenario_name: &str) -> String {
             TimelineEntry::Notify { notification, .. } => {
                 match (notification.about.as_str(), notification.kind) {
                     (_, NotifyKind::Critical) => {
-                        let _ = writeln!(out, "{at}  ! notify (critical): {}", notification.headline);
+                        let _ =
+                            writeln!(out, "{at}  ! notify (critical): {}", notification.headline);
                     }
                     ("status_update", _) => scheduled.0 += 1,
                     ("summary", _) => scheduled.1 += 1,

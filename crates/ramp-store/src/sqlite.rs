@@ -448,9 +448,10 @@ fn write_step(
     Ok(seq)
 }
 
-fn outbox_row(
-    r: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(i64, String, i64, i64, i64, String, Option<i64>)> {
+/// An outbox row before parsing: id, rollout, seq, at, format, body, delivered_at.
+type RawNotice = (i64, String, i64, i64, i64, String, Option<i64>);
+
+fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawNotice> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -461,8 +462,6 @@ fn outbox_row(
         r.get(6)?,
     ))
 }
-
-type RawNotice = (i64, String, i64, i64, i64, String, Option<i64>);
 
 fn parse_outbox(rows: Vec<RawNotice>) -> Result<Vec<OutboxEntry>, StoreError> {
     rows.into_iter()

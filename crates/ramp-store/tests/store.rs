@@ -2,6 +2,8 @@
 //! numbers, one writer per rollout, the outbox, retention, paging, errors, migrations, reads
 //! that do not wait for writes, journal rows of format 1 (a golden fixture), and acknowledged
 //! appends surviving a writer process killed with SIGKILL.
+// Tests bound their own waits and measure on the real clock; no decision reads it.
+#![allow(clippy::disallowed_methods)]
 
 use proptest::prelude::*;
 use ramp_core::evidence::{MetricWindow, Signal};

@@ -350,7 +350,7 @@ pub struct RolloutStatus {
     /// Why it ended or holds, in words.
     pub reason: Option<String>,
     /// Why it ended or holds, with the evidence.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why: Option<StopReason>,
     /// True once the rollout has settled: completed, rolled back or holding.
     pub ended: bool,
@@ -430,10 +430,10 @@ pub struct Verdict {
     /// One line with the numbers.
     pub explanation: String,
     /// The confidence of the bounds.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confidence: Option<f64>,
     /// What was measured, with the numbers only this kind of verdict has.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<VerdictDetail>,
 }
 
@@ -1086,7 +1086,7 @@ pub struct Notice {
     /// `rolled_back`, `status_update` or `summary`.
     pub about: String,
     /// For holds and rollbacks: why, with the evidence.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why: Option<StopReason>,
 }
 

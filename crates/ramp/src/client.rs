@@ -134,7 +134,8 @@ impl Client {
     }
 
     fn parse<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, ClientError> {
-        serde_json::from_slice(bytes).map_err(|e| ClientError::Answer(self.base.clone(), e.to_string()))
+        serde_json::from_slice(bytes)
+            .map_err(|e| ClientError::Answer(self.base.clone(), e.to_string()))
     }
 
     /// `GET /v1/rollouts` (raw JSON and typed).
@@ -145,9 +146,16 @@ impl Client {
     }
 
     /// `GET /v1/rollouts/{name}` (raw JSON and typed).
-    pub(crate) async fn status(&self, name: &str) -> Result<(Bytes, v1::RolloutStatus), ClientError> {
+    pub(crate) async fn status(
+        &self,
+        name: &str,
+    ) -> Result<(Bytes, v1::RolloutStatus), ClientError> {
         let raw = self
-            .call(Method::GET, &format!("/v1/rollouts/{}", segment(name)), None)
+            .call(
+                Method::GET,
+                &format!("/v1/rollouts/{}", segment(name)),
+                None,
+            )
             .await?;
         let status = self.parse(&raw)?;
         Ok((raw, status))
@@ -178,7 +186,11 @@ impl Client {
     /// `DELETE /v1/rollouts/{name}`.
     pub(crate) async fn retire(&self, name: &str) -> Result<v1::RolloutStatus, ClientError> {
         let raw = self
-            .call(Method::DELETE, &format!("/v1/rollouts/{}", segment(name)), None)
+            .call(
+                Method::DELETE,
+                &format!("/v1/rollouts/{}", segment(name)),
+                None,
+            )
             .await?;
         self.parse(&raw)
     }

@@ -81,9 +81,15 @@ fn limits(a: &LimitArgs) -> Result<Limits, Invalid> {
         drain_timeout: duration_arg("drain-timeout", &a.drain_timeout)?,
     };
     for (ok, what) in [
-        (limits.max_connections >= 1, "--max-connections must be at least 1"),
+        (
+            limits.max_connections >= 1,
+            "--max-connections must be at least 1",
+        ),
         (limits.max_headers >= 1, "--max-headers must be at least 1"),
-        (limits.max_header_bytes >= 1, "--max-header-bytes must be at least 1"),
+        (
+            limits.max_header_bytes >= 1,
+            "--max-header-bytes must be at least 1",
+        ),
     ] {
         if !ok {
             return Err(Invalid(format!("error: {what}")));
@@ -179,10 +185,7 @@ pub(crate) fn demo(a: DemoArgs) -> Result<DemoOptions, Invalid> {
 /// A token name: one word of visible characters, not starting with `#` (which the tokens file
 /// reads as a comment).
 pub(crate) fn token_name(name: &str) -> Result<(), Invalid> {
-    if name.is_empty()
-        || name.starts_with('#')
-        || !name.chars().all(|c| c.is_ascii_graphic())
-    {
+    if name.is_empty() || name.starts_with('#') || !name.chars().all(|c| c.is_ascii_graphic()) {
         return Err(Invalid(
             "error: a token name is one word of letters, digits and punctuation, not starting with `#`"
                 .into(),

@@ -131,7 +131,10 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), Invalid>> {
                         } else if list.is_empty() {
                             "no rollouts\n".to_string()
                         } else {
-                            list.iter().map(render::status).collect::<Vec<_>>().join("\n")
+                            list.iter()
+                                .map(render::status)
+                                .collect::<Vec<_>>()
+                                .join("\n")
                         }
                     }
                 };

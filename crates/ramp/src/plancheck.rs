@@ -1,9 +1,9 @@
 //! `ramp plan check`: the plan as a readable table, and with `--rps` how much traffic and time
 //! each gate needs before it could pass.
 
-use ramp_core::report::{count, ms, pct};
 use ramp_core::evidence::stats;
 use ramp_core::plan::{Criterion, Metric, MetricKind, Op, Plan, Test};
+use ramp_core::report::{count, ms, pct};
 use ramp_core::rollout::trigger_stream;
 use ramp_core::time::{Human, Millis};
 use std::fmt::Write;

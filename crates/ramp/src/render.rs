@@ -67,7 +67,10 @@ pub(crate) fn status(s: &v1::RolloutStatus) -> String {
         s.listen,
     );
     if let Some(applied) = s.applied_share.filter(|&a| a != s.share) {
-        out += &format!("  ! the traffic split has {} in effect, not yet the decided share\n", share(applied));
+        out += &format!(
+            "  ! the traffic split has {} in effect, not yet the decided share\n",
+            share(applied)
+        );
     }
     out += &format!(
         "  {:<7} {:>8} {:>11} {:>9} {:>9} {:>9} {:>8}  {}\n",

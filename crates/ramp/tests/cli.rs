@@ -1,6 +1,6 @@
 //! The real `ramp` binary, as a user runs it.
 
-mod common;
+use ramp_harness as common;
 
 use common::fresh_dir;
 use serde_json::Value;

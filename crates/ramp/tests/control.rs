@@ -1,7 +1,7 @@
 //! The control plane end to end: the real binary, a real SQLite journal, real sockets, the CLI
 //! client; killed with SIGKILL at several points and restarted.
 
-mod common;
+use ramp_harness as common;
 
 use bytes::Bytes;
 use common::fresh_dir;
@@ -153,6 +153,8 @@ async fn api_post(
 fn kill9(mut s: Server) {
     s.child.kill().unwrap(); // SIGKILL
     s.child.wait().unwrap();
+    // What the killed server printed last, for a failing test's output.
+    #[allow(clippy::print_stdout)]
     while let Ok(line) = s.lines.try_recv() {
         println!("server: {line}");
     }
@@ -227,12 +229,12 @@ async fn kill_9_at_several_points_resumes_the_same_rollout() {
     kill9(s);
     // Every analysis window's aggregates were journaled, and they add up to the evidence.
     {
-        use ramp::store::Store;
-        let store = ramp::store::SqliteStore::open(&dir.join("ramp.db")).unwrap();
-        let windows = store.windows("ctl", 0, 1_000_000).unwrap();
+        use ramp_store::Store;
+        let store = ramp_store::SqliteStore::open(&dir.join("ramp.db")).unwrap();
+        let windows = store.windows("ctl", 0, 1_000_000).await.unwrap();
         assert!(windows.len() > 10, "{} windows", windows.len());
         let canary: u64 = windows.iter().map(|(_, w)| w.canary.requests).sum();
-        let stored = store.load("ctl").unwrap();
+        let stored = store.load("ctl").await.unwrap();
         assert_eq!(canary, stored.state.evidence.canary.requests);
         assert!(canary >= requests_before);
     }
@@ -529,13 +531,22 @@ async fn a_corrupt_rollout_does_not_stop_the_others_from_resuming() {
     let (code, out) = cli(&s, &token, &["status", "--json"]);
     assert_eq!(code, 0, "{out}");
     let all: Value = serde_json::from_str(&out).unwrap();
-    let names: Vec<&str> = all
+    let listed: Vec<(&str, &str)> = all
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r["name"].as_str().unwrap())
+        .map(|r| (r["name"].as_str().unwrap(), r["status"].as_str().unwrap()))
         .collect();
-    assert_eq!(names, vec!["ctl"], "the broken rollout is not served");
+    assert_eq!(
+        listed,
+        vec![("broken", "unavailable"), ("ctl", "running")],
+        "the broken rollout is not served, and says so"
+    );
+    let broken = &all[0];
+    assert!(
+        broken["reason"].as_str().unwrap().contains("journal"),
+        "with the reason: {broken}"
+    );
     // The server stays ready (the healthy rollout's proxy must stay in rotation), and the
     // metrics name the broken rollout as unavailable, for alerting.
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())

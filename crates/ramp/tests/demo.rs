@@ -1,4 +1,6 @@
 //! `ramp demo` runs to completion, healthy and failing, in bounded time.
+// Tests bound their own waits and measure on the real clock; no decision reads it.
+#![allow(clippy::disallowed_methods)]
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

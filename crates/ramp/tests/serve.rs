@@ -1,6 +1,8 @@
 //! `ramp serve` as a user runs it: the real binary, real sockets, a compressed clock.
+// Tests bound their own waits and measure on the real clock; no decision reads it.
+#![allow(clippy::disallowed_methods)]
 
-mod common;
+use ramp_harness as common;
 
 use bytes::Bytes;
 use common::{fresh_dir, upstream};

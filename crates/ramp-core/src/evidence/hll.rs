@@ -205,6 +205,8 @@ impl<'de> Deserialize<'de> for UserSketch {
 }
 
 #[cfg(test)]
+// Measurement-only tests print their figures and time themselves.
+#[allow(clippy::print_stdout, clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

@@ -923,6 +923,8 @@ impl Cusum {
 }
 
 #[cfg(test)]
+// Measurement-only tests print their figures and time themselves.
+#[allow(clippy::print_stdout, clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

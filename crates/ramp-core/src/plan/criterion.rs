@@ -294,7 +294,7 @@ pub enum Test {
 }
 
 /// Allowed relative excess of `pNN_latency not worse than stable` written without `by`.
-pub const DEFAULT_LATENCY_MARGIN: f64 = 0.10;
+pub(crate) const DEFAULT_LATENCY_MARGIN: f64 = 0.10;
 
 /// A parsed criterion, with the text it came from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
