@@ -435,12 +435,10 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
         }
     }
 
-    /// Writes entries left unsaved by failed appends, retrying for a few seconds; says so
-    /// loudly if they still cannot be written.
+    /// On stop: writes entries left unsaved by failed appends, and the state as it is now (the
+    /// share the split applied, the evidence of the last partial window are only in memory
+    /// otherwise), retrying for a few seconds; says so loudly if they still cannot be written.
     async fn flush(&mut self) {
-        if self.unsaved.is_empty() {
-            return;
-        }
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=6 {
             let append = Append {
@@ -452,9 +450,15 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
             match self.store.append(&self.name, self.seq, append).await {
                 Ok(seq) => {
                     self.seq = seq;
+                    let notices = !self.unsaved.notices.is_empty();
                     self.unsaved = Unsaved::default();
-                    self.outbox.notify_one();
+                    if notices {
+                        self.outbox.notify_one();
+                    }
                     return;
+                }
+                Err(e) if attempt == 6 && self.unsaved.is_empty() => {
+                    tracing::warn!(rollout = %self.name, error = %e, "the last state could not be written before stopping; the journal holds the one before");
                 }
                 Err(e) if attempt == 6 => {
                     let msg = format!(

@@ -1,0 +1,281 @@
+//! The real controller loop on tokio's paused clock: the seed plan's three days run in a
+//! fraction of a second of real time, through the real store (SQLite in memory) and the real
+//! outbox, with scripted evidence and a traffic split that records what it is told.
+
+use ramp_control::controller::{self, Handle, Msg, Parts};
+use ramp_control::outbox::Outbox;
+use ramp_control::{ScaledClock, log};
+use ramp_core::evidence::Signal;
+use ramp_core::plan::parse_plan;
+use ramp_core::rollout::{Effect, Input, PhaseResult, State, Status, step};
+use ramp_harness::doubles::{RecordingNotifier, RecordingSplit, ScriptedEvidence, Traffic};
+use ramp_store::{Append, NewRollout, SqliteStore, Store};
+use ramp_wire::v1;
+use std::sync::Arc;
+
+const SEED: &str = include_str!("../../../examples/payments-backend.toml");
+const T0: u64 = 1_708_423_200_000; // 2024-02-20 10:00:00 UTC, the seed's start time
+
+struct Run {
+    handle: Handle,
+    store: Arc<SqliteStore>,
+    evidence: ScriptedEvidence,
+    split: RecordingSplit,
+    notifier: RecordingNotifier,
+    outbox: Outbox,
+}
+
+/// Creates the seed plan's rollout in the store (as the registry does) and starts its
+/// controller on the paused clock.
+async fn start() -> Run {
+    let plan = Arc::new(parse_plan(SEED, "seed").unwrap());
+    let store = Arc::new(SqliteStore::in_memory().unwrap());
+    let (state, fx) = step(&plan, State::new(&plan), Input::Start, T0);
+    let events = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Journal(ev) => Some(v1::Event::from(ev)),
+            _ => None,
+        })
+        .collect();
+    let notices = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Notify(n) => Some(v1::Notice::of(&plan.name, n)),
+            _ => None,
+        })
+        .collect();
+    let seq = store
+        .create(NewRollout {
+            name: plan.name.clone(),
+            plan_toml: SEED.into(),
+            created_at: T0,
+            listen: None,
+            step: Append {
+                events,
+                state: state.clone(),
+                window: None,
+                notices,
+            },
+        })
+        .await
+        .unwrap();
+    let split = RecordingSplit::default();
+    // 200 requests/s in total, one-minute windows: 12,000 requests a window.
+    let evidence = ScriptedEvidence::new(
+        Traffic {
+            requests: 12_000,
+            canary_error_rate: 0.0,
+        },
+        plan.latency_thresholds_us().len(),
+        &split,
+    );
+    let notifier = RecordingNotifier::default();
+    let outbox = Outbox::start(store.clone(), Arc::new(notifier.clone()));
+    let handle = controller::spawn(Parts {
+        name: plan.name.clone(),
+        plan,
+        state,
+        seq,
+        pending: fx,
+        restarted: false,
+        listen: "127.0.0.1:0".into(),
+        store: store.clone(),
+        evidence: evidence.clone(),
+        split: split.clone(),
+        clock: ScaledClock::starting_at(T0, 1.0),
+        outbox: outbox.waker(),
+        log: log::silent(),
+        window_retention: 30 * ramp_core::time::DAY,
+    });
+    Run {
+        handle,
+        store,
+        evidence,
+        split,
+        notifier,
+        outbox,
+    }
+}
+
+/// Waits until the published status says so. (No timer bounds the wait: on the paused clock
+/// a timer would be the next thing tokio jumps to whenever the loop waits for the store. The
+/// number of status updates bounds it instead.)
+async fn until(
+    run: &mut Run,
+    what: &str,
+    f: impl Fn(&v1::RolloutStatus) -> bool,
+) -> v1::RolloutStatus {
+    for _ in 0..100_000 {
+        let s = run.handle.published.borrow_and_update().status.clone();
+        if f(&s) {
+            return s;
+        }
+        if run.handle.published.changed().await.is_err() {
+            panic!("the controller stopped before: {what}");
+        }
+    }
+    panic!("100,000 status updates (over two months of windows) without: {what}")
+}
+
+/// Positive feedback from canary users (the expanded phase asks for satisfaction >= 90%).
+async fn feedback(run: &Run, n: usize) {
+    for _ in 0..n {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        run.handle
+            .inbox
+            .send(Msg::Signal {
+                signal: Signal::Feedback {
+                    score: 0.9,
+                    note: String::new(),
+                },
+                key: None,
+                reply,
+            })
+            .await
+            .unwrap();
+        answer.await.unwrap().unwrap();
+    }
+}
+
+async fn stop(run: Run) -> (State, Arc<SqliteStore>, Vec<ramp_store::OutboxEntry>) {
+    run.handle.inbox.send(Msg::Stop).await.unwrap();
+    let state = run.handle.task.await.unwrap();
+    run.outbox.shutdown().await;
+    let delivered = run.notifier.delivered.lock().unwrap().clone();
+    (state, run.store, delivered)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_canary_that_fails_in_the_second_phase_is_rolled_back_by_the_real_loop() {
+    let mut run = start().await;
+    let s = until(&mut run, "the canary phase passes", |s| s.phase == 1).await;
+    assert_eq!((s.share, s.applied_share), (2000, Some(2000)));
+    assert_eq!(s.phase_name, "expanded");
+    feedback(&run, 40).await;
+    // Six hours into the expanded phase the canary starts failing 5% of its requests.
+    until(&mut run, "six hours of the expanded phase", |s| {
+        s.phase_elapsed >= 6 * 3_600_000
+    })
+    .await;
+    let windows_before = run.evidence.windows();
+    run.evidence.set(Traffic {
+        requests: 12_000,
+        canary_error_rate: 0.05,
+    });
+    let s = until(&mut run, "rolled back", |s| {
+        s.status == v1::Status::RolledBack
+    })
+    .await;
+    // 2,400 canary requests a window at 5% errors: the trigger needs a few windows, not hours.
+    let windows_to_rollback = run.evidence.windows() - windows_before;
+    assert!(
+        windows_to_rollback <= 5,
+        "{windows_to_rollback} windows to roll back"
+    );
+    assert_eq!((s.share, s.applied_share), (0, Some(0)));
+    let reason = s.reason.clone().unwrap();
+    assert!(
+        reason.starts_with("trigger \"error_rate > 1%\" fired"),
+        "{reason}"
+    );
+    assert!(matches!(
+        s.why,
+        Some(v1::StopReason::Trigger {
+            evidence: Some(v1::TriggerEvidence::Sequential { .. }),
+            ..
+        })
+    ));
+    let shares: Vec<u16> = run
+        .split
+        .applied
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.bp())
+        .collect();
+    assert_eq!(
+        shares,
+        vec![500, 2000, 0],
+        "5% → 20% → everyone back on stable"
+    );
+
+    let (state, store, delivered) = stop(run).await;
+    assert_eq!(state.status, Status::RolledBack);
+    let results: Vec<(&str, PhaseResult)> = state
+        .history
+        .iter()
+        .map(|h| (h.name.as_str(), h.result))
+        .collect();
+    assert_eq!(
+        results,
+        vec![
+            ("canary", PhaseResult::Passed),
+            ("expanded", PhaseResult::RolledBack)
+        ]
+    );
+    // The journal has the whole story, and the stored state is the final one.
+    let stored = store.load("payments-backend").await.unwrap();
+    assert!(stored.state == state, "the journal holds the final state");
+    assert_eq!(stored.state.applied, Some(ramp_core::cohort::ShareBp::ZERO));
+    let kinds: Vec<&'static str> = store
+        .events("payments-backend", 0, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, e)| e.kind.name())
+        .filter(|k| *k != "signal_received")
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "started",
+            "phase_started",
+            "gate_checked",
+            "promoted",
+            "phase_started",
+            "trigger_fired",
+            "rolled_back"
+        ]
+    );
+    // Every notice was delivered once, in order: phase starts, 4-hourly updates, the daily
+    // summary, and the critical rollback notice last.
+    let ids: Vec<u64> = delivered.iter().map(|n| n.id).collect();
+    let mut sorted = ids.clone();
+    sorted.dedup();
+    assert_eq!(ids, sorted, "each once, in order");
+    let about: Vec<&str> = delivered.iter().map(|n| n.notice.about.as_str()).collect();
+    assert_eq!(about.first(), Some(&"phase_started"));
+    assert_eq!(about.last(), Some(&"rolled_back"));
+    assert!(about.contains(&"summary"));
+    assert!(about.iter().filter(|a| **a == "status_update").count() >= 7);
+    assert!(store.undelivered(10).await.unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_healthy_rollout_completes_all_three_phases_on_the_real_loop() {
+    let mut run = start().await;
+    until(&mut run, "expanded", |s| s.phase == 1).await;
+    feedback(&run, 40).await;
+    let s = until(&mut run, "completed", |s| s.status == v1::Status::Completed).await;
+    assert_eq!(s.health, v1::Health::Healthy);
+    assert_eq!(s.share, 10_000);
+    // Three days of plan time, give or take the analysis intervals.
+    let took = s.ended_at.unwrap() - T0;
+    assert!(
+        (72 * 3_600_000..73 * 3_600_000).contains(&took),
+        "{took} ms of plan time"
+    );
+    let shares: Vec<u16> = run
+        .split
+        .applied
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.bp())
+        .collect();
+    assert_eq!(shares, vec![500, 2000, 10_000]);
+    let (state, _, delivered) = stop(run).await;
+    assert_eq!(state.history.len(), 3);
+    assert!(delivered.iter().any(|n| n.notice.about == "completed"));
+}
