@@ -18,6 +18,8 @@ pub struct FlakyStore<S> {
     pub inner: S,
     /// While true, every write fails and writes nothing.
     pub broken: AtomicBool,
+    /// While true, every write waits (a frozen disk) until it is cleared.
+    pub frozen: Arc<AtomicBool>,
     /// Writes refused so far.
     pub refused: AtomicU64,
 }
@@ -28,6 +30,7 @@ impl<S: Store> FlakyStore<S> {
         FlakyStore {
             inner,
             broken: AtomicBool::new(false),
+            frozen: Arc::new(AtomicBool::new(false)),
             refused: AtomicU64::new(0),
         }
     }
@@ -55,10 +58,15 @@ impl<S: Store> Store for FlakyStore<S> {
         }
     }
     fn append(&self, n: &str, at: u64, step: Append) -> BoxFuture<'_, Result<u64, StoreError>> {
-        match self.check() {
-            Ok(()) => self.inner.append(n, at, step),
-            Err(e) => Box::pin(async { Err(e) }),
-        }
+        let frozen = self.frozen.clone();
+        let name = n.to_string();
+        Box::pin(async move {
+            while frozen.load(Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            self.check()?;
+            self.inner.append(&name, at, step).await
+        })
     }
     fn load_all(
         &self,

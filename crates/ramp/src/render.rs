@@ -2,7 +2,7 @@
 //! The one module (with `main`) that writes to the terminal.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use ramp_control::LogEntry;
+use ramp_control::{Lifecycle, LogEntry};
 use ramp_core::report::{ms, pct};
 use ramp_core::time::{Human, Millis};
 use ramp_wire::text::{clock, event_lines, utc};
@@ -177,4 +177,39 @@ pub(crate) fn log_entry(rollout: &str, entry: &LogEntry<'_>, origin: Millis, jso
         }
     };
     out(&text);
+}
+
+/// A lifecycle line of `ramp serve` as one JSON object (`--log-format json`).
+pub(crate) fn lifecycle_json(event: &Lifecycle<'_>) {
+    let value = match event {
+        Lifecycle::Resumed(r) => match &r.outcome {
+            Ok(at) => serde_json::json!({
+                "lifecycle": "resumed",
+                "rollout": r.name,
+                "listen": at.listen.map(|a| a.to_string()),
+                "moved_from": at.moved_from.map(|a| a.to_string()),
+            }),
+            Err(e) => serde_json::json!({
+                "lifecycle": "not_resumed",
+                "rollout": r.name,
+                "error": e,
+            }),
+        },
+        Lifecycle::Serving { api, rollouts } => serde_json::json!({
+            "lifecycle": "serving",
+            "api": format!("http://{api}"),
+            "rollouts": rollouts
+                .iter()
+                .map(|r| serde_json::json!({"rollout": r.name, "listen": r.listen, "status": r.status}))
+                .collect::<Vec<_>>(),
+        }),
+        Lifecycle::Stopped(rollouts) => serde_json::json!({
+            "lifecycle": "stopped",
+            "rollouts": rollouts
+                .iter()
+                .map(|r| serde_json::json!({"rollout": r.name, "status": r.status}))
+                .collect::<Vec<_>>(),
+        }),
+    };
+    line(&value.to_string());
 }

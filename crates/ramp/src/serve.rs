@@ -67,11 +67,20 @@ pub(crate) fn run(cfg: Serve, json_log: bool) -> anyhow::Result<Result<(), Inval
     };
     if tokens.current().is_empty() {
         let token = add_token(&cfg.tokens, "admin", Role::Admin)?;
-        render::line(
+        // A secret shown once to the person starting the server: with --log-format json it
+        // goes to stderr, never into the structured stream that is shipped to log stores.
+        let say = |l: &str| {
+            if json_log {
+                render::err_line(l)
+            } else {
+                render::line(l)
+            }
+        };
+        say(
             "ramp serve: no API tokens were configured; created an admin token (shown once, keep it):",
         );
-        render::line(&format!("  {token}"));
-        render::line(&format!(
+        say(&format!("  {token}"));
+        say(&format!(
             "  (its hash is in {}; add more with `ramp token add NAME ROLE`)",
             cfg.tokens.display()
         ));
@@ -123,7 +132,12 @@ pub(crate) fn run(cfg: Serve, json_log: bool) -> anyhow::Result<Result<(), Inval
             notifier: Arc::new(notifier),
             log,
         };
-        let report = |event: Lifecycle<'_>| match event {
+        let report = |event: Lifecycle<'_>| {
+            if json_log {
+                render::lifecycle_json(&event);
+                return;
+            }
+            match event {
             Lifecycle::Resumed(r) => match &r.outcome {
                 Ok(at) => {
                     render::line(&format!("ramp serve: resumed rollout {} from {db}", r.name));
@@ -158,6 +172,7 @@ pub(crate) fn run(cfg: Serve, json_log: bool) -> anyhow::Result<Result<(), Inval
                         r.status.name()
                     ));
                 }
+            }
             }
         };
         let served = ramp_control::server::run(

@@ -5,7 +5,7 @@ use ramp_core::cohort::ShareBp;
 use ramp_core::plan::{Metric, Op, Severity, StopAction, Test, parse_plan};
 use ramp_core::time::{DAY, HOUR, MINUTE};
 
-const SEED: &str = include_str!("../../../examples/payments-backend.toml");
+const SEED: &str = include_str!("../../../../examples/payments-backend.toml");
 
 #[test]
 fn the_seed_plan_says_what_the_seed_says() {

@@ -13,7 +13,7 @@ use ramp_store::{Append, NewRollout, SqliteStore, Store};
 use ramp_wire::v1;
 use std::sync::Arc;
 
-const SEED: &str = include_str!("../../../examples/payments-backend.toml");
+const SEED: &str = include_str!("../../../../examples/payments-backend.toml");
 const T0: u64 = 1_708_423_200_000; // 2024-02-20 10:00:00 UTC, the seed's start time
 
 struct Run {

@@ -267,3 +267,46 @@ async fn a_rollback_made_while_the_store_fails_is_written_before_stopping() {
             .any(|(_, e)| matches!(e.kind, EventKind::RolledBack { .. }))
     );
 }
+
+/// Status and `/metrics` read what the controller last published: a controller stuck on a
+/// frozen disk neither delays them nor drops out of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_metrics_never_wait_for_a_stuck_controller() {
+    let Setup {
+        registry, store, ..
+    } = start().await;
+    store.frozen.store(true, Ordering::SeqCst);
+    let stuck = {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            signal(
+                &registry,
+                Signal::BugReport {
+                    note: "late".into(),
+                },
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!stuck.is_finished(), "the signal waits for the frozen disk");
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        for _ in 0..100 {
+            let metrics = registry.metrics();
+            assert_eq!(metrics.len(), 1, "the stuck rollout is still listed");
+            assert_eq!(metrics[0].status, v1::Status::Running);
+            assert_eq!(status(&registry), v1::Status::Running);
+        }
+    })
+    .await;
+    assert!(
+        answered.is_ok(),
+        "status and metrics answered while the controller was stuck"
+    );
+    store.frozen.store(false, Ordering::SeqCst);
+    assert!(
+        stuck.await.unwrap().is_ok(),
+        "and the signal is journaled once the disk thaws"
+    );
+    registry.shutdown().await;
+}

@@ -18,16 +18,16 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 /// An upstream that answers 500 while `fail` is set.
-async fn upstream(fail: Arc<AtomicBool>) -> SocketAddr {
+pub(crate) async fn upstream(fail: Arc<AtomicBool>) -> SocketAddr {
     common::upstream(fail, Arc::new(std::sync::atomic::AtomicU64::new(0))).await
 }
 
-struct Server {
-    child: Child,
-    lines: Receiver<String>,
-    proxy: SocketAddr,
-    api: String,
-    token: Option<String>,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) lines: Receiver<String>,
+    pub(crate) proxy: SocketAddr,
+    pub(crate) api: String,
+    pub(crate) token: Option<String>,
 }
 
 /// A server is never left running, whatever the test does (it would hold CI's output open).
@@ -38,7 +38,7 @@ impl Drop for Server {
     }
 }
 
-fn start(dir: &Path, plan: Option<&Path>) -> Server {
+pub(crate) fn start(dir: &Path, plan: Option<&Path>) -> Server {
     let mut args: Vec<String> = vec![
         "serve".into(),
         "--db".into(),
@@ -99,7 +99,7 @@ fn start(dir: &Path, plan: Option<&Path>) -> Server {
     }
 }
 
-fn cli(server: &Server, token: &str, args: &[&str]) -> (i32, String) {
+pub(crate) fn cli(server: &Server, token: &str, args: &[&str]) -> (i32, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_ramp"))
         .args(args)
         .env("RAMP_SERVER", &server.api)
@@ -116,18 +116,18 @@ fn cli(server: &Server, token: &str, args: &[&str]) -> (i32, String) {
     )
 }
 
-fn status(server: &Server, token: &str) -> Value {
+pub(crate) fn status(server: &Server, token: &str) -> Value {
     let (code, out) = cli(server, token, &["status", "ctl", "--json"]);
     assert_eq!(code, 0, "{out}");
     serde_json::from_str(&out).unwrap()
 }
 
-async fn traffic(proxy: SocketAddr, n: u32) {
+pub(crate) async fn traffic(proxy: SocketAddr, n: u32) {
     common::traffic(proxy, n, 300).await;
 }
 
 /// POSTs `body` to the API; answers with the status and the JSON body (Null if none).
-async fn api_post(
+pub(crate) async fn api_post(
     api: &str,
     token: &str,
     path: &str,
@@ -150,7 +150,7 @@ async fn api_post(
     )
 }
 
-fn kill9(mut s: Server) {
+pub(crate) fn kill9(mut s: Server) {
     s.child.kill().unwrap(); // SIGKILL
     s.child.wait().unwrap();
     // What the killed server printed last, for a failing test's output.
@@ -160,7 +160,7 @@ fn kill9(mut s: Server) {
     }
 }
 
-fn plan_file(dir: &Path, stable: SocketAddr, canary: SocketAddr) -> PathBuf {
+pub(crate) fn plan_file(dir: &Path, stable: SocketAddr, canary: SocketAddr) -> PathBuf {
     let p = dir.join("ctl.toml");
     std::fs::write(
         &p,
@@ -188,7 +188,7 @@ triggers = ["error_rate > 1%", "pci_alerts >= 2"]
 }
 
 /// A second rollout's plan (10% canary, its own free port), for `POST /v1/rollouts`.
-fn other_plan(name: &str, stable: SocketAddr, canary: SocketAddr) -> String {
+pub(crate) fn other_plan(name: &str, stable: SocketAddr, canary: SocketAddr) -> String {
     format!(
         "name = \"{name}\"\n[proxy]\nlisten = \"127.0.0.1:0\"\n[upstreams]\nstable = \"http://{stable}\"\ncanary = \"http://{canary}\"\n[[phase]]\nname = \"canary\"\ntraffic = \"10%\"\nduration = \"240h\"\n"
     )

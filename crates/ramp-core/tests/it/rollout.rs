@@ -11,7 +11,7 @@ use ramp_core::rollout::{
 };
 use ramp_core::time::{HOUR, MINUTE, Millis};
 
-const SEED: &str = include_str!("../../../examples/payments-backend.toml");
+const SEED: &str = include_str!("../../../../examples/payments-backend.toml");
 
 fn seed_plan() -> Plan {
     parse_plan(SEED, "seed").unwrap()

@@ -1,0 +1,5 @@
+//! ramp-core's integration tests, in one binary (one link instead of one per file).
+
+mod latency_vs_stable;
+mod plan_files;
+mod rollout;

@@ -1,0 +1,7 @@
+//! ramp's integration tests, in one binary (one link instead of one per file).
+
+mod cli;
+mod control;
+mod demo;
+mod fixes;
+mod serve;
