@@ -75,6 +75,29 @@ pub struct DemoOutcome {
     pub blast: Option<VariantStats>,
 }
 
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// A demo backend could not start.
+    #[error("starting a demo backend: {0}")]
+    Backend(#[from] std::io::Error),
+    /// The built-in plan did not parse (a bug: it is tested).
+    #[error("the built-in plan: {0}")]
+    Plan(#[from] ramp_core::plan::PlanErrors),
+    /// The in-memory journal could not be opened.
+    #[error("the demo's journal: {0}")]
+    Store(#[from] ramp_store::StoreError),
+    /// The proxy workers could not start.
+    #[error(transparent)]
+    Proxy(#[from] ramp_proxy::ProxyError),
+    /// The rollout could not be started.
+    #[error("starting the demo rollout: {0}")]
+    Start(#[from] ramp_api::ControlError),
+    /// The proxy's address did not parse (a bug).
+    #[error("the proxy's address: {0}")]
+    Address(#[from] std::net::AddrParseError),
+}
+
 /// The seed plan with the demo backends as its upstreams, probed every half second.
 fn plan_for_demo(stable: std::net::SocketAddr, canary: std::net::SocketAddr) -> String {
     SEED_PLAN
@@ -97,7 +120,7 @@ fn push(lines: &Lines, line: String) {
 }
 
 /// Runs the demo to its end. Prints to stdout.
-pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
+pub async fn run(opts: DemoOptions) -> Result<DemoOutcome, DemoError> {
     let stable_b = backend::Behaviour::new(0.0005, 30.0, 90.0);
     let canary_b = backend::Behaviour::new(0.0, 33.0, 100.0);
     let stable = backend::start("stable", stable_b.clone()).await?;
@@ -168,8 +191,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     use ramp_api::Rollouts as _;
     let started = registry
         .start_new(&plan_toml, "examples/payments-backend.toml", None)
-        .await
-        .map_err(|e| anyhow::anyhow!("starting the demo rollout: {e}"))?;
+        .await?;
     let name = started.name.clone();
     let proxy_addr: std::net::SocketAddr = started.listen.parse()?;
     println!(

@@ -1,5 +1,6 @@
 //! ramp's integration tests, in one binary (one link instead of one per file).
 
+mod architecture;
 mod cli;
 mod control;
 mod demo;
