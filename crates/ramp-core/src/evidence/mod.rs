@@ -1,6 +1,9 @@
 //! Evidence: exact statistics, sketches, metric windows, signals and verdicts.
+pub mod confseq;
+pub mod dispersion;
 pub mod gate;
 pub mod hll;
+pub mod sequential;
 pub mod sketch;
 pub mod stats;
 pub mod window;
