@@ -296,7 +296,7 @@ fn skip_free_boundary(up: u64, p: f64, n: f64, target: f64) -> u64 {
                 return c + 1;
             }
         }
-        if c + 1 >= MAX_BOUNDARY || !(d > 0.0) {
+        if c + 1 >= MAX_BOUNDARY || d.is_nan() || d <= 0.0 {
             return MAX_BOUNDARY;
         }
         let slot = (c % up) as usize;
@@ -353,7 +353,14 @@ fn skip_free_reach(up: u64, p: f64, h: u64) -> f64 {
 /// Every quantity is a sum of same-signed terms: off-diagonal entries stay ≤ 0, each pivot is
 /// computed as the row's absorption mass plus the magnitudes of its remaining off-diagonal
 /// entries, so probabilities as small as 1e-300 keep their relative accuracy.
-fn banded_solve(up: u64, down: u64, h: u64, p: f64, reflect: bool, rhs: &[&dyn Fn(u64, f64) -> f64]) -> Vec<Vec<f64>> {
+fn banded_solve(
+    up: u64,
+    down: u64,
+    h: u64,
+    p: f64,
+    reflect: bool,
+    rhs: &[&dyn Fn(u64, f64) -> f64],
+) -> Vec<Vec<f64>> {
     let q = 1.0 - p;
     let first = u64::from(!reflect);
     let m = (h - first) as usize;
@@ -572,12 +579,16 @@ fn calibrate(up: u64, down: u64, p0: f64, n: f64, target: f64) -> u64 {
 /// in coarser steps (see the comment inside; relative error below 1%). Infinite when neither
 /// applies.
 pub fn member_expected_delay(up: u64, down: u64, h: u64, p: f64) -> f64 {
-    if !(p > 0.0) {
+    if p.is_nan() || p <= 0.0 {
         return f64::INFINITY;
     }
     if p >= 1.0 || up >= h {
         // Every observation is an event (or the first event alarms).
-        return if up >= h { 1.0 / p.min(1.0) } else { (h as f64 / up as f64).ceil() };
+        return if up >= h {
+            1.0 / p.min(1.0)
+        } else {
+            (h as f64 / up as f64).ceil()
+        };
     }
     let cells = h.saturating_mul(up + down + 1);
     let ops = h.saturating_mul(up).saturating_mul(down);
@@ -614,8 +625,16 @@ impl RateDetector {
     /// A one-element grid is a single calibrated CUSUM (used as the reference "tuned to the
     /// true rate" in the Monte Carlo tests).
     pub fn with_odds_ratios(p0: f64, alpha: f64, horizon: u64, grid: &[f64]) -> Self {
-        let p0 = if p0.is_nan() { 1e-7 } else { p0.clamp(1e-7, 0.999) };
-        let alpha = if alpha.is_nan() { 1e-12 } else { alpha.clamp(1e-12, 0.5) };
+        let p0 = if p0.is_nan() {
+            1e-7
+        } else {
+            p0.clamp(1e-7, 0.999)
+        };
+        let alpha = if alpha.is_nan() {
+            1e-12
+        } else {
+            alpha.clamp(1e-12, 0.5)
+        };
         let horizon = horizon.max(1);
         let mut members: Vec<Member> = grid
             .iter()
@@ -644,7 +663,13 @@ impl RateDetector {
             .collect();
         let k = members.len().max(1) as f64;
         for m in &mut members {
-            m.boundary = calibrate(m.up, m.down, p0, epoch_end(horizon, 0), epoch_budget(alpha, 0) / k);
+            m.boundary = calibrate(
+                m.up,
+                m.down,
+                p0,
+                epoch_end(horizon, 0),
+                epoch_budget(alpha, 0) / k,
+            );
         }
         RateDetector {
             p0,
@@ -848,11 +873,17 @@ mod tests {
             let below = member_false_alarm_bound(up, down, h - 1, p0, n as f64);
             println!("up {up} down {down} p0 {p0}: h {h}, exact {exact:.5}, bound {bound:.5}");
             assert!(bound <= 0.02 && below > 0.02, "{h}: {bound} {below}");
-            assert!(bound >= exact * (1.0 - 1e-9), "{up} {down} {h}: {bound} < {exact}");
+            assert!(
+                bound >= exact * (1.0 - 1e-9),
+                "{up} {down} {h}: {bound} < {exact}"
+            );
             // (The member tuned to 1.25·p0 has long cycles: its renewal term needs ~10^4
             // observations to become negligible, hence the longer horizon and looser factor.)
             let slack = if up == 88 || down > 1 { 1.3 } else { 1.1 };
-            assert!(bound <= exact * slack, "{up} {down} {h}: {bound} vs {exact}");
+            assert!(
+                bound <= exact * slack,
+                "{up} {down} {h}: {bound} vs {exact}"
+            );
         }
     }
 
@@ -860,10 +891,18 @@ mod tests {
     /// probability (the banded mean cycle length is only a lower bound).
     #[test]
     fn skip_free_reach_matches_banded_solver() {
-        for &(up, h, p) in &[(30u64, 150u64, 0.02), (89, 5000, 0.009), (5, 60, 0.1), (2, 9, 0.2)] {
+        for &(up, h, p) in &[
+            (30u64, 150u64, 0.02),
+            (89, 5000, 0.009),
+            (5, 60, 0.1),
+            (2, 9, 0.2),
+        ] {
             let fast = skip_free_reach(up, p, h);
             let slow = banded_cycle(up, 1, h, p).reach;
-            assert!((fast - slow).abs() <= 1e-9 * slow, "{up} {h}: {fast} vs {slow}");
+            assert!(
+                (fast - slow).abs() <= 1e-9 * slow,
+                "{up} {h}: {fast} vs {slow}"
+            );
             let (mean, _) = skip_free_cycle_moments(up, p);
             let lower = banded_cycle(up, 1, h, p).mean;
             assert!(lower <= mean * (1.0 + 1e-12), "{lower} {mean}");
@@ -893,17 +932,30 @@ mod tests {
         assert!((exact - g[0]).abs() < 1e-6 * g[0], "{exact} vs {}", g[0]);
         // The coarse-step approximation used for huge lattices, against the exact solve.
         let d = RateDetector::new(0.01, 0.05, 21_600_000);
-        for (m, rate) in d.members.iter().zip([0.0125, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25]) {
+        for (m, rate) in d
+            .members
+            .iter()
+            .zip([0.0125, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25])
+        {
             if m.down != 1 {
                 continue;
             }
             let exact = member_expected_delay(m.up, m.down, m.boundary, rate);
             for k in [2u64, 4] {
-                let (uk, hk) = ((m.up as f64 / k as f64).round() as u64, (m.boundary as f64 / k as f64).round() as u64);
+                let (uk, hk) = (
+                    (m.up as f64 / k as f64).round() as u64,
+                    (m.boundary as f64 / k as f64).round() as u64,
+                );
                 let pk = rate * (m.up as f64 + 1.0) / (uk as f64 + 1.0);
                 let approx = k as f64 * member_expected_delay(uk, 1, hk, pk);
-                println!("p1 {:.4} at {rate}: exact {exact:.1}, coarse x{k} {approx:.1}", m.p1);
-                assert!((approx / exact - 1.0).abs() <= 0.02 * k as f64 + 0.02, "{exact} vs {approx}");
+                println!(
+                    "p1 {:.4} at {rate}: exact {exact:.1}, coarse x{k} {approx:.1}",
+                    m.p1
+                );
+                assert!(
+                    (approx / exact - 1.0).abs() <= 0.02 * k as f64 + 0.02,
+                    "{exact} vs {approx}"
+                );
             }
         }
     }
@@ -943,7 +995,10 @@ mod tests {
             let horizon = (2000.0 / p0) as u64;
             let d = RateDetector::new(p0, 0.05, horizon);
             let fa = d.false_alarm_bound(horizon);
-            assert!(fa <= 0.05 * PLANNED_SHARE + 1e-12 && fa > 0.03, "p0 {p0}: {fa}");
+            assert!(
+                fa <= 0.05 * PLANNED_SHARE + 1e-12 && fa > 0.03,
+                "p0 {p0}: {fa}"
+            );
             for m in &d.members {
                 assert!(m.p1 > p0 && m.p1 < 1.0);
                 assert!(m.boundary < MAX_BOUNDARY);
@@ -951,7 +1006,10 @@ mod tests {
             // A stream at 5 p0 (capped) with events spread evenly is caught, one at p0 is not.
             let bad = (5.0 * p0).min(0.5 + p0 / 2.0);
             let delay = d.expected_delay(bad);
-            assert!(delay.is_finite() && delay < horizon as f64 / 10.0, "p0 {p0}: {delay}");
+            assert!(
+                delay.is_finite() && delay < horizon as f64 / 10.0,
+                "p0 {p0}: {delay}"
+            );
             let mut det = d.clone();
             let mut acc = 0.0;
             let mut fired = false;
@@ -996,7 +1054,8 @@ mod tests {
         assert_eq!(back, d);
         let mut fresh = RateDetector::new(0.001, 0.05, 1_000_000);
         fresh.observe(1, 10);
-        let back: RateDetector = serde_json::from_str(&serde_json::to_string(&fresh).unwrap()).unwrap();
+        let back: RateDetector =
+            serde_json::from_str(&serde_json::to_string(&fresh).unwrap()).unwrap();
         assert_eq!(back, fresh);
     }
 
@@ -1007,7 +1066,11 @@ mod tests {
         assert!(d.progress() > 0.0 && d.progress() < 1.0);
         assert!(!d.observe(0, 1_000_000));
         assert_eq!(d.progress(), 0.0);
-        assert!(d.members.iter().all(|m| m.stat == 0 && m.events == 0 && m.stretch == 0));
+        assert!(
+            d.members
+                .iter()
+                .all(|m| m.stat == 0 && m.events == 0 && m.stretch == 0)
+        );
     }
 
     #[test]
@@ -1036,7 +1099,9 @@ mod tests {
         let bank = RateDetector::new(0.01, 0.05, 21_600_000);
         // The bank's member pays for its share of the budget with a higher boundary.
         let m = &bank.members[3];
-        assert!(m.boundary as f64 * m.unit > single.members[0].boundary as f64 * single.members[0].unit);
+        assert!(
+            m.boundary as f64 * m.unit > single.members[0].boundary as f64 * single.members[0].unit
+        );
         assert!(single.false_alarm_bound(21_600_000) <= 0.045 + 1e-12);
     }
 
