@@ -50,7 +50,7 @@
 //! exact mean cycle length (`down = 1`) or a lower bound (the exit time with the boundary
 //! absorbing), and E[T²] an upper bound from Wald's second identity. The union over members is
 //! a plain sum: it is the only place where the bank's false-alarm rate is overestimated (the
-//! members are positively correlated), which Monte Carlo puts at a factor ~1.5 (see
+//! members are positively correlated), which Monte Carlo puts at a factor ~1.8 (see
 //! `docs/decisions.md`). For `p < p0` the bound at p0 holds too: the statistic is monotone in
 //! the events, and a Bernoulli(p) stream can be coupled below a Bernoulli(p0) one.
 //!
