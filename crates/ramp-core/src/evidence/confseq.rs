@@ -67,7 +67,9 @@ pub fn log_evidence_below(x: u64, n: u64, t: f64) -> f64 {
     let (xf, nf) = (x as f64, n as f64);
     let (a, b) = (xf + KAPPA, nf - xf - KAPPA);
     let tail = inc_beta(a, b, t);
-    if tail.is_nan() || tail <= 0.0 {
+    // Below 1e-290 the tail has lost its precision to subnormals: that far from any decision
+    // (ln M < -600) the evidence is taken as none, which can only delay a decision.
+    if tail.is_nan() || tail < 1e-290 {
         return f64::NEG_INFINITY;
     }
     let ln_omega = t.ln() - (-t).ln_1p();
@@ -87,7 +89,9 @@ pub fn log_evidence_above(x: u64, n: u64, t: f64) -> f64 {
     let (a, b) = (xf - KAPPA, nf - xf + KAPPA);
     // ∫_t^1 p^{a-1}(1-p)^{b-1} dp / B(a, b) = I_{1-t}(b, a).
     let tail = inc_beta(b, a, 1.0 - t);
-    if tail.is_nan() || tail <= 0.0 {
+    // Below 1e-290 the tail has lost its precision to subnormals: that far from any decision
+    // (ln M < -600) the evidence is taken as none, which can only delay a decision.
+    if tail.is_nan() || tail < 1e-290 {
         return f64::NEG_INFINITY;
     }
     let ln_omega = t.ln() - (-t).ln_1p();
@@ -678,14 +682,18 @@ mod tests {
         fn monotone_in_x_n_and_t(n in 2u64..20_000, xf in 0.0f64..1.0, t in 0.0005f64..0.9) {
             let x = ((n as f64) * xf * xf) as u64;
             let e = log_evidence_below(x, n, t);
+            // Far from any decision the steps are tiny and the evaluation noise (~1e-12 of
+            // the ln Γ terms) dominates: compare with a relative tolerance.
+            let tol = if e.is_finite() { 1e-9 * e.abs().max(1.0) * (n as f64).ln().max(1.0) } else { 0.0 };
             // More events: less evidence that the rate is low; more non-events: more.
-            prop_assert!(log_evidence_below(x + 1, n + 1, t) <= e + 1e-9);
-            prop_assert!(log_evidence_below(x, n + 1, t) >= e - 1e-9);
-            prop_assert!(log_evidence_below(x, n, t * 1.01) >= e - 1e-9);
+            prop_assert!(log_evidence_below(x + 1, n + 1, t) <= e + tol);
+            prop_assert!(log_evidence_below(x, n + 1, t) >= e - tol);
+            prop_assert!(log_evidence_below(x, n, t * 1.01) >= e - tol);
             let e = log_evidence_above(x, n, t);
-            prop_assert!(log_evidence_above(x + 1, n + 1, t) >= e - 1e-9);
-            prop_assert!(log_evidence_above(x, n + 1, t) <= e + 1e-9);
-            prop_assert!(log_evidence_above(x, n, t * 1.01) <= e + 1e-9);
+            let tol = if e.is_finite() { 1e-9 * e.abs().max(1.0) * (n as f64).ln().max(1.0) } else { 0.0 };
+            prop_assert!(log_evidence_above(x + 1, n + 1, t) >= e - tol);
+            prop_assert!(log_evidence_above(x, n + 1, t) <= e + tol);
+            prop_assert!(log_evidence_above(x, n, t * 1.01) <= e + tol);
         }
 
         #[test]
