@@ -1,8 +1,11 @@
 //! Evidence: exact statistics, sketches, metric windows, signals and verdicts.
 pub mod class;
+pub mod confseq;
+pub mod dispersion;
 pub mod gate;
 pub mod health;
 pub mod hll;
+pub mod sequential;
 pub mod sketch;
 pub mod stats;
 pub mod window;
