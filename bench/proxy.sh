@@ -21,8 +21,11 @@ if ! need wrk || ! need nginx; then
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null
 fi
 
-cargo build --release --locked -p ramp >/dev/null 2>&1 || cargo build --release --locked -p ramp
-RAMP="${CARGO_TARGET_DIR:-target}/release/ramp"
+# RAMP=/path/to/ramp measures that binary instead (e.g. an older build, side by side).
+if [ -z "${RAMP:-}" ]; then
+  cargo build --release --locked -p ramp >/dev/null 2>&1 || cargo build --release --locked -p ramp
+  RAMP="${CARGO_TARGET_DIR:-target}/release/ramp"
+fi
 
 work=$(mktemp -d)
 pids=()
