@@ -83,6 +83,9 @@ pub struct Parts<E, T, C> {
     pub log: Log,
     /// Keep analysis windows in the journal this long (controller time); older ones are pruned.
     pub window_retention: Millis,
+    /// Publish the status again this often between windows (real time); `None`: only after
+    /// steps and windows.
+    pub refresh: Option<Duration>,
 }
 
 /// A running controller's handles.
@@ -152,6 +155,7 @@ struct Controller<E, T, C> {
     rates: (f64, f64),
     window_retention: Millis,
     last_prune: Millis,
+    refresh: Option<Duration>,
 }
 
 /// Starts a controller on the current runtime.
@@ -194,6 +198,7 @@ where
         rates: (0.0, 0.0),
         window_retention: parts.window_retention,
         last_prune: now,
+        refresh: parts.refresh,
     };
     let task = tokio::spawn(controller.run(rx, parts.pending, parts.restarted));
     Handle {
@@ -227,9 +232,25 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
         let alpha = interval.as_secs_f64().min(1.0);
+        // Between windows the status is published again every `refresh` (a second in a
+        // server), so that its clock, phase time and backend health are never an analysis
+        // interval old.
+        let mut refresh = self.refresh.map(|every| {
+            let mut r = tokio::time::interval(every);
+            r.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            r
+        });
         loop {
             tokio::select! {
                 _ = ticker.tick() => self.on_window(interval, alpha).await,
+                _ = async {
+                    match refresh.as_mut() {
+                        Some(r) => {
+                            r.tick().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {}
                 msg = inbox.recv() => match msg {
                     Some(Msg::Signal { signal, key, reply }) => {
                         let answer = self.on_signal(signal, key).await;

@@ -329,6 +329,7 @@ impl Registry {
             outbox: self.outbox.clone(),
             log: self.log.clone(),
             window_retention: self.defaults.window_retention,
+            refresh: Some(std::time::Duration::from_secs(1)),
         });
         self.insert(
             name,

@@ -28,6 +28,10 @@ struct Run {
 /// Creates the seed plan's rollout in the store (as the registry does) and starts its
 /// controller on the paused clock.
 async fn start() -> Run {
+    start_with(None).await
+}
+
+async fn start_with(refresh: Option<std::time::Duration>) -> Run {
     let plan = Arc::new(parse_plan(SEED, "seed").unwrap());
     let store = Arc::new(SqliteStore::in_memory().unwrap());
     let (state, fx) = step(&plan, State::new(&plan), Input::Start, T0);
@@ -87,6 +91,7 @@ async fn start() -> Run {
         outbox: outbox.waker(),
         log: log::silent(),
         window_retention: 30 * ramp_core::time::DAY,
+        refresh,
     });
     Run {
         handle,
@@ -278,4 +283,19 @@ async fn a_healthy_rollout_completes_all_three_phases_on_the_real_loop() {
     let (state, _, delivered) = stop(run).await;
     assert_eq!(state.history.len(), 3);
     assert!(delivered.iter().any(|n| n.notice.about == "completed"));
+}
+
+/// Between windows (a minute apart here) the status is published every second, so its clock
+/// and phase time are never a minute old.
+#[tokio::test(start_paused = true)]
+async fn the_status_stays_fresh_between_windows() {
+    let mut run = start_with(Some(std::time::Duration::from_secs(1))).await;
+    let first = until(&mut run, "published", |_| true).await;
+    let later = until(&mut run, "five seconds later", |s| {
+        s.now >= first.now + 5_000
+    })
+    .await;
+    assert!(later.now < first.now + 60_000, "before the next window");
+    assert_eq!(run.evidence.windows(), 0, "no window was taken meanwhile");
+    let _ = stop(run).await;
 }
