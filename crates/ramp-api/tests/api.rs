@@ -69,6 +69,12 @@ fn verdict() -> Verdict {
         detail: Some(v1::VerdictDetail::Rate {
             unit: "requests".into(),
         }),
+        scope: Some("rollout".into()),
+        clustered: Some(v1::Clustered {
+            phi: 3.5,
+            windows: 16,
+            p_value: 0.001,
+        }),
     }
 }
 

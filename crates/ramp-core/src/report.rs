@@ -81,6 +81,11 @@ pub fn explain(v: &Verdict) -> String {
         _ => "upper",
     };
     let bound = v.bound.unwrap_or(0.0);
+    let span = if v.scope.is_phase() {
+        "in this phase"
+    } else {
+        "over the whole rollout"
+    };
     let (mut text, unit) = match &v.detail {
         Detail::Rate { unit } => {
             let text = if v.n == 0 {
@@ -123,8 +128,9 @@ pub fn explain(v: &Verdict) -> String {
         }
         Detail::Count { op } => (
             format!(
-                "{} received in this phase (exact count), limit {} {}",
+                "{} received {} (exact count), limit {} {}",
                 count(v.events),
+                span,
                 op.symbol(),
                 v.threshold
             ),
@@ -132,8 +138,10 @@ pub fn explain(v: &Verdict) -> String {
         ),
         Detail::Users { op } => (
             format!(
-                "≈{} distinct users reached the canary in this phase, need {} {}",
+                "≈{} distinct users reached the canary {span} ({} bound {} with the sketch's error), need {} {}",
                 count(v.events),
+                side,
+                count(bound as u64),
                 op.symbol(),
                 v.threshold
             ),
@@ -222,6 +230,19 @@ pub fn explain(v: &Verdict) -> String {
         }
         Detail::Text { text } => return text.clone(),
     };
+    if !v.scope.is_phase() && !matches!(v.detail, Detail::Count { .. } | Detail::Users { .. }) {
+        text.push_str(" (over the whole rollout)");
+    }
+    if let Some(c) = &v.clustered {
+        let _ = write!(
+            text,
+            "; failures cluster in time (spread {:.1}× binomial in blocks of {} intervals, p = {:.1e}): bounds count {} independent requests",
+            c.phi,
+            c.windows,
+            c.p_value,
+            count((v.n as f64 / c.phi).floor() as u64)
+        );
+    }
     if v.outcome == Outcome::Inconclusive {
         match v.needed {
             Some(k) => {
@@ -244,18 +265,32 @@ pub fn trigger_text(e: &TriggerEvidence) -> String {
             p0,
             p1,
             boundary,
+            statistic,
             events,
             observations,
             lower_bound,
             confidence: c,
             window,
-            ..
+            alternatives,
+            watched,
         } => {
+            let test = match alternatives {
+                Some(k) => format!(
+                    "sequential test (a bank of {k} CUSUMs above {}; the one for {} crossed: {:.2} ≥ {:.2} nats)",
+                    pct(*p0),
+                    pct(*p1),
+                    statistic,
+                    boundary
+                ),
+                None => format!(
+                    "sequential test (CUSUM, H0 rate {} vs H1 {}) crossed its boundary {:.1}",
+                    pct(*p0),
+                    pct(*p1),
+                    boundary
+                ),
+            };
             let mut text = format!(
-                "sequential test (CUSUM, H0 rate {} vs H1 {}) crossed its boundary {:.1}: {} bad of the last {} canary observations ({}), {}% lower bound {}",
-                pct(*p0),
-                pct(*p1),
-                boundary,
+                "{test}: {} bad of the last {} canary observations ({}), {}% lower bound {}",
                 count(*events),
                 count(*observations),
                 pct(ratio(*events, *observations)),
@@ -263,13 +298,21 @@ pub fn trigger_text(e: &TriggerEvidence) -> String {
                 pct(*lower_bound),
             );
             if let Some((wx, wn)) = window {
+                let what = if alternatives.is_some() {
+                    "batch"
+                } else {
+                    "window"
+                };
                 let _ = write!(
                     text,
-                    "; this window {} of {} ({})",
+                    "; this {what} {} of {} ({})",
                     count(*wx),
                     count(*wn),
                     pct(ratio(*wx, *wn))
                 );
+            }
+            if let Some(w) = watched {
+                let _ = write!(text, "; {} watched in all", count(*w));
             }
             text
         }
@@ -411,7 +454,9 @@ mod tests {
     const SEED: &str = include_str!("../../../examples/payments-backend.toml");
 
     /// The texts are the ones ramp journaled before verdicts carried fields (taken from a real
-    /// run's journal): rendering from the fields must say exactly the same.
+    /// run's journal): rendering from the fields must say exactly the same. The bounds and
+    /// sizes are those of that run (fixed-sample bounds then; always-valid ones now, see
+    /// `explanations_carry_the_always_valid_numbers`), set on the verdicts.
     #[test]
     fn explanations_read_as_they_always_did() {
         let plan = parse_plan(SEED, "seed").unwrap();
@@ -422,9 +467,22 @@ mod tests {
             ev.canary.latency.record(1_500);
         }
         let canary = &plan.phases[0];
-        let line = |text: &str| {
+        let then = |text: &str, bound: Option<f64>, needed: Option<u64>| {
             let c = canary.criteria.iter().find(|c| c.text == text).unwrap();
-            explain(&judge(&plan, c, &ev))
+            let mut v = judge(&plan, c, &ev);
+            if bound.is_some() {
+                v.bound = bound;
+            }
+            v.needed = needed;
+            explain(&v)
+        };
+        let line = |text: &str| {
+            let (bound, needed) = match text {
+                "error_rate < 0.1%" => (Some(0.348_152_225_663_437_5), Some(2_988)),
+                "p95_latency <= baseline" => (Some(0.348_152_225_663_437_5), Some(52)),
+                _ => (None, None),
+            };
+            then(text, bound, needed)
         };
         assert_eq!(
             line("error_rate < 0.1%"),
@@ -442,12 +500,33 @@ mod tests {
         let c = expanded
             .criteria
             .iter()
-            .find(|c| c.text == "satisfaction >= 90%")
+            .find(|c| c.text == "satisfaction > 90%")
             .unwrap();
-        let v = judge(&plan, c, &Evidence::new(1));
+        let mut v = judge(&plan, c, &Evidence::new(1));
+        v.needed = Some(29);
         assert_eq!(
             verdict_line(&v),
-            "satisfaction >= 90%: INCONCLUSIVE — no feedback yet; 95% lower bound 0%; needs ≈29 more feedback at the current rate"
+            "satisfaction > 90%: INCONCLUSIVE — no feedback yet; 95% lower bound 0%; needs ≈29 more feedback at the current rate"
+        );
+    }
+
+    /// The same evidence with today's always-valid bounds: wider than the fixed-sample ones
+    /// (the price of being allowed to look at any time), and the sizes to match.
+    #[test]
+    fn explanations_carry_the_always_valid_numbers() {
+        let plan = parse_plan(SEED, "seed").unwrap();
+        let mut ev = Evidence::new(plan.latency_thresholds_us().len());
+        ev.canary.requests = 7;
+        ev.canary.successes = 7;
+        let canary = &plan.phases[0];
+        let c = canary
+            .criteria
+            .iter()
+            .find(|c| c.text == "error_rate < 0.1%")
+            .unwrap();
+        assert_eq!(
+            explain(&judge(&plan, c, &ev)),
+            "observed 0% (0 of 7 requests), 95% upper bound 42.66% vs 0.100%; needs ≈3,780 more requests at the current rate"
         );
     }
 
@@ -463,10 +542,29 @@ mod tests {
             lower_bound: crate::evidence::stats::cp_lower(20, 20, 0.95),
             confidence: 0.95,
             window: Some((3, 3)),
+            alternatives: None,
+            watched: None,
         };
         assert_eq!(
             trigger_text(&e),
             "sequential test (CUSUM, H0 rate 1.00% vs H1 3.00%) crossed its boundary 19.1: 20 bad of the last 20 canary observations (100.00%), 95% lower bound 86.09%; this window 3 of 3 (100.00%)"
+        );
+        let e = TriggerEvidence::Sequential {
+            p0: 0.01,
+            p1: 0.2326,
+            boundary: 7.84,
+            statistic: 8.12,
+            events: 9,
+            observations: 31,
+            lower_bound: crate::evidence::stats::cp_lower(9, 31, 0.95),
+            confidence: 0.95,
+            window: Some((9, 31)),
+            alternatives: Some(7),
+            watched: Some(4_120),
+        };
+        assert_eq!(
+            trigger_text(&e),
+            "sequential test (a bank of 7 CUSUMs above 1.00%; the one for 23.26% crossed: 8.12 ≥ 7.84 nats): 9 bad of the last 31 canary observations (29.03%), 95% lower bound 16.06%; this batch 9 of 31 (29.03%); 4,120 watched in all"
         );
         let c = TriggerEvidence::Count {
             count: 2,

@@ -6,7 +6,9 @@
 //! rollback's `SetShare(0)` comes before its notifications and its incident review.
 
 use crate::cohort::ShareBp;
-use crate::evidence::stats::{self, Cusum};
+use crate::evidence::gate::Scope;
+use crate::evidence::sequential::RateDetector;
+use crate::evidence::stats::Cusum;
 use crate::evidence::{Evidence, MetricWindow, Outcome, Signal, Verdict, combine, judge_all};
 use crate::plan::{Criterion, Metric, MetricKind, Op, Plan, StopAction, Test};
 use crate::time::Millis;
@@ -80,7 +82,13 @@ pub enum Health {
 pub struct TriggerState {
     /// The trigger as written.
     pub trigger: String,
-    /// The sequential test, for rate and latency triggers.
+    /// The sequential detector, for rate and latency triggers ([`RateDetector`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detector: Option<RateDetector>,
+    /// The single CUSUM of a state journaled by ramp before the detector bank: kept as read,
+    /// shown in health, and replaced by a fresh [`RateDetector`] at the trigger's next
+    /// observation (the watch starts over; the budget is the detector's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cusum: Option<Cusum>,
     /// Whether it has fired.
     pub fired: bool,
@@ -170,6 +178,10 @@ pub struct State {
     pub verdicts: Vec<Verdict>,
     /// When the gates were last judged.
     pub last_gate_check: Option<Millis>,
+    /// When the gates were last looked at for an early failure ([`Input::Window`]s look at
+    /// most once per analysis interval).
+    #[serde(default)]
+    pub last_early_check: Option<Millis>,
     /// When the current phase was extended, if it was.
     pub extended_at: Option<Millis>,
     /// When the next scheduled status update is due.
@@ -196,6 +208,39 @@ pub struct State {
     /// collide with a future alert's and make it count as a repeat.
     #[serde(default)]
     pub signal_keys: VecDeque<String>,
+}
+
+impl TriggerState {
+    /// How close a sequential trigger is to firing, in [0, 1) before it fires (0 for a
+    /// counting trigger).
+    pub fn progress(&self) -> f64 {
+        match (&self.detector, &self.cusum) {
+            (Some(d), _) => d.progress(),
+            (None, Some(c)) if c.h > 0.0 => c.stat / c.h,
+            _ => 0.0,
+        }
+    }
+}
+
+/// Observations a satisfaction trigger's detector is calibrated to: feedback is rare next to
+/// requests (beyond it the detector stays calibrated, with boundaries that rise as the count
+/// doubles).
+pub const FEEDBACK_HORIZON: u64 = 100_000;
+
+/// The sequential detector for a rate or latency trigger: threshold from the trigger, budget
+/// `1 - confidence`, calibrated to the plan's trigger horizon (requests) or
+/// [`FEEDBACK_HORIZON`] (feedback).
+pub fn detector_for(plan: &Plan, t: &Criterion) -> Option<RateDetector> {
+    let (stream, p0) = trigger_stream(plan, t)?;
+    let horizon = match stream {
+        Stream::NegativeFeedback => FEEDBACK_HORIZON,
+        _ => plan.analysis.trigger_horizon,
+    };
+    Some(RateDetector::new(
+        p0,
+        1.0 - plan.analysis.confidence,
+        horizon,
+    ))
 }
 
 /// A restored state that does not fit its plan (see [`State::check`]).
@@ -229,18 +274,14 @@ impl State {
                 .iter()
                 .map(|t| TriggerState {
                     trigger: t.text.clone(),
-                    cusum: trigger_stream(plan, t).map(|(_, p0)| {
-                        Cusum::new(
-                            p0,
-                            1.0 - plan.analysis.confidence,
-                            plan.analysis.trigger_horizon,
-                        )
-                    }),
+                    detector: detector_for(plan, t),
+                    cusum: None,
                     fired: false,
                 })
                 .collect(),
             verdicts: Vec::new(),
             last_gate_check: None,
+            last_early_check: None,
             extended_at: None,
             next_status_at: None,
             next_summary_at: None,
@@ -279,7 +320,8 @@ impl State {
                     t.trigger, p.text
                 )));
             }
-            if t.cusum.is_some() != trigger_stream(plan, p).is_some() {
+            let sequential = t.detector.is_some() || t.cusum.is_some();
+            if sequential != trigger_stream(plan, p).is_some() {
                 return Err(Inconsistent(format!(
                     "trigger {:?}: sequential state does not match its kind",
                     p.text
@@ -312,14 +354,7 @@ impl State {
             _ if self.triggers.iter().any(|t| t.fired) => Health::Critical,
             Status::Holding => Health::Degraded,
             _ if self.verdicts.iter().any(|v| v.outcome == Outcome::Fail) => Health::Degraded,
-            _ if self
-                .triggers
-                .iter()
-                .filter_map(|t| t.cusum.as_ref())
-                .any(|c| c.stat >= c.h / 2.0) =>
-            {
-                Health::Degraded
-            }
+            _ if self.triggers.iter().any(|t| t.progress() >= 0.5) => Health::Degraded,
             _ => Health::Monitoring,
         }
     }
@@ -557,22 +592,29 @@ pub enum TriggerEvidence {
     Sequential {
         /// The rate at and below which the trigger must not fire (H0).
         p0: f64,
-        /// The rate the test is tuned to detect (H1).
+        /// The alternative rate whose CUSUM crossed (H1).
         p1: f64,
-        /// The boundary crossed.
+        /// The boundary crossed (nats).
         boundary: f64,
-        /// The statistic when it crossed.
+        /// The statistic when it crossed (nats).
         statistic: f64,
         /// Bad events in the stretch that drove the statistic up.
         events: u64,
         /// Observations in that stretch.
         observations: u64,
-        /// Exact lower confidence bound on that stretch's rate.
+        /// Exact (Clopper–Pearson) lower confidence bound on that stretch's rate.
         lower_bound: f64,
         /// The confidence of `lower_bound`.
         confidence: f64,
-        /// Bad events and observations of the window that made it cross, if it came from one.
+        /// Bad events and observations of the batch that made it cross, if it came from one.
         window: Option<(u64, u64)>,
+        /// How many alternatives the detector watched at once (its bank of CUSUMs); `None`
+        /// for the single CUSUM of journals written before the bank.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        alternatives: Option<u32>,
+        /// Observations the trigger had watched in all when it fired.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        watched: Option<u64>,
     },
     /// A counting trigger (PCI, security alerts) reached its threshold.
     Count {
@@ -961,9 +1003,14 @@ impl Machine<'_> {
                 if matches!(self.s.status, Status::Pending) || self.s.status.is_terminal() {
                     return;
                 }
-                self.s.evidence.add_window(&w);
-                self.s.totals.add_window(&w);
+                let (now, interval) = (self.s.now, self.plan.analysis.interval);
+                self.s.evidence.add_window_at(&w, now, interval);
+                self.s.totals.add_window_at(&w, now, interval);
                 self.check_rate_triggers(&w);
+                if self.s.status.is_terminal() {
+                    return;
+                }
+                self.early_gate_check(false);
                 self.after_time_passed();
             }
             Input::Tick => self.after_time_passed(),
@@ -982,6 +1029,7 @@ impl Machine<'_> {
         self.s.started_at = Some(now);
         self.s.next_status_at = self.plan.notify.status_every.map(|e| now + e);
         self.s.next_summary_at = self.plan.notify.summary_every.map(|e| now + e);
+        self.s.totals.clustering.start(now);
         self.journal(EventKind::Started);
         self.enter_phase(0);
     }
@@ -994,7 +1042,9 @@ impl Machine<'_> {
         self.s.phase_started_at = self.s.now;
         self.s.phase_elapsed = 0;
         self.s.evidence = Evidence::new(self.plan.latency_thresholds_us().len());
+        self.s.evidence.clustering.start(self.s.now);
         self.s.verdicts.clear();
+        self.s.last_early_check = None;
         self.s.last_gate_check = None;
         self.s.extended_at = None;
         self.s.reason = None;
@@ -1097,15 +1147,16 @@ impl Machine<'_> {
         {
             return;
         }
-        let verdicts = judge_all(self.plan, &phase.criteria, &self.s.evidence);
-        let outcome = combine(&verdicts);
+        let verdicts = gate_verdicts(self.plan, self.s);
+        let outcome = gate_outcome(self.plan, self.s.phase, &verdicts);
         self.s.verdicts = verdicts.clone();
         self.s.last_gate_check = Some(self.s.now);
         let deadline_passed = self.s.phase_elapsed >= phase.duration + phase.max_extension;
+        // The verdicts a stop is blamed on: only those that counted.
         let with = |o: Outcome| -> Vec<Verdict> {
             verdicts
                 .iter()
-                .filter(|v| v.outcome == o)
+                .filter(|v| v.outcome == o && counts(self.plan, self.s.phase, v))
                 .cloned()
                 .collect()
         };
@@ -1267,7 +1318,7 @@ impl Machine<'_> {
             // the previous window (see the proxy's recorder): events never exceed trials.
             let (x, n) = match stream {
                 Stream::Errors => (c.errors, c.requests),
-                Stream::NonSuccess => (c.non_successes(), c.requests),
+                Stream::NonSuccess => (c.non_successes(), c.judged().1),
                 Stream::RateLimited => (c.rate_limited, c.requests),
                 Stream::AuthFailures => (c.auth_failures, c.requests),
                 Stream::Slow(idx) => (c.slow.get(idx).copied().unwrap_or(0), c.requests),
@@ -1281,34 +1332,45 @@ impl Machine<'_> {
         }
     }
 
-    /// Feeds `x` events in `n` observations to trigger `i`; fires it when its test alarms.
-    fn feed_trigger(&mut self, i: usize, x: u64, n: u64, window: Option<(u64, u64)>) {
+    /// Feeds `x` events in `n` observations to trigger `i`; fires it when its detector alarms.
+    fn feed_trigger(&mut self, i: usize, x: u64, n: u64, batch: Option<(u64, u64)>) {
         if n == 0 {
             return;
         }
+        let plan = self.plan;
         let state = &mut self.s.triggers[i];
-        let Some(cusum) = state.cusum.as_mut() else {
+        if state.fired {
+            return;
+        }
+        if state.detector.is_none() {
+            // A state from before the detector bank: its CUSUM gives way to a detector.
+            state.detector = detector_for(plan, &plan.triggers[i]);
+            state.cusum = None;
+        }
+        let Some(detector) = state.detector.as_mut() else {
             return;
         };
-        if state.fired || !cusum.observe(x, n) {
+        if !detector.observe(x, n) {
             return;
         }
         state.fired = true;
-        let cusum = cusum.clone();
-        let text = self.plan.triggers[i].text.clone();
-        let c = self.plan.analysis.confidence;
-        let evidence = TriggerEvidence::Sequential {
-            p0: cusum.p0,
-            p1: cusum.p1,
-            boundary: cusum.h,
-            statistic: cusum.stat,
-            events: cusum.events,
-            observations: cusum.since_reset,
-            lower_bound: stats::cp_lower(cusum.events, cusum.since_reset, c),
-            confidence: c,
-            window,
+        let Some(alarm) = detector.alarm().cloned() else {
+            return;
         };
-        self.fire(text, evidence);
+        let evidence = TriggerEvidence::Sequential {
+            p0: detector.p0,
+            p1: alarm.p1,
+            boundary: alarm.boundary,
+            statistic: alarm.statistic,
+            events: alarm.events,
+            observations: alarm.stretch,
+            lower_bound: alarm.rate_lower,
+            confidence: alarm.confidence,
+            window: batch,
+            alternatives: Some(detector.members.len() as u32),
+            watched: Some(alarm.observations),
+        };
+        self.fire(plan.triggers[i].text.clone(), evidence);
     }
 
     fn fire(&mut self, trigger: String, evidence: TriggerEvidence) {
@@ -1374,7 +1436,55 @@ impl Machine<'_> {
             }
         }
         if !self.s.status.is_terminal() {
+            self.early_gate_check(true);
+        }
+        if !self.s.status.is_terminal() {
             self.after_time_passed();
+        }
+    }
+
+    /// Before the phase's duration is up, a gate that is already proven violated acts at once
+    /// (its `on_failure`) instead of waiting for the phase to end: a signal is judged the moment
+    /// it arrives (`now`), rates at most once per analysis interval. Only failures act early;
+    /// a pass still waits for the phase's duration. Every bound is always-valid, so looking
+    /// early costs no confidence.
+    fn early_gate_check(&mut self, now: bool) {
+        if self.s.status != Status::Running {
+            return;
+        }
+        let phase = self.plan.phases[self.s.phase].clone();
+        if self.s.phase_elapsed >= phase.duration {
+            return; // check_phase_end judges from here on
+        }
+        if !now
+            && let Some(last) = self.s.last_early_check
+            && self.s.now < last + self.plan.analysis.interval
+        {
+            return;
+        }
+        self.s.last_early_check = Some(self.s.now);
+        let verdicts = gate_verdicts(self.plan, self.s);
+        if combine(&verdicts) != Outcome::Fail {
+            return;
+        }
+        self.s.verdicts = verdicts.clone();
+        self.s.last_gate_check = Some(self.s.now);
+        let failed: Vec<Verdict> = verdicts
+            .iter()
+            .filter(|v| v.outcome == Outcome::Fail)
+            .cloned()
+            .collect();
+        self.journal(EventKind::GateChecked {
+            outcome: Outcome::Fail,
+            verdicts,
+        });
+        let reason = StopReason::GateFailed {
+            phase: phase.name.clone(),
+            verdicts: failed,
+        };
+        match phase.on_failure {
+            StopAction::Rollback => self.rollback(reason),
+            StopAction::Hold => self.hold(reason),
         }
     }
 
@@ -1435,9 +1545,8 @@ impl Machine<'_> {
                     Status::Running | Status::Holding => {}
                     _ => return self.reject(&cmd, not_while("promote")),
                 }
-                let phase = &self.plan.phases[self.s.phase];
-                let verdicts = judge_all(self.plan, &phase.criteria, &self.s.evidence);
-                let outcome = combine(&verdicts);
+                let verdicts = gate_verdicts(self.plan, self.s);
+                let outcome = gate_outcome(self.plan, self.s.phase, &verdicts);
                 if outcome == Outcome::Pass {
                     self.s.verdicts = verdicts.clone();
                     self.s.last_gate_check = Some(self.s.now);
@@ -1472,12 +1581,45 @@ impl Machine<'_> {
 
 /// Judges the current phase's gates now, without changing anything (for status displays).
 pub fn current_verdicts(plan: &Plan, state: &State) -> Vec<Verdict> {
-    match plan.phases.get(state.phase) {
-        Some(p) if !matches!(state.status, Status::Pending) => {
-            judge_all(plan, &p.criteria, &state.evidence)
-        }
-        _ => Vec::new(),
+    if state.status == Status::Pending || state.phase >= plan.phases.len() {
+        return Vec::new();
     }
+    gate_verdicts(plan, state)
+}
+
+/// The verdicts a phase's gate is decided on: the phase's criteria on the phase's evidence,
+/// then the rollout's criteria (`[rollout] success`) on the whole rollout's.
+pub fn gate_verdicts(plan: &Plan, state: &State) -> Vec<Verdict> {
+    let phase = &plan.phases[state.phase];
+    let mut verdicts = judge_all(plan, &phase.criteria, &state.evidence);
+    verdicts.extend(
+        judge_all(plan, &plan.rollout_criteria, &state.totals)
+            .into_iter()
+            .map(|mut v| {
+                v.scope = Scope::Rollout;
+                v
+            }),
+    );
+    verdicts
+}
+
+/// The gate's outcome from [`gate_verdicts`]: any failure fails it; the rollout's criteria are
+/// required to pass only at the last phase (before it, an unproven rollout criterion does not
+/// hold a phase up: the rest of the rollout still adds evidence).
+pub fn gate_outcome(plan: &Plan, phase: usize, verdicts: &[Verdict]) -> Outcome {
+    let counted: Vec<Verdict> = verdicts
+        .iter()
+        .filter(|v| counts(plan, phase, v))
+        .cloned()
+        .collect();
+    combine(&counted)
+}
+
+/// Whether a verdict counts toward phase `phase`'s outcome: every phase criterion; a rollout
+/// criterion when it fails, or at the last phase (before that, its pass or inconclusive
+/// decides nothing yet).
+pub fn counts(plan: &Plan, phase: usize, v: &Verdict) -> bool {
+    phase + 1 >= plan.phases.len() || v.scope == Scope::Phase || v.outcome == Outcome::Fail
 }
 
 /// True when a trigger of this kind is checked continuously by a sequential test.

@@ -306,7 +306,7 @@ fn a_realistic_run_round_trips_through_a_reopened_file() {
     assert_eq!(run.state.status, Status::Running);
     assert_eq!(run.state.history.len(), 1);
     assert!(!run.state.history[0].verdicts.is_empty());
-    assert!(run.state.triggers.iter().any(|t| t.cusum.is_some()));
+    assert!(run.state.triggers.iter().any(|t| t.detector.is_some()));
     assert!(run.state.totals.canary.users.estimate() > 1_000);
     assert!(
         journal

@@ -435,6 +435,24 @@ pub struct Verdict {
     /// What was measured, with the numbers only this kind of verdict has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<VerdictDetail>,
+    /// `rollout` for a criterion judged on the whole rollout's evidence (`[rollout] success`);
+    /// absent for a phase's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Present when the canary's failures clustered in time and the bounds were widened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clustered: Option<Clustered>,
+}
+
+/// The clustering correction applied to a rate verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Clustered {
+    /// The spread of the total over the binomial one: counts were divided by it.
+    pub phi: f64,
+    /// Analysis intervals per block at the time scale that showed it.
+    pub windows: u32,
+    /// The over-dispersion test's p-value.
+    pub p_value: f64,
 }
 
 impl From<&ev::Verdict> for Verdict {
@@ -452,6 +470,12 @@ impl From<&ev::Verdict> for Verdict {
             explanation: report::explain(v),
             confidence: Some(v.confidence),
             detail: VerdictDetail::of(&v.detail),
+            scope: (!v.scope.is_phase()).then(|| "rollout".to_string()),
+            clustered: v.clustered.map(|c| Clustered {
+                phi: c.phi,
+                windows: c.windows,
+                p_value: c.p_value,
+            }),
         }
     }
 }
@@ -698,6 +722,13 @@ pub enum TriggerEvidence {
         confidence: f64,
         /// Bad events and observations of the batch that made it cross.
         window: Option<(u64, u64)>,
+        /// How many alternatives the detector watched at once (absent for journals written
+        /// before the detector bank: one CUSUM).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        alternatives: Option<u32>,
+        /// Observations the trigger had watched in all when it fired.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        watched: Option<u64>,
     },
     /// A counting trigger reached its threshold.
     Count {
@@ -725,6 +756,8 @@ impl TriggerEvidence {
                 lower_bound,
                 confidence,
                 window,
+                alternatives,
+                watched,
             } => TriggerEvidence::Sequential {
                 p0: *p0,
                 p1: *p1,
@@ -735,6 +768,8 @@ impl TriggerEvidence {
                 lower_bound: *lower_bound,
                 confidence: *confidence,
                 window: *window,
+                alternatives: *alternatives,
+                watched: *watched,
             },
             ro::TriggerEvidence::Count {
                 count,

@@ -1,10 +1,12 @@
 //! `ramp plan check`: the plan as a readable table, and with `--rps` how much traffic and time
-//! each gate needs before it could pass.
+//! each gate needs before it could pass, the chance that it passes by its deadline, and how
+//! fast each trigger catches a canary above its threshold: all from the formulas the core
+//! decides with (always-valid bounds, the calibrated detector bank).
 
-use ramp_core::evidence::stats;
+use ramp_core::evidence::{confseq, stats};
 use ramp_core::plan::{Criterion, Metric, MetricKind, Op, Plan, Test};
 use ramp_core::report::{count, ms, pct};
-use ramp_core::rollout::trigger_stream;
+use ramp_core::rollout::{Stream, detector_for, trigger_stream};
 use ramp_core::time::{Human, Millis};
 use std::fmt::Write;
 
@@ -31,13 +33,13 @@ pub(crate) fn need(plan: &Plan, c: &Criterion) -> Option<Need> {
             };
             let (best, typical) = if upper {
                 (
-                    stats::min_n_upper_below(0.0, t, conf),
-                    stats::min_n_upper_below(t / 2.0, t, conf),
+                    confseq::min_n_upper_below(0.0, t, conf),
+                    confseq::min_n_upper_below(t / 2.0, t, conf),
                 )
             } else {
                 (
-                    stats::min_n_lower_above(1.0, t, conf),
-                    stats::min_n_lower_above((1.0 + t) / 2.0, t, conf),
+                    confseq::min_n_lower_above(1.0, t, conf),
+                    confseq::min_n_lower_above((1.0 + t) / 2.0, t, conf),
                 )
             };
             Some(Need {
@@ -50,8 +52,8 @@ pub(crate) fn need(plan: &Plan, c: &Criterion) -> Option<Need> {
             // Both variants perfect: the canary's upper bound (at the Bonferroni-split
             // confidence) must drop to the margin.
             let split = 1.0 - (1.0 - conf) / 2.0;
-            let best = stats::min_n_upper_below(0.0, *margin, split);
-            let typical = stats::min_n_upper_below(margin / 2.0, *margin, split);
+            let best = confseq::min_n_upper_below(0.0, *margin, split);
+            let typical = confseq::min_n_upper_below(margin / 2.0, *margin, split);
             Some(Need {
                 best,
                 typical,
@@ -67,18 +69,57 @@ pub(crate) fn need(plan: &Plan, c: &Criterion) -> Option<Need> {
             };
             let split = 1.0 - (1.0 - conf) / 2.0;
             Some(Need {
-                best: stats::min_n_upper_below(0.0, 1.0 - f64::from(q) / 1000.0, split),
+                best: confseq::min_n_upper_below(0.0, 1.0 - f64::from(q) / 1000.0, split),
                 typical: None,
                 unit: "canary requests",
             })
         }
         (Test::Compare { op, threshold, .. }, MetricKind::Users) => Some(Need {
-            best: Some(*threshold as u64 + u64::from(*op == Op::Gt)),
+            best: Some(
+                ((*threshold + f64::from(u8::from(*op == Op::Gt)))
+                    / (1.0 - ramp_core::evidence::gate::USERS_RELATIVE_ERROR))
+                    .ceil() as u64,
+            ),
             typical: None,
             unit: "users",
         }),
         _ => None,
     }
+}
+
+/// Above this many events the exact first-passage computation of
+/// [`confseq::pass_probability`] (cubic in the events) is replaced by the chance of passing at
+/// the deadline alone, a lower bound.
+const EXACT_PASS_EVENTS: u64 = 400;
+
+/// The chance that a gate "bad share below `t`" passes within `n` samples when the true share
+/// is `rate`, and whether it is exact (else a lower bound: passing at the deadline itself).
+pub(crate) fn pass_chance(rate: f64, t: f64, conf: f64, n: u64) -> Option<(f64, bool)> {
+    let k = confseq::max_events_to_pass(n, t, conf)?;
+    if k <= EXACT_PASS_EVENTS {
+        Some((confseq::pass_probability(rate, t, conf, n), true))
+    } else {
+        Some((stats::binom_cdf(k, n, rate), false))
+    }
+}
+
+/// For a rate or latency gate: its bad-event share limit, and the bad share halfway to it
+/// (the "typical" truth `plan check` states chances at).
+fn bad_share(c: &Criterion) -> Option<(f64, f64)> {
+    let Test::Compare { op, threshold, .. } = &c.test else {
+        return None;
+    };
+    let t = match c.metric {
+        Metric::Latency(q) => 1.0 - f64::from(q) / 1000.0,
+        Metric::ErrorRate | Metric::RateLimitRate | Metric::AuthFailureRate
+            if op.is_upper_limit() =>
+        {
+            *threshold
+        }
+        Metric::SuccessRate | Metric::Satisfaction if !op.is_upper_limit() => 1.0 - threshold,
+        _ => return None,
+    };
+    Some((t, t / 2.0))
 }
 
 fn time_for(samples: u64, per_second: f64) -> Millis {
@@ -130,7 +171,7 @@ pub(crate) fn render(plan: &Plan, rps: Option<f64>) -> (String, Vec<String>) {
     );
     let _ = writeln!(
         out,
-        "analysis: one-sided {:.0}% exact bounds; windows every {}; not-worse-than-stable margin {}",
+        "analysis: one-sided {:.0}% always-valid bounds (they hold at every look); windows every {}; not-worse-than-stable margin {}",
         conf * 100.0,
         Human(plan.analysis.interval),
         pct(plan.analysis.stable_margin)
@@ -192,25 +233,38 @@ pub(crate) fn render(plan: &Plan, rps: Option<f64>) -> (String, Vec<String>) {
     } else {
         let _ = writeln!(
             out,
-            "rollback triggers (checked every {} in every phase, and at once on signals):",
-            Human(plan.analysis.interval)
+            "rollback triggers (checked as the evidence arrives, every 100 ms in `ramp serve`, and at once on signals):"
         );
         for t in &plan.triggers {
-            let how = match trigger_stream(plan, t) {
-                Some((_, p0)) => {
-                    let c = stats::Cusum::new(p0, 1.0 - conf, plan.analysis.trigger_horizon);
+            let how = match detector_for(plan, t) {
+                Some(d) => {
+                    let (lo, hi) = (
+                        d.members.first().map_or(0.0, |m| m.p1),
+                        d.members.last().map_or(0.0, |m| m.p1),
+                    );
                     format!(
-                        "sequential test: H0 {} vs H1 {}, boundary {:.1}; false alarm <= {:.0}% over {} canary observations",
-                        pct(c.p0),
-                        pct(c.p1),
-                        c.h,
+                        "sequential: {} CUSUMs for rates {}–{} above {}; false alarm ≤ {:.1}% over {} canary observations, ≤ {:.0}% ever",
+                        d.members.len(),
+                        pct(lo),
+                        pct(hi),
+                        pct(d.p0),
+                        d.false_alarm_bound(d.horizon) * 100.0,
+                        count(d.horizon),
                         (1.0 - conf) * 100.0,
-                        count(plan.analysis.trigger_horizon)
                     )
                 }
                 None => "exact count since the rollout started".into(),
             };
             let _ = writeln!(out, "  {:<34} {how}", t.text);
+        }
+    }
+    if !plan.rollout_criteria.is_empty() {
+        let _ = writeln!(
+            out,
+            "over the whole rollout (judged on every phase's evidence; a failure acts at once, a pass is required to complete):"
+        );
+        for c in &plan.rollout_criteria {
+            let _ = writeln!(out, "  {}", c.text);
         }
     }
     let n = &plan.notify;
@@ -288,6 +342,28 @@ pub(crate) fn render(plan: &Plan, rps: Option<f64>) -> (String, Vec<String>) {
                     (None, _) => String::new(),
                 };
                 let _ = writeln!(out, "    {:<34} {best}{typical}", c.text);
+                // The chance of passing by the deadline (duration and extension) at a stated
+                // truth: halfway to the threshold.
+                let chance = match (bad_share(c), rate) {
+                    (Some((t, half)), Some(r)) => {
+                        let deadline =
+                            ((r * (p.duration + p.max_extension) as f64) / 1000.0) as u64;
+                        let text = match pass_chance(half, t, conf, deadline) {
+                            Some((pr, _)) if pr >= 0.9995 => "> 99.9%".to_string(),
+                            Some((pr, true)) => format!("{:.1}%", pr * 100.0),
+                            Some((pr, false)) => format!("≥ {:.1}%", pr * 100.0),
+                            None => "0% (it cannot pass in that many)".into(),
+                        };
+                        let _ = writeln!(
+                            out,
+                            "    {:<34} chance to pass by its deadline ({} canary requests): {text} if the truth is halfway to the threshold",
+                            "",
+                            count(deadline),
+                        );
+                        format!("; its chance to pass by then is {text}")
+                    }
+                    _ => String::new(),
+                };
                 if let (Some(b), Some(r)) = (need.best, rate) {
                     let t = time_for(b, r);
                     if t > p.duration + p.max_extension {
@@ -299,7 +375,7 @@ pub(crate) fn render(plan: &Plan, rps: Option<f64>) -> (String, Vec<String>) {
                         let tt = time_for(ty, r);
                         if tt > p.duration + p.max_extension {
                             warnings.push(format!(
-                                "phase {}: `{}` needs {} to pass if the true value is halfway to its threshold, longer than the phase and its extension ({}); expect a hold",
+                                "phase {}: `{}` needs {} to pass if the true value is halfway to its threshold, longer than the phase and its extension ({}){chance}",
                                 p.name, c.text, human_time(tt), Human(p.duration + p.max_extension)
                             ));
                         }
@@ -316,31 +392,59 @@ pub(crate) fn render(plan: &Plan, rps: Option<f64>) -> (String, Vec<String>) {
                 }
             }
         }
+        let planned = plan.planned_canary_requests(rps);
+        let first = plan
+            .phases
+            .first()
+            .map(|p| rps * p.share.percent() / 100.0)
+            .unwrap_or(rps);
         let _ = writeln!(
             out,
-            "  rollback triggers (expected detection time when the canary is at 3× the trigger's rate):"
+            "  rollback triggers (expected canary observations to detect, and time at phase {}'s ≈{:.2} canary requests/s; false alarms over the planned {} canary requests):",
+            plan.phases.first().map(|p| p.name.as_str()).unwrap_or(""),
+            first,
+            count(planned)
         );
         for t in &plan.triggers {
-            let Some((_, p0)) = trigger_stream(plan, t) else {
+            let Some(d) = detector_for(plan, t) else {
                 continue;
             };
-            let c = stats::Cusum::new(p0, 1.0 - conf, plan.analysis.trigger_horizon);
-            let q = (3.0 * p0).min(0.99);
-            let drift = q * (c.p1 / c.p0).ln() + (1.0 - q) * ((1.0 - c.p1) / (1.0 - c.p0)).ln();
-            let obs = (c.h / drift).ceil() as u64;
-            let first = plan
-                .phases
-                .first()
-                .map(|p| rps * p.share.percent() / 100.0)
-                .unwrap_or(rps);
+            let per_sec = match trigger_stream(plan, t) {
+                Some((Stream::NegativeFeedback, _)) => None,
+                _ => Some(first),
+            };
+            let delays: Vec<String> = [1.5, 2.0, 5.0, 10.0]
+                .iter()
+                .filter(|&&m| d.p0 * m < 1.0)
+                .map(|&m| {
+                    let obs = d.expected_delay(d.p0 * m);
+                    let when = match per_sec {
+                        _ if !obs.is_finite() => String::new(),
+                        Some(r) => format!(" {}", human_time(time_for(obs.ceil() as u64, r))),
+                        None => String::new(),
+                    };
+                    let obs = if obs.is_finite() {
+                        count(obs.ceil() as u64)
+                    } else {
+                        "never".into()
+                    };
+                    format!("{m}× {obs}{when}")
+                })
+                .collect();
             let _ = writeln!(
                 out,
-                "    {:<34} ≈ {} canary observations ({} in phase {})",
+                "    {:<34} {}; false alarm ≤ {:.2}% over the planned traffic",
                 t.text,
-                count(obs),
-                human_time(time_for(obs, first)),
-                plan.phases.first().map(|p| p.name.as_str()).unwrap_or("")
+                delays.join(", "),
+                d.false_alarm_bound(planned.max(1)) * 100.0
             );
+        }
+        if plan.analysis.expected_rps.is_none() && planned > plan.analysis.trigger_horizon {
+            warnings.push(format!(
+                "the triggers are calibrated to {} canary observations but the plan can send {} at {rps} requests/s: set `analysis.expected_rps = {rps}` so the budget is spent over the traffic the plan will see (beyond its horizon a detector stays calibrated, with higher boundaries)",
+                count(plan.analysis.trigger_horizon),
+                count(planned)
+            ));
         }
     }
     (out, warnings)

@@ -2,8 +2,9 @@
 //! numbers behind it (observed value, confidence bound, sample size, threshold) and, when the
 //! evidence is not yet enough, how much more it needs.
 
-use super::stats;
-use super::window::{Evidence, ratio};
+use super::confseq;
+use super::dispersion::{Side, effective};
+use super::window::{Evidence, RateStream, ratio};
 use crate::plan::{Criterion, Metric, MetricKind, Op, Plan, Test};
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +69,42 @@ pub struct Verdict {
     pub confidence: f64,
     /// What kind of measurement this was, with the numbers only it has.
     pub detail: Detail,
+    /// Whether it judged the phase's evidence or the whole rollout's.
+    #[serde(default, skip_serializing_if = "Scope::is_phase")]
+    pub scope: Scope,
+    /// When the canary's failures were found to cluster in time: how much the counts were
+    /// deflated by (the bounds then treat `n/φ` requests as independent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clustered: Option<Clustered>,
+}
+
+/// Which evidence a criterion is judged on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// The current phase's (a phase's `success`).
+    #[default]
+    Phase,
+    /// Every phase's together (`[rollout] success`).
+    Rollout,
+}
+
+impl Scope {
+    /// True for [`Scope::Phase`].
+    pub fn is_phase(&self) -> bool {
+        *self == Scope::Phase
+    }
+}
+
+/// The clustering correction applied to a rate verdict ([`super::dispersion`]).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Clustered {
+    /// The factor: the spread of the total over the binomial one (an upper confidence limit).
+    pub phi: f64,
+    /// Analysis intervals per block at the time scale that showed it.
+    pub windows: u32,
+    /// The over-dispersion test's p-value at that scale.
+    pub p_value: f64,
 }
 
 /// What a verdict measured, beyond the common fields of [`Verdict`].
@@ -176,75 +213,74 @@ pub enum LatencyCase {
     Compared,
 }
 
-/// Judges a rate `x / n` against `op threshold` with one-sided exact bounds.
-/// Returns (outcome, bound, side, needed).
-fn judge_rate(x: u64, n: u64, op: Op, t: f64, c: f64) -> (Outcome, f64, BoundSide, Option<u64>) {
+/// Judges a rate `x / n` against `op threshold` with always-valid bounds ([`confseq`]): the
+/// verdict keeps its confidence however often it is looked at. `phi` is the clustering factor
+/// of [`super::dispersion`] (1 for independent requests): the counts become `(x/φ, n/φ)`,
+/// rounded to widen each bound. Returns (outcome, bound, side, needed).
+fn judge_rate(
+    x: u64,
+    n: u64,
+    op: Op,
+    t: f64,
+    c: f64,
+    phi: f64,
+) -> (Outcome, f64, BoundSide, Option<u64>) {
     let x = x.min(n);
-    let p_hat = if n == 0 {
-        None
-    } else {
-        Some(x as f64 / n as f64)
-    };
+    // Counts for an upper bound (x up, n down) and for a lower one (x down, n up).
+    let (xu, nu) = effective(x, n, phi, Side::Upper);
+    let (xl, nl) = effective(x, n, phi, Side::Lower);
+    let p_hat = (n > 0).then(|| x as f64 / n as f64);
+    // Samples still needed, in real requests: the effective sample size times φ.
+    let more =
+        |m: Option<u64>| m.map(|m| ((m as f64 * phi).ceil() as u64).saturating_sub(n).max(1));
     match op {
         Op::Lt | Op::Le => {
-            let pass = if op == Op::Lt {
-                stats::upper_below(x, n, t, c)
-            } else {
-                stats::upper_at_most(x, n, t, c)
-            };
-            let fail = n > 0
-                && if op == Op::Lt {
-                    stats::lower_at_least(x, n, t, c)
-                } else {
-                    stats::lower_above(x, n, t, c)
-                };
-            if fail {
-                return (
-                    Outcome::Fail,
-                    stats::cp_lower(x, n, c),
-                    BoundSide::Lower,
-                    None,
-                );
+            if nl > 0 && confseq::lower_above(xl, nl, t, c) {
+                let bound = confseq::lower_bound(xl, nl, c);
+                return (Outcome::Fail, bound, BoundSide::Lower, None);
             }
-            let upper = stats::cp_upper(x, n, c);
-            if pass {
+            let upper = confseq::upper_bound(xu, nu, c);
+            if confseq::upper_below(xu, nu, t, c) {
                 return (Outcome::Pass, upper, BoundSide::Upper, None);
             }
-            let needed = stats::min_n_upper_below(p_hat.unwrap_or(0.0), t, c)
-                .map(|m| m.saturating_sub(n).max(1));
+            let needed = more(confseq::min_n_upper_below(p_hat.unwrap_or(0.0), t, c));
             (Outcome::Inconclusive, upper, BoundSide::Upper, needed)
         }
         Op::Gt | Op::Ge | Op::Eq => {
-            let pass = n > 0
-                && if op == Op::Gt {
-                    stats::lower_above(x, n, t, c)
-                } else {
-                    stats::lower_at_least(x, n, t, c)
-                };
-            let fail = n > 0
-                && if op == Op::Gt {
-                    stats::upper_at_most(x, n, t, c)
-                } else {
-                    stats::upper_below(x, n, t, c)
-                };
-            if fail {
-                return (
-                    Outcome::Fail,
-                    stats::cp_upper(x, n, c),
-                    BoundSide::Upper,
-                    None,
-                );
+            if nu > 0 && confseq::upper_below(xu, nu, t, c) {
+                let bound = confseq::upper_bound(xu, nu, c);
+                return (Outcome::Fail, bound, BoundSide::Upper, None);
             }
-            let lower = stats::cp_lower(x, n, c);
-            if pass {
+            let lower = confseq::lower_bound(xl, nl, c);
+            if nl > 0 && confseq::lower_above(xl, nl, t, c) {
                 return (Outcome::Pass, lower, BoundSide::Lower, None);
             }
-            let needed = stats::min_n_lower_above(p_hat.unwrap_or(1.0), t, c)
-                .map(|m| m.saturating_sub(n).max(1));
+            let needed = more(confseq::min_n_lower_above(p_hat.unwrap_or(1.0), t, c));
             (Outcome::Inconclusive, lower, BoundSide::Lower, needed)
         }
     }
 }
+
+/// The clustering factor to apply to a stream, and what to report about it.
+fn clustering(ev: &Evidence, stream: RateStream) -> (f64, Option<Clustered>) {
+    let a = ev.clustering.assess(stream);
+    match (a.scale, a.p_value) {
+        (Some(windows), Some(p_value)) if a.phi > 1.0 => (
+            a.phi,
+            Some(Clustered {
+                phi: a.phi,
+                windows,
+                p_value,
+            }),
+        ),
+        _ => (1.0, None),
+    }
+}
+
+/// Relative half-width of the users bound: three standard errors of a 4,096-register
+/// HyperLogLog (1.04/√4096 each). Conservative for small counts, where the sketch counts
+/// linearly and is far more exact.
+pub const USERS_RELATIVE_ERROR: f64 = 3.0 * 1.04 / 64.0;
 
 /// Judges one success criterion against the phase's evidence.
 pub fn judge(plan: &Plan, criterion: &Criterion, ev: &Evidence) -> Verdict {
@@ -263,7 +299,12 @@ pub fn judge(plan: &Plan, criterion: &Criterion, ev: &Evidence) -> Verdict {
                     (x, n, Unit::Requests)
                 }
             };
-            let (outcome, bound, side, needed) = judge_rate(x, n, *op, *threshold, c);
+            // The success rate clusters as its failures do.
+            let (phi, clustered) = match RateStream::of(criterion.metric) {
+                Some(stream) => clustering(ev, stream),
+                None => (1.0, None),
+            };
+            let (outcome, bound, side, needed) = judge_rate(x, n, *op, *threshold, c, phi);
             Verdict {
                 criterion: text,
                 outcome,
@@ -276,6 +317,8 @@ pub fn judge(plan: &Plan, criterion: &Criterion, ev: &Evidence) -> Verdict {
                 needed,
                 confidence: c,
                 detail: Detail::Rate { unit },
+                scope: Scope::Phase,
+                clustered,
             }
         }
         (Test::Compare { op, .. }, MetricKind::Latency) => {
@@ -283,13 +326,37 @@ pub fn judge(plan: &Plan, criterion: &Criterion, ev: &Evidence) -> Verdict {
                 unreachable!()
             };
             let t_us = criterion.latency_threshold_us().expect("latency threshold");
-            let idx = plan.threshold_index(t_us);
-            let x = idx
-                .and_then(|i| ev.canary.slow.get(i).copied())
-                .unwrap_or(0);
-            let n = ev.canary.requests;
             let share_limit = 1.0 - q as f64 / 1000.0;
-            let (outcome, bound, side, needed) = judge_rate(x, n, *op, share_limit, c);
+            let Some((idx, x)) = plan
+                .threshold_index(t_us)
+                .and_then(|i| Some((i, *ev.canary.slow.get(i)?)))
+            else {
+                // Evidence recorded without this threshold's counter: a missing count is not
+                // zero slow requests, it is nothing known.
+                return Verdict {
+                    criterion: text,
+                    outcome: Outcome::Inconclusive,
+                    observed: None,
+                    bound: None,
+                    bound_side: None,
+                    events: 0,
+                    n: 0,
+                    threshold: share_limit,
+                    needed: None,
+                    confidence: c,
+                    detail: Detail::Text {
+                        text: format!(
+                            "no count of requests slower than {} ms in this evidence (recorded without that threshold): cannot be judged",
+                            t_us as f64 / 1000.0
+                        ),
+                    },
+                    scope: Scope::Phase,
+                    clustered: None,
+                };
+            };
+            let n = ev.canary.requests;
+            let (phi, clustered) = clustering(ev, RateStream::Slow(idx));
+            let (outcome, bound, side, needed) = judge_rate(x, n, *op, share_limit, c, phi);
             Verdict {
                 criterion: text,
                 outcome,
@@ -306,6 +373,8 @@ pub fn judge(plan: &Plan, criterion: &Criterion, ev: &Evidence) -> Verdict {
                     threshold_ms: t_us as f64 / 1000.0,
                     estimate_ms: ev.canary.quantile_ms(q as f64 / 1000.0),
                 },
+                scope: Scope::Phase,
+                clustered,
             }
         }
         (Test::Compare { op, threshold, .. }, MetricKind::Count) => {
@@ -324,30 +393,52 @@ pub fn judge(plan: &Plan, criterion: &Criterion, ev: &Evidence) -> Verdict {
                 needed: None,
                 confidence: c,
                 detail: Detail::Count { op: *op },
+                scope: Scope::Phase,
+                clustered: None,
             }
         }
         (Test::Compare { op, threshold, .. }, MetricKind::Users) => {
+            // The sketch's estimate with an honest margin: a gate "at least N users" passes
+            // on the lower end, "at most N" on the upper.
             let users = ev.canary.users.estimate();
-            let holds = op.holds(users as f64, *threshold);
-            let needed = (!holds)
-                .then(|| (*threshold as u64 + u64::from(*op == Op::Gt)).saturating_sub(users));
-            let outcome = if holds {
-                Outcome::Pass
-            } else {
-                Outcome::Inconclusive
+            let lower = (users as f64 * (1.0 - USERS_RELATIVE_ERROR)).floor();
+            let upper = (users as f64 * (1.0 + USERS_RELATIVE_ERROR)).ceil();
+            let (outcome, bound, side) = match op {
+                Op::Gt | Op::Ge | Op::Eq if op.holds(lower, *threshold) => {
+                    (Outcome::Pass, lower, BoundSide::Lower)
+                }
+                Op::Gt | Op::Ge | Op::Eq => (Outcome::Inconclusive, lower, BoundSide::Lower),
+                Op::Lt | Op::Le if op.holds(upper, *threshold) => {
+                    (Outcome::Pass, upper, BoundSide::Upper)
+                }
+                Op::Lt | Op::Le if !op.holds(lower, *threshold) => {
+                    (Outcome::Fail, lower, BoundSide::Lower)
+                }
+                Op::Lt | Op::Le => (Outcome::Inconclusive, upper, BoundSide::Upper),
             };
+            // Users still needed before the lower end reaches the threshold (more users only
+            // ever help an "at least" gate).
+            let needed =
+                (outcome == Outcome::Inconclusive && side == BoundSide::Lower).then(|| {
+                    let target = *threshold + f64::from(u8::from(*op == Op::Gt));
+                    ((target / (1.0 - USERS_RELATIVE_ERROR)).ceil() as u64)
+                        .saturating_sub(users)
+                        .max(1)
+                });
             Verdict {
                 criterion: text,
                 outcome,
                 observed: Some(users as f64),
-                bound: None,
-                bound_side: None,
+                bound: Some(bound),
+                bound_side: Some(side),
                 events: users,
                 n: users,
                 threshold: *threshold,
                 needed,
                 confidence: c,
                 detail: Detail::Users { op: *op },
+                scope: Scope::Phase,
+                clustered: None,
             }
         }
         (Test::NotWorseThanStable { margin }, _) => not_worse(plan, criterion, ev, *margin),
@@ -410,7 +501,8 @@ fn latency_not_worse(
     let lower_s = if ns == 0 {
         0
     } else {
-        let proven = ss[..ss.len() - 1].partition_point(|&x| stats::cp_lower(x, ns, split) > tail);
+        let proven =
+            ss[..ss.len() - 1].partition_point(|&x| confseq::lower_above(x, ns, tail, split));
         proven.checked_sub(1).map_or(0, bucket_lower)
     };
     // Upper bound on stable's quantile: the first edge whose share is proven at most the tail;
@@ -418,21 +510,23 @@ fn latency_not_worse(
     let upper_s = if ns == 0 {
         None
     } else {
-        let first = ss[..ss.len() - 1].partition_point(|&x| stats::cp_upper(x, ns, split) > tail);
+        let first =
+            ss[..ss.len() - 1].partition_point(|&x| !confseq::upper_below(x, ns, tail, split));
         (first < ss.len() - 1).then(|| bucket_lower(first).saturating_sub(1))
     };
     // Pass: canary's share at or above the edge just past the allowed value, proven ≤ tail.
     let pass_limit = allowed(lower_s);
     let pass_edge = bucket_index(pass_limit.floor() as u64 + 1);
-    let (x_pass, pass_bound) = (sc[pass_edge], stats::cp_upper(sc[pass_edge], nc, split));
-    let passes = ns > 0 && nc > 0 && pass_bound <= tail && lower_s > 0;
+    let x_pass = sc[pass_edge];
+    let pass_bound = confseq::upper_bound(x_pass, nc, split);
+    let passes = ns > 0 && nc > 0 && lower_s > 0 && confseq::upper_below(x_pass, nc, tail, split);
     // Fail: canary's share strictly above the allowed value, proven > tail.
     let fail = upper_s.filter(|_| nc > 0).and_then(|u| {
         let limit = allowed(u);
         let edge = bucket_index(limit.floor() as u64) + 1;
         let x = *sc.get(edge)?;
-        let bound = stats::cp_lower(x, nc, split);
-        (bound > tail).then_some((limit, x, bound))
+        confseq::lower_above(x, nc, tail, split)
+            .then(|| (limit, x, confseq::lower_bound(x, nc, split)))
     });
     let outcome = if passes {
         Outcome::Pass
@@ -443,7 +537,7 @@ fn latency_not_worse(
     };
     let share = ratio(x_pass, nc);
     let needed = if outcome == Outcome::Inconclusive && nc > 0 && ns > 0 && lower_s > 0 {
-        stats::min_n_upper_below(share, tail, split).map(|n| n.saturating_sub(nc))
+        confseq::min_n_upper_below(share, tail, split).map(|n| n.saturating_sub(nc))
     } else {
         None
     };
@@ -483,6 +577,8 @@ fn latency_not_worse(
             absolute_ms,
             case,
         },
+        scope: Scope::Phase,
+        clustered: None,
     }
 }
 
@@ -504,7 +600,7 @@ fn not_worse(plan: &Plan, criterion: &Criterion, ev: &Evidence, margin: f64) -> 
     let (lo, hi) = if nc == 0 || ns == 0 {
         (-1.0, 1.0)
     } else {
-        stats::diff_bounds(xc, nc, xs, ns, c)
+        diff_bounds(xc, nc, xs, ns, c)
     };
     let outcome = if nc > 0 && ns > 0 && hi <= margin {
         Outcome::Pass
@@ -547,7 +643,19 @@ fn not_worse(plan: &Plan, criterion: &Criterion, ev: &Evidence, margin: f64) -> 
             stable_n: ns,
             upper: hi,
         },
+        scope: Scope::Phase,
+        clustered: None,
     }
+}
+
+/// Always-valid bounds for `p_canary - p_stable` at overall confidence `c`: each variant's
+/// [`confseq`] bound at `1 - (1 - c)/2` (Bonferroni), so both hold together, at every look,
+/// with probability at least `c`. Returns `(lower, upper)`.
+pub fn diff_bounds(xc: u64, nc: u64, xs: u64, ns: u64, c: f64) -> (f64, f64) {
+    let split = 1.0 - (1.0 - c) / 2.0;
+    let upper = confseq::upper_bound(xc, nc, split) - confseq::lower_bound(xs, ns, split);
+    let lower = confseq::lower_bound(xc, nc, split) - confseq::upper_bound(xs, ns, split);
+    (lower, upper)
 }
 
 /// More canary requests needed (traffic split unchanged, rates unchanged) before the
@@ -566,7 +674,7 @@ fn needed_for_difference(xc: u64, nc: u64, xs: u64, ns: u64, margin: f64, c: f64
         let ns2 = (ns as f64 * k).round() as u64;
         let xc2 = (pc * nc2 as f64).floor() as u64;
         let xs2 = (ps * ns2 as f64).ceil() as u64;
-        stats::diff_bounds(xc2, nc2, xs2.min(ns2), ns2, c).1 <= margin
+        diff_bounds(xc2, nc2, xs2.min(ns2), ns2, c).1 <= margin
     };
     let mut hi = 2.0;
     while !ok(hi) {
@@ -576,7 +684,8 @@ fn needed_for_difference(xc: u64, nc: u64, xs: u64, ns: u64, margin: f64, c: f64
         }
     }
     let mut lo = 1.0;
-    for _ in 0..40 {
+    // To within 0.1% of the answer: an estimate, not a bound.
+    for _ in 0..12 {
         let mid = (lo + hi) / 2.0;
         if ok(mid) {
             hi = mid;

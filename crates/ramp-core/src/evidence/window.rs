@@ -3,9 +3,11 @@
 //! several intervals add up to the same evidence.
 
 use super::class::Class;
+use super::dispersion::{Assessment, DEFAULT_LEVEL, Dispersion};
 use super::hll::UserSketch;
 use super::sketch::LatencyHistogram;
 use crate::plan::{Metric, POSITIVE_FEEDBACK, Severity};
+use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 
 /// Outcomes of one variant's requests over some span of time.
@@ -106,7 +108,7 @@ impl VariantStats {
     pub fn rate_counts(&self, metric: Metric) -> Option<(u64, u64)> {
         let x = match metric {
             Metric::ErrorRate => self.errors,
-            Metric::SuccessRate => self.successes,
+            Metric::SuccessRate => return Some(self.judged()),
             Metric::RateLimitRate => self.rate_limited,
             Metric::AuthFailureRate => self.auth_failures,
             _ => return None,
@@ -114,9 +116,26 @@ impl VariantStats {
         Some((x.min(self.requests), self.requests))
     }
 
-    /// Requests that were not successes (never more than the requests).
+    /// The success rate's counts: `(successes, judged)`, where judged requests are those the
+    /// variant is answerable for: successes, errors, 429s and 401/403s. Client mistakes (other
+    /// 4xx) and requests the client gave up on are not the backend's doing (see
+    /// [`super::class`]) and count for neither side.
+    pub fn judged(&self) -> (u64, u64) {
+        // A window cut between a request's count and its class's can hold a class alone: the
+        // judged requests never exceed the requests.
+        let judged = self
+            .successes
+            .saturating_add(self.errors)
+            .saturating_add(self.rate_limited)
+            .saturating_add(self.auth_failures)
+            .min(self.requests);
+        (self.successes.min(judged), judged)
+    }
+
+    /// Judged requests that were not successes (the success-rate trigger's events).
     pub fn non_successes(&self) -> u64 {
-        self.requests.saturating_sub(self.successes)
+        let (s, n) = self.judged();
+        n - s
     }
 }
 
@@ -269,6 +288,113 @@ pub struct Evidence {
     pub canary: VariantStats,
     /// Signals received during the phase.
     pub signals: SignalCounts,
+    /// The canary's rate counts per analysis interval, to see errors that cluster in time.
+    #[serde(default)]
+    pub clustering: Clustering,
+}
+
+/// Which canary rate a [`Clustering`] stream follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateStream {
+    /// Errors per request.
+    Errors,
+    /// Failures per judged request (the success rate's complement).
+    Failures,
+    /// 429s per request.
+    RateLimited,
+    /// 401/403s per request.
+    AuthFailures,
+    /// Requests slower than the plan's latency threshold at this index.
+    Slow(usize),
+}
+
+impl RateStream {
+    fn index(self) -> usize {
+        match self {
+            RateStream::Errors => 0,
+            RateStream::Failures => 1,
+            RateStream::RateLimited => 2,
+            RateStream::AuthFailures => 3,
+            RateStream::Slow(i) => 4 + i,
+        }
+    }
+
+    /// The stream a rate metric is judged on.
+    pub fn of(metric: Metric) -> Option<Self> {
+        Some(match metric {
+            Metric::ErrorRate => RateStream::Errors,
+            Metric::SuccessRate => RateStream::Failures,
+            Metric::RateLimitRate => RateStream::RateLimited,
+            Metric::AuthFailureRate => RateStream::AuthFailures,
+            _ => return None,
+        })
+    }
+}
+
+/// The canary's counts of every rate stream in analysis-interval blocks, summarised by
+/// [`Dispersion`] at several block lengths: how far the spread of the phase total is from the
+/// binomial one when errors come in incidents. Fed by [`Evidence::add_window_at`]; windows of
+/// any length (the shell's 100 ms trigger batches, or whole intervals) fill one block per
+/// analysis interval.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Clustering {
+    /// When the open block started.
+    pub open_since: Option<Millis>,
+    /// The open block's `(events, trials)` per stream.
+    pub open: Vec<(u64, u64)>,
+    /// One summary per stream (errors, failures, 429s, 401/403s, then one per latency
+    /// threshold).
+    pub streams: Vec<Dispersion>,
+}
+
+impl Clustering {
+    /// Starts the first block at `at` (the phase's or the rollout's start).
+    pub fn start(&mut self, at: Millis) {
+        self.open_since = Some(at);
+    }
+
+    fn counts(v: &VariantStats) -> Vec<(u64, u64)> {
+        let (s, f) = v.judged();
+        let mut out = vec![
+            (v.errors.min(v.requests), v.requests),
+            (f.saturating_sub(s), f),
+            (v.rate_limited.min(v.requests), v.requests),
+            (v.auth_failures.min(v.requests), v.requests),
+        ];
+        out.extend(v.slow.iter().map(|&x| (x.min(v.requests), v.requests)));
+        out
+    }
+
+    /// Adds a window of canary counts seen at `now`; closes the open block once it spans
+    /// `interval`.
+    pub fn add(&mut self, canary: &VariantStats, now: Millis, interval: Millis) {
+        let counts = Self::counts(canary);
+        if self.open.len() != counts.len() {
+            self.open = vec![(0, 0); counts.len()];
+            self.streams = vec![Dispersion::new(); counts.len()];
+        }
+        for (o, c) in self.open.iter_mut().zip(&counts) {
+            o.0 += c.0;
+            o.1 += c.1;
+        }
+        let since = *self.open_since.get_or_insert(now.saturating_sub(interval));
+        if now >= since.saturating_add(interval.max(1)) {
+            for (d, o) in self.streams.iter_mut().zip(&mut self.open) {
+                d.add_window(o.0, o.1);
+                *o = (0, 0);
+            }
+            self.open_since = Some(now);
+        }
+    }
+
+    /// The dispersion test of one stream at [`DEFAULT_LEVEL`] (φ = 1 when it finds nothing or
+    /// the stream has no summary yet).
+    pub fn assess(&self, stream: RateStream) -> Assessment {
+        match self.streams.get(stream.index()) {
+            Some(d) => d.assess(DEFAULT_LEVEL),
+            None => Dispersion::new().assess(DEFAULT_LEVEL),
+        }
+    }
 }
 
 impl Evidence {
@@ -278,13 +404,21 @@ impl Evidence {
             stable: VariantStats::new(thresholds),
             canary: VariantStats::new(thresholds),
             signals: SignalCounts::default(),
+            clustering: Clustering::default(),
         }
     }
 
-    /// Adds a metric window.
+    /// Adds a metric window (without time: no clustering summary).
     pub fn add_window(&mut self, w: &MetricWindow) {
         self.stable.merge(&w.stable);
         self.canary.merge(&w.canary);
+    }
+
+    /// Adds a metric window seen at `now`, and its canary counts to the clustering summary in
+    /// blocks of `interval`.
+    pub fn add_window_at(&mut self, w: &MetricWindow, now: Millis, interval: Millis) {
+        self.add_window(w);
+        self.clustering.add(&w.canary, now, interval);
     }
 }
 

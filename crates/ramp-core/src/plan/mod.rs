@@ -37,6 +37,11 @@ pub struct Plan {
     pub phases: Vec<Phase>,
     /// Rollback triggers, checked continuously in every phase.
     pub triggers: Vec<Criterion>,
+    /// Success criteria over the whole rollout (`[rollout] success`): judged on the evidence
+    /// of every phase together, failing the rollout as soon as they are proven violated, and
+    /// required, with the last phase's gates, for completion.
+    #[serde(default)]
+    pub rollout_criteria: Vec<Criterion>,
     /// The communication plan.
     pub notify: Notify,
 }
@@ -118,8 +123,14 @@ pub struct Analysis {
     /// How often metric windows are analysed and triggers checked.
     pub interval: Millis,
     /// Horizon (in canary observations) over which the sequential triggers keep their
-    /// false-alarm rate below `1 - confidence`.
+    /// false-alarm rate below `1 - confidence`; beyond it they stay calibrated, with
+    /// boundaries that rise as traffic doubles. Derived from `expected_rps` when the plan
+    /// gives it.
     pub trigger_horizon: u64,
+    /// Total requests per second the plan expects (stable and canary together), if it says:
+    /// sizes the triggers' horizon to the plan's planned canary traffic.
+    #[serde(default)]
+    pub expected_rps: Option<f64>,
     /// Default allowed difference for `not worse than stable`.
     pub stable_margin: f64,
 }
@@ -204,5 +215,18 @@ impl Plan {
             .iter()
             .map(|p| p.duration + p.max_extension)
             .sum()
+    }
+
+    /// Canary requests the plan can see at `rps` requests per second in total: every phase's
+    /// share of its longest run (duration and extension). The triggers' planned horizon.
+    pub fn planned_canary_requests(&self, rps: f64) -> u64 {
+        self.phases
+            .iter()
+            .map(|p| {
+                f64::from(p.share.bp()) / 10_000.0 * rps * (p.duration + p.max_extension) as f64
+                    / 1000.0
+            })
+            .sum::<f64>()
+            .round() as u64
     }
 }

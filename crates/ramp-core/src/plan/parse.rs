@@ -260,6 +260,7 @@ const TOP_KEYS: &[&str] = &[
     "analysis",
     "baseline",
     "phase",
+    "rollout",
     "rollback",
     "notify",
 ];
@@ -304,6 +305,7 @@ fn build(cx: &mut Ctx, root: &Table, root_span: Range<usize>) -> Option<Plan> {
     let margin = analysis.as_ref().map(|a| a.stable_margin).unwrap_or(0.001);
     let phases = build_phases(cx, get(root, "phase"), root_span.start, &baseline, margin);
     let triggers = build_triggers(cx, get(root, "rollback"), &baseline);
+    let rollout_criteria = build_rollout(cx, get(root, "rollout"), &baseline, margin);
     let notify = build_notify(cx, get(root, "notify"));
 
     if let (Some(a), Some(ps)) = (&analysis, &phases)
@@ -330,7 +332,14 @@ fn build(cx: &mut Ctx, root: &Table, root_span: Range<usize>) -> Option<Plan> {
         baseline: baseline?,
         phases: phases?,
         triggers: triggers?,
+        rollout_criteria: rollout_criteria?,
         notify: notify?,
+    })
+    .map(|mut plan| {
+        if let Some(rps) = plan.analysis.expected_rps {
+            plan.analysis.trigger_horizon = plan.planned_canary_requests(rps).max(1_000);
+        }
+        plan
     })
 }
 
@@ -609,13 +618,20 @@ fn build_analysis(cx: &mut Ctx, v: Option<&Val>) -> Option<Analysis> {
         interval: MINUTE,
         trigger_horizon: 10_000_000,
         stable_margin: 0.001,
+        expected_rps: None,
     };
     let Some(v) = v else { return Some(a) };
     let t = table(cx, v, "analysis")?;
     check_keys(
         cx,
         t,
-        &["confidence", "interval", "trigger_horizon", "stable_margin"],
+        &[
+            "confidence",
+            "interval",
+            "trigger_horizon",
+            "stable_margin",
+            "expected_rps",
+        ],
         "[analysis]",
     );
     let mut ok = true;
@@ -667,6 +683,26 @@ fn build_analysis(cx: &mut Ctx, v: Option<&Val>) -> Option<Analysis> {
                 cx.err(
                     h.span().start,
                     "analysis.trigger_horizon must be a whole number of requests between 1000 and 10^12",
+                    None,
+                );
+            }
+        }
+    }
+    if let (Some(r), Some(_)) = (get(t, "expected_rps"), get(t, "trigger_horizon")) {
+        ok = false;
+        cx.err(
+            r.span().start,
+            "give analysis.expected_rps or analysis.trigger_horizon, not both: the horizon is derived from the expected traffic",
+            None,
+        );
+    } else if let Some(r) = get(t, "expected_rps") {
+        match number(r) {
+            Some(x) if x > 0.0 && x <= 1e9 => a.expected_rps = Some(x),
+            _ => {
+                ok = false;
+                cx.err(
+                    r.span().start,
+                    "analysis.expected_rps must be a positive number of requests per second",
                     None,
                 );
             }
@@ -1350,6 +1386,22 @@ fn criterion(
             from_baseline,
         },
     })
+}
+
+/// `[rollout] success = [...]`: criteria over the whole rollout.
+fn build_rollout(
+    cx: &mut Ctx,
+    v: Option<&Val>,
+    baseline: &Option<Baseline>,
+    margin: f64,
+) -> Option<Vec<Criterion>> {
+    let Some(v) = v else { return Some(Vec::new()) };
+    let t = table(cx, v, "rollout")?;
+    check_keys(cx, t, &["success"], "[rollout]");
+    match get(t, "success") {
+        Some(list) => criteria_list(cx, list, Context::Gate { full: false }, baseline, margin),
+        None => Some(Vec::new()),
+    }
 }
 
 fn build_triggers(

@@ -124,7 +124,7 @@ fn a_canary_half_again_as_slow_fails_and_says_why() {
 #[test]
 fn the_margin_decides_a_modest_slowdown() {
     // Canary 5% slower: within a 10% margin, outside none.
-    let ev = evidence(&even(100_000, 1.0), &even(20_000, 1.05));
+    let ev = evidence(&even(400_000, 1.0), &even(80_000, 1.05));
     let v = verdict("p95_latency not worse than stable by 10%", &ev);
     assert_eq!(v.outcome, Outcome::Pass, "{}", explain(&v));
     let v = verdict("p95_latency not worse than stable by 0%", &ev);
