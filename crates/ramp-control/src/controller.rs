@@ -1,10 +1,16 @@
 //! One rollout's controller: the loop that feeds the pure state machine and carries out what it
 //! decides, through the ports it is given.
 //!
-//! Every analysis interval it takes a window from its [`EvidenceSource`]; signals and operator
-//! commands arrive on a channel and are stepped the moment they arrive. Each step is journaled
-//! ([`Store::append`], with the window that caused it and the notices it sends) **before** any
-//! of its effects is carried out; when the write fails, the core's rule
+//! Every trigger batch (100 ms in a server, never longer than the analysis interval) it takes
+//! the evidence since the last batch from its [`EvidenceSource`] and steps it as a window, so
+//! triggers decide as the evidence arrives while gates keep their analysis interval (the core
+//! throttles them); signals and operator commands arrive on a channel and are stepped the
+//! moment they arrive. A batch that decides nothing is not journaled on its own: its evidence
+//! is written with the next step that is, or with the checkpoint (state and merged window)
+//! written once per analysis interval, so a crash loses at most one interval of evidence and
+//! never a decision. Each step that decides something is journaled ([`Store::append`], with
+//! the window since the last record and the notices it sends) **before** any of its effects is
+//! carried out; when the write fails, the core's rule
 //! ([`ramp_core::rollout::when_unrecorded`]) says whether the step goes ahead anyway (it lowers
 //! the share: a rollback) or is undone. A share goes to the [`TrafficSplit`], notices to the
 //! outbox worker, journal entries and reports to the live log. After every step and every tick
@@ -86,6 +92,9 @@ pub struct Parts<E, T, C> {
     /// Publish the status again this often between windows (real time); `None`: only after
     /// steps and windows.
     pub refresh: Option<Duration>,
+    /// Take evidence and step the triggers this often (real time), at most once per analysis
+    /// interval; `None`: once per analysis interval.
+    pub batch: Option<Duration>,
 }
 
 /// A running controller's handles.
@@ -106,6 +115,9 @@ enum Commit {
     ActedUnsaved(String),
     /// Not journaled, and undone.
     Reverted(String),
+    /// Decided nothing and not due for a checkpoint: kept in memory, written with the next
+    /// record.
+    InMemory,
 }
 
 /// What is still to be written after failed appends.
@@ -156,6 +168,11 @@ struct Controller<E, T, C> {
     window_retention: Millis,
     last_prune: Millis,
     refresh: Option<Duration>,
+    batch: Option<Duration>,
+    /// Evidence stepped into the state but not journaled yet (batches that decided nothing).
+    pending: Option<MetricWindow>,
+    /// When the journal last took a record (controller time).
+    last_record: Millis,
 }
 
 /// Starts a controller on the current runtime.
@@ -199,6 +216,9 @@ where
         window_retention: parts.window_retention,
         last_prune: now,
         refresh: parts.refresh,
+        batch: parts.batch,
+        pending: None,
+        last_record: now,
     };
     let task = tokio::spawn(controller.run(rx, parts.pending, parts.restarted));
     Handle {
@@ -228,10 +248,14 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
             .clock
             .real(self.plan.analysis.interval)
             .max(Duration::from_millis(5));
-        let mut ticker = tokio::time::interval(interval);
+        let period = self
+            .batch
+            .map_or(interval, |b| b.min(interval))
+            .max(Duration::from_millis(5));
+        let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
-        let alpha = interval.as_secs_f64().min(1.0);
+        let alpha = period.as_secs_f64().min(1.0);
         // Between windows the status is published again every `refresh` (a second in a
         // server), so that its clock, phase time and backend health are never an analysis
         // interval old.
@@ -242,7 +266,12 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
         });
         loop {
             tokio::select! {
-                _ = ticker.tick() => self.on_window(interval, alpha).await,
+                _ = ticker.tick() => {
+                    // A batch that decided nothing is shown with the next refresh.
+                    if !self.on_batch(period, alpha).await {
+                        continue;
+                    }
+                }
                 _ = async {
                     match refresh.as_mut() {
                         Some(r) => {
@@ -290,26 +319,32 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
         self.publish.borrow().status.clone()
     }
 
-    async fn on_window(&mut self, interval: Duration, alpha: f64) {
+    /// Takes a batch of evidence and steps it; returns whether the status changed enough to
+    /// publish (a decision, or a checkpoint).
+    async fn on_batch(&mut self, period: Duration, alpha: f64) -> bool {
         let window = match self.evidence.take().await {
             Ok(w) => w,
             Err(e) => {
-                tracing::warn!(rollout = %self.name, error = %e, "no analysis window this interval");
-                return;
+                tracing::warn!(rollout = %self.name, error = %e, "no evidence this batch");
+                return false;
             }
         };
-        let secs = interval.as_secs_f64();
+        let secs = period.as_secs_f64();
         self.rates.0 += alpha * (window.stable.requests as f64 / secs - self.rates.0);
         self.rates.1 += alpha * (window.canary.requests as f64 / secs - self.rates.1);
         // A window whose step could not be journaled is fed again with this one.
         let window = merge(self.unsaved.carry.take(), Some(window)).unwrap_or_default();
-        self.step(Input::Window(window.clone()), Some(window)).await;
+        let due = self.clock.now() >= self.last_record + self.plan.analysis.interval;
+        let (commit, _) = self
+            .step_batch(Input::Window(window.clone()), Some(window), due)
+            .await;
         self.prune_windows().await;
         // A share the split has not applied yet (it lagged or failed) is applied again.
         if self.split.applied() != Some(self.state.share) {
             let share = self.state.share;
             self.apply_share(share).await;
         }
+        !matches!(commit, Commit::InMemory)
     }
 
     async fn on_signal(
@@ -328,6 +363,11 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
         match commit {
             Commit::Durable(seq) => Ok(Recorded { seq, duplicate }),
             Commit::ActedUnsaved(e) | Commit::Reverted(e) => Err(ControlError::Unavailable(e)),
+            // Not reached: signals are always recorded.
+            Commit::InMemory => Ok(Recorded {
+                seq: self.seq,
+                duplicate,
+            }),
         }
     }
 
@@ -347,9 +387,32 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
     /// Steps the core, journals the step, and carries out its effects or undoes it (see the
     /// module docs). `window` is recorded with the step.
     async fn step(&mut self, input: Input, window: Option<MetricWindow>) -> (Commit, Vec<Effect>) {
+        self.step_batch(input, window, true).await
+    }
+
+    /// [`Controller::step`], except that a step that decides nothing (no journal entry, no
+    /// notice) is kept in memory unless `record` says a checkpoint is due.
+    async fn step_batch(
+        &mut self,
+        input: Input,
+        window: Option<MetricWindow>,
+        record: bool,
+    ) -> (Commit, Vec<Effect>) {
         let now = self.clock.now();
         let before = self.state.clone();
         let (next, fx) = step(&self.plan, before.clone(), input, now);
+        let decides = fx.iter().any(|e| {
+            matches!(
+                e,
+                Effect::Journal(_) | Effect::Notify(_) | Effect::SetShare { .. }
+            )
+        });
+        if !record && !decides && self.unsaved.is_empty() {
+            self.state = next;
+            self.pending = merge(self.pending.take(), window);
+            self.carry_out(fx.clone()).await;
+            return (Commit::InMemory, fx);
+        }
         // Entries of earlier steps that were carried out unrecorded go first.
         let mut events = self.unsaved.events.clone();
         let mut notices = self.unsaved.notices.clone();
@@ -360,7 +423,10 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
                 _ => {}
             }
         }
-        let recorded = merge(self.unsaved.window.clone(), window.clone());
+        let recorded = merge(
+            merge(self.unsaved.window.clone(), self.pending.clone()),
+            window.clone(),
+        );
         let append = Append {
             events: events.clone(),
             state: next.clone(),
@@ -371,6 +437,8 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
             Ok(seq) => {
                 self.seq = seq;
                 self.state = next;
+                self.pending = None;
+                self.last_record = now;
                 self.unsaved.events.clear();
                 self.unsaved.notices.clear();
                 self.unsaved.window = None;
@@ -389,6 +457,7 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
                     self.unsaved.events = events;
                     self.unsaved.notices = notices;
                     self.unsaved.window = recorded;
+                    self.pending = None;
                     self.state = next;
                     self.carry_out(fx.clone()).await;
                     (Commit::ActedUnsaved(msg), fx)
@@ -433,8 +502,12 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
             Ok(()) => {
                 let applied = self.split.applied().unwrap_or(share);
                 let now = self.clock.now();
-                let state = std::mem::replace(&mut self.state, State::new(&self.plan));
-                let (state, _) = step(&self.plan, state, Input::ShareApplied(applied), now);
+                let (state, _) = step(
+                    &self.plan,
+                    self.state.clone(),
+                    Input::ShareApplied(applied),
+                    now,
+                );
                 self.state = state;
             }
             Err(e) => {
@@ -465,12 +538,13 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
             let append = Append {
                 events: self.unsaved.events.clone(),
                 state: self.state.clone(),
-                window: self.unsaved.window.clone(),
+                window: merge(self.unsaved.window.clone(), self.pending.clone()),
                 notices: self.unsaved.notices.clone(),
             };
             match self.store.append(&self.name, self.seq, append).await {
                 Ok(seq) => {
                     self.seq = seq;
+                    self.pending = None;
                     let notices = !self.unsaved.notices.is_empty();
                     self.unsaved = Unsaved::default();
                     if notices {

@@ -25,6 +25,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::{Notify, oneshot, watch};
 
+/// How often a served rollout's triggers take the proxy's evidence (real time): a canary that
+/// fails every request is back on stable within a batch or two, whatever the analysis
+/// interval.
+pub const TRIGGER_BATCH: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Settings every rollout of this server shares.
 #[derive(Clone, Debug)]
 pub struct Defaults {
@@ -330,6 +335,7 @@ impl Registry {
             log: self.log.clone(),
             window_retention: self.defaults.window_retention,
             refresh: Some(std::time::Duration::from_secs(1)),
+            batch: Some(TRIGGER_BATCH),
         });
         self.insert(
             name,

@@ -32,6 +32,15 @@ async fn start() -> Run {
 }
 
 async fn start_with(refresh: Option<std::time::Duration>) -> Run {
+    start_batched(refresh, None, 12_000).await
+}
+
+/// `per_take` requests arrive between two takes of evidence (a window, or a trigger batch).
+async fn start_batched(
+    refresh: Option<std::time::Duration>,
+    batch: Option<std::time::Duration>,
+    per_take: u64,
+) -> Run {
     let plan = Arc::new(parse_plan(SEED, "seed").unwrap());
     let store = Arc::new(SqliteStore::in_memory().unwrap());
     let (state, fx) = step(&plan, State::new(&plan), Input::Start, T0);
@@ -68,7 +77,7 @@ async fn start_with(refresh: Option<std::time::Duration>) -> Run {
     // 200 requests/s in total, one-minute windows: 12,000 requests a window.
     let evidence = ScriptedEvidence::new(
         Traffic {
-            requests: 12_000,
+            requests: per_take,
             canary_error_rate: 0.0,
         },
         plan.latency_thresholds_us().len(),
@@ -92,6 +101,7 @@ async fn start_with(refresh: Option<std::time::Duration>) -> Run {
         log: log::silent(),
         window_retention: 30 * ramp_core::time::DAY,
         refresh,
+        batch,
     });
     Run {
         handle,
@@ -298,4 +308,71 @@ async fn the_status_stays_fresh_between_windows() {
     assert!(later.now < first.now + 60_000, "before the next window");
     assert_eq!(run.evidence.windows(), 0, "no window was taken meanwhile");
     let _ = stop(run).await;
+}
+
+/// Triggers decide on 100 ms batches while the seed plan's gates keep their 1-minute interval:
+/// a canary that starts answering every request with an error is rolled back within a second
+/// (not at the next window, up to a minute later), and batches that decide nothing are not
+/// journaled one by one (one checkpoint per analysis interval).
+#[tokio::test(start_paused = true)]
+async fn a_canary_at_100_percent_errors_is_rolled_back_within_a_second_whatever_the_interval() {
+    let batch = std::time::Duration::from_millis(100);
+    // 200 requests/s: 20 a batch, 1 of them to the 5% canary.
+    let mut run = start_batched(None, Some(batch), 20).await;
+    let healthy = until(&mut run, "five minutes of the canary phase", |s| {
+        s.phase_elapsed >= 5 * 60_000
+    })
+    .await;
+    assert_eq!(healthy.status, v1::Status::Running);
+    let windows = run
+        .store
+        .windows("payments-backend", 0, 10_000)
+        .await
+        .unwrap();
+    assert!(
+        (4..=6).contains(&windows.len()),
+        "{} windows journaled for 3,000 batches in 5 minutes",
+        windows.len()
+    );
+    let recorded: u64 = windows.iter().map(|(_, w)| w.canary.requests).sum();
+    assert!(recorded >= 240, "{recorded} canary requests in the journal");
+
+    let batches_before = run.evidence.windows();
+    run.evidence.set(Traffic {
+        requests: 20,
+        canary_error_rate: 1.0,
+    });
+    // Paused tokio time: this measures the virtual clock the controller runs on.
+    #[allow(clippy::disallowed_methods)]
+    let fault_at = tokio::time::Instant::now();
+    let s = until(&mut run, "rolled back", |s| {
+        s.status == v1::Status::RolledBack
+    })
+    .await;
+    let batches = run.evidence.windows() - batches_before;
+    let took = fault_at.elapsed().as_millis();
+    // One failed canary request a batch.
+    assert!(
+        batches <= 10 && took <= 1_000,
+        "{batches} batches (= failed requests), {took} ms"
+    );
+    assert_eq!(
+        s.phase, 0,
+        "still in the canary phase: no gate was judged early"
+    );
+    assert!(matches!(
+        s.why,
+        Some(v1::StopReason::Trigger {
+            evidence: Some(v1::TriggerEvidence::Sequential { .. }),
+            ..
+        })
+    ));
+    assert_eq!(
+        run.split.applied.lock().unwrap().last().map(|s| s.bp()),
+        Some(0)
+    );
+    let (state, store, _) = stop(run).await;
+    assert_eq!(state.status, Status::RolledBack);
+    let stored = store.load("payments-backend").await.unwrap();
+    assert!(stored.state == state, "the rollback is in the journal");
 }
