@@ -15,7 +15,7 @@ pub mod scenario;
 use crate::scenario::{Scenario, VariantSpec};
 use ramp_core::cohort::{self, Salt, ShareBp};
 use ramp_core::evidence::class::{Answer, Class, classify};
-use ramp_core::evidence::sketch::{self, LatencyHistogram};
+use ramp_core::evidence::sketch;
 use ramp_core::evidence::{MetricWindow, Signal, VariantStats};
 use ramp_core::plan::Plan;
 use ramp_core::rollout::{Effect, Input, ReportKind, State, Status, step};
@@ -25,8 +25,10 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
 use serde::Serialize;
 
-/// Requests that reached the canary between the first harmful change and the rollback (or the
-/// end of the run, when there was no rollback).
+/// Requests that reached the canary while it was harmful: from the first harmful change until
+/// the rollback, the end of the run, or a change that made the canary healthy again (a burst
+/// that ends stops counting; a later harmful change counts again). A harm signal (PCI alert,
+/// high security alert) has no end: it counts until the rollback or the end of the run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct BlastRadius {
     /// Canary requests.
@@ -99,6 +101,8 @@ pub struct Run {
     pub blast_radius: BlastRadius,
     /// When harm started, if it did.
     pub harm_started_at: Option<Millis>,
+    /// When the last harm ended, if the canary was healthy again before the run ended.
+    pub harm_ended_at: Option<Millis>,
     /// Requests simulated.
     pub requests: u64,
     /// Totals over the whole run per variant.
@@ -266,18 +270,15 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// One variant's counters for the current window: the shared `VariantStats`, plus histogram
-/// counts kept locally (folded into the window's histogram when it closes).
+/// One variant's counters for the current batch (latency recorded by precomputed bucket).
 struct Counters {
     stats: VariantStats,
-    hist: Vec<u64>,
 }
 
 impl Counters {
     fn new(thresholds: usize) -> Self {
         Counters {
             stats: VariantStats::new(thresholds),
-            hist: vec![0; sketch::BUCKETS],
         }
     }
 
@@ -303,14 +304,14 @@ impl Counters {
         let cell = (r_latency >> (64 - CELL_BITS)) as usize;
         if cell == CELLS - 1 {
             let lat = model.tail_us(r_latency);
-            self.hist[sketch::bucket_index(lat)] += 1;
+            s.latency.record_bucket(sketch::bucket_index(lat), 1);
             for (i, t) in model.thresholds.iter().enumerate() {
                 if lat > *t {
                     s.slow[i] += 1;
                 }
             }
         } else {
-            self.hist[model.bucket[cell] as usize] += 1;
+            s.latency.record_bucket(model.bucket[cell] as usize, 1);
             for (i, t) in model.cut.iter().enumerate() {
                 if cell >= *t {
                     s.slow[i] += 1;
@@ -323,12 +324,9 @@ impl Counters {
         failed
     }
 
-    /// Closes the window: the stats with the histogram folded in.
+    /// Closes the batch.
     fn take(&mut self, thresholds: usize) -> VariantStats {
-        let mut stats = std::mem::replace(&mut self.stats, VariantStats::new(thresholds));
-        stats.latency = LatencyHistogram::from_counts(&self.hist);
-        self.hist.iter_mut().for_each(|c| *c = 0);
-        stats
+        std::mem::replace(&mut self.stats, VariantStats::new(thresholds))
     }
 }
 
@@ -353,7 +351,9 @@ pub fn run(plan: &Plan, sc: &Scenario, seed: u64) -> Run {
         Model::new(&canary_spec, &thresholds),
     ];
 
-    let interval = plan.analysis.interval;
+    // Evidence reaches the core every simulated second, as `ramp serve` delivers its 100 ms
+    // trigger batches: triggers decide on each batch, the core judges gates once per interval.
+    let interval = plan.analysis.interval.min(SECOND);
     let limit = sc.duration.unwrap_or(plan.max_duration() + 3_600_000);
     let mut state = State::new(plan);
     let mut timeline: Vec<TimelineEntry> = Vec::new();
@@ -371,6 +371,12 @@ pub fn run(plan: &Plan, sc: &Scenario, seed: u64) -> Run {
     } else {
         None
     };
+    // Whether the canary is harmful now, and what it was like before the harm began (the
+    // reference for "healthy again"). A harm signal makes the harm permanent.
+    let mut harmful = harm_started_at.is_some();
+    let mut healthy_ref = stable_spec.clone();
+    let mut harm_signalled = false;
+    let mut harm_ended_at: Option<Millis> = None;
     let mut next_change = 0;
     let mut next_signal = 0;
     let mut carry = 0.0f64;
@@ -427,10 +433,19 @@ pub fn run(plan: &Plan, sc: &Scenario, seed: u64) -> Run {
                 models[1] = Model::new(&canary_spec, &thresholds);
                 desc.push(format!("canary: {}", describe_patch(p)));
             }
-            if harm_started_at.is_none()
-                && (canary_spec.worse_than(&before) || canary_spec.worse_than(&stable_spec))
+            if !harmful && (canary_spec.worse_than(&before) || canary_spec.worse_than(&stable_spec))
             {
-                harm_started_at = Some(*at);
+                harmful = true;
+                healthy_ref = before;
+                harm_started_at.get_or_insert(*at);
+                harm_ended_at = None;
+            } else if harmful
+                && !harm_signalled
+                && !canary_spec.worse_than(&healthy_ref)
+                && !canary_spec.worse_than(&stable_spec)
+            {
+                harmful = false;
+                harm_ended_at = Some(*at);
             }
             timeline.push(TimelineEntry::Change {
                 at: *at,
@@ -441,8 +456,11 @@ pub fn run(plan: &Plan, sc: &Scenario, seed: u64) -> Run {
         }
         while next_signal < sc.signals.len() && sc.signals[next_signal].0 <= t {
             let (at, sig) = sc.signals[next_signal].clone();
-            if harm_started_at.is_none() && is_harm_signal(&sig) {
-                harm_started_at = Some(at);
+            if is_harm_signal(&sig) {
+                harm_started_at.get_or_insert(at);
+                harmful = true;
+                harm_signalled = true;
+                harm_ended_at = None;
             }
             state = apply(
                 state,
@@ -481,7 +499,7 @@ pub fn run(plan: &Plan, sc: &Scenario, seed: u64) -> Run {
         let n = carry as u64;
         carry -= n as f64;
         let share_bp = share.bp();
-        let harmed = harm_started_at.is_some();
+        let harmed = harmful;
         for _ in 0..n {
             // One draw picks the user (high 32 bits) and the outcome (low 32 bits, a
             // resolution of 2^-32 on the outcome shares); a second draws the latency.
@@ -529,6 +547,7 @@ pub fn run(plan: &Plan, sc: &Scenario, seed: u64) -> Run {
         timeline,
         blast_radius: blast,
         harm_started_at,
+        harm_ended_at,
         requests,
         stable_total,
         canary_total,
@@ -672,5 +691,51 @@ mod tests {
         assert!(near(s.rate_limited, 0.02));
         assert!(near(s.auth_failures, 0.03));
         assert!(near(s.successes, 0.90));
+    }
+
+    /// Regression: the blast radius kept counting after a burst ended (a 20 s burst reported
+    /// ~10,000 failed requests over 72 h). It now stops at the change that heals the canary.
+    #[test]
+    fn blast_radius_ends_when_the_harm_does() {
+        let plan = ramp_core::plan::parse_plan(
+            include_str!("../../../examples/payments-backend.toml"),
+            "payments-backend.toml",
+        )
+        .expect("the example plan parses");
+        let sc = crate::scenario::parse_scenario(
+            r#"
+seed = 3
+requests_per_second = 200
+users = 20000
+[stable]
+error_rate = 0.0
+latency_ms = { p50 = 40, p95 = 120 }
+[canary]
+error_rate = 0.0
+latency_ms = { p50 = 40, p95 = 120 }
+[feedback]
+per_hour = 12
+positive = 0.97
+[[change]]
+at = "2h"
+canary.error_rate = 0.005
+[[change]]
+at = "2h 20s"
+canary.error_rate = 0.0
+"#,
+            "burst.toml",
+        )
+        .expect("the scenario parses");
+        let run = run(&plan, &sc, 3);
+        assert_eq!(run.harm_started_at, Some(7_200_000));
+        assert_eq!(run.harm_ended_at, Some(7_220_000));
+        // 5% of 200 req/s for 20 s: about 200 canary requests, about one failure.
+        let b = run.blast_radius;
+        assert!((100..=300).contains(&b.requests), "{b:?}");
+        assert!(b.failed_requests <= 10, "{b:?}");
+        assert_eq!(
+            run.outcome, "completed",
+            "a 0.5% burst for 20 s is below every trigger"
+        );
     }
 }

@@ -91,10 +91,10 @@ pub fn timeline(plan: &Plan, run: &Run, scenario_name: &str) -> String {
                 out,
                 "blast radius (from the first harmful change at {} to {}): {} canary requests, {} failed, {} distinct users",
                 clock(h).trim(),
-                if run.outcome == "rolled_back" {
-                    "the rollback"
-                } else {
-                    "the end of the run"
+                match run.harm_ended_at {
+                    Some(e) => format!("the canary's recovery at {}", clock(e).trim()),
+                    None if run.outcome == "rolled_back" => "the rollback".to_string(),
+                    None => "the end of the run".to_string(),
                 },
                 count(b.requests),
                 count(b.failed_requests),
@@ -146,6 +146,7 @@ pub fn json(plan: &Plan, run: &Run) -> Value {
         "reason": run.state.reason.as_ref().map(ramp_core::report::stop_text),
         "why": run.state.reason.as_ref().and_then(v1::StopReason::of),
         "harm_started_at": run.harm_started_at.map(secs),
+        "harm_ended_at": run.harm_ended_at.map(secs),
         "blast_radius": run.blast_radius,
         "requests": run.requests,
         "canary": variant_json(&run.canary_total),
