@@ -10,9 +10,11 @@
 //! written once per analysis interval, so a crash loses at most one interval of evidence and
 //! never a decision. Each step that decides something is journaled ([`Store::append`], with
 //! the window since the last record and the notices it sends) **before** any of its effects is
-//! carried out; when the write fails, the core's rule
-//! ([`ramp_core::rollout::when_unrecorded`]) says whether the step goes ahead anyway (it lowers
-//! the share: a rollback) or is undone. A share goes to the [`TrafficSplit`], notices to the
+//! carried out — except a lowered share (a rollback), which the core's rule
+//! ([`ramp_core::rollout::when_unrecorded`]) lets go ahead unrecorded: it reaches the split
+//! first and is published at once, so no disk (slow, full or frozen) delays a rollback. When a
+//! write fails, the same rule says whether the step stands (it lowered the share; its record
+//! goes with the next write) or is undone. A share goes to the [`TrafficSplit`], notices to the
 //! outbox worker, journal entries and reports to the live log. After every step and every tick
 //! the controller publishes the rollout's status, which the API reads without ever waiting for
 //! the controller. The controller decides nothing itself.
@@ -352,6 +354,7 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
         signal: Signal,
         key: Option<String>,
     ) -> Result<Recorded, ControlError> {
+        let signal = crate::scrub::signal(signal);
         let input = match key {
             Some(key) => Input::SignalOnce { key, signal },
             None => Input::Signal(signal),
@@ -372,6 +375,7 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
     }
 
     async fn on_command(&mut self, command: Command) -> Result<v1::RolloutStatus, ControlError> {
+        let command = crate::scrub::command(command);
         let (commit, fx) = self.step(Input::Command(command), None).await;
         let rejected = fx.iter().find_map(|e| match e {
             Effect::Rejected(r) => Some(report::rejection_text(&r.reason)),
@@ -400,7 +404,27 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
     ) -> (Commit, Vec<Effect>) {
         let now = self.clock.now();
         let before = self.state.clone();
-        let (next, fx) = step(&self.plan, before.clone(), input, now);
+        let (mut next, fx) = step(&self.plan, before.clone(), input, now);
+        // Rollback wins over the disk: a step the core lets go ahead unrecorded (it lowers the
+        // share) reaches the split *before* the journal write, which may be slow, failing or
+        // hung on a frozen filesystem; the write follows with the share as applied.
+        let early = matches!(when_unrecorded(&before, &fx), Unrecorded::CarryOut);
+        let fx_rest: Vec<Effect> = if early {
+            self.state = next;
+            for e in &fx {
+                if let Effect::SetShare { share } = e {
+                    self.apply_share(*share).await;
+                }
+            }
+            next = self.state.clone();
+            self.publish();
+            fx.iter()
+                .filter(|e| !matches!(e, Effect::SetShare { .. }))
+                .cloned()
+                .collect()
+        } else {
+            fx.clone()
+        };
         let decides = fx.iter().any(|e| {
             matches!(
                 e,
@@ -445,7 +469,7 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
                 if !notices.is_empty() {
                     self.outbox.notify_one();
                 }
-                self.carry_out(fx.clone()).await;
+                self.carry_out(fx_rest.clone()).await;
                 (Commit::Durable(seq), fx)
             }
             Err(e) => match when_unrecorded(&before, &fx) {
@@ -459,7 +483,7 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
                     self.unsaved.window = recorded;
                     self.pending = None;
                     self.state = next;
-                    self.carry_out(fx.clone()).await;
+                    self.carry_out(fx_rest.clone()).await;
                     (Commit::ActedUnsaved(msg), fx)
                 }
                 Unrecorded::Undo => {

@@ -16,6 +16,7 @@ pub mod log;
 pub mod outbox;
 pub mod ports;
 pub mod registry;
+pub mod scrub;
 pub mod server;
 pub mod status;
 

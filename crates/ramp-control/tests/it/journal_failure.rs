@@ -310,3 +310,77 @@ async fn status_and_metrics_never_wait_for_a_stuck_controller() {
     );
     registry.shutdown().await;
 }
+
+/// Regression (issue 11): with the journal on a frozen disk a critical alert's rollback waited
+/// for the write, and the canary kept its share for the whole freeze. The lowered share now
+/// reaches the proxy before the write; the record follows when the disk thaws.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_does_not_wait_for_a_frozen_disk() {
+    let Setup {
+        registry,
+        store,
+        proxy,
+        canary_hits,
+    } = start().await;
+    traffic(proxy, 200).await;
+    assert!(canary_hits.load(Ordering::SeqCst) > 0, "the canary serves");
+    store.frozen.store(true, Ordering::SeqCst);
+    let alert = {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            signal(
+                &registry,
+                Signal::SecurityAlert {
+                    severity: Severity::Critical,
+                    note: "auth bypass".into(),
+                },
+            )
+            .await
+        })
+    };
+    until(&registry, "rolled back while the disk is frozen", |s| {
+        s.status == v1::Status::RolledBack && s.applied_share == Some(0)
+    })
+    .await;
+    assert!(
+        !alert.is_finished(),
+        "the alert's answer waits for its record"
+    );
+    let hits = canary_hits.load(Ordering::SeqCst);
+    traffic(proxy, 200).await;
+    assert_eq!(
+        canary_hits.load(Ordering::SeqCst),
+        hits,
+        "nobody reaches the canary while the disk is still frozen"
+    );
+    store.frozen.store(false, Ordering::SeqCst);
+    assert!(alert.await.unwrap().is_ok(), "answered once written");
+    let stored = store.load("flaky").await.unwrap();
+    assert_eq!(stored.state.status.name(), "rolled_back");
+    assert_eq!(stored.state.applied.map(|s| s.bp()), Some(0));
+    registry.shutdown().await;
+}
+
+/// Regression (issue 11): card numbers in signal notes and operator reasons were journaled
+/// raw (append-only: never removable) and shown by `ramp events`; control characters in them
+/// could forge log lines. Both are scrubbed before the journal sees them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn card_numbers_and_control_characters_are_scrubbed_before_the_journal() {
+    let Setup {
+        registry, store, ..
+    } = start().await;
+    signal(
+        &registry,
+        Signal::PciAlert {
+            note: "PAN 4111 1111 1111 1111 in a debug log\n12:00 ROLLED BACK".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let events = store.events("flaky", 0, 1000).await.unwrap();
+    let text = serde_json::to_string(&events.iter().map(|(_, e)| e).collect::<Vec<_>>()).unwrap();
+    assert!(!text.contains("4111 1111"), "{text}");
+    assert!(text.contains("************1111"), "{text}");
+    assert!(text.contains("in a debug log\\\\u{a}12:00"), "{text}");
+    registry.shutdown().await;
+}
