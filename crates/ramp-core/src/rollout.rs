@@ -205,9 +205,17 @@ pub struct State {
     /// [`Input::SignalOnce`], oldest first, at most [`REMEMBERED_SIGNAL_KEYS`]. Part of the
     /// journaled state, so a sender that re-delivers after a restart is still recognised. A
     /// cryptographic digest, because keys come from outside: a crafted key must not be able to
-    /// collide with a future alert's and make it count as a repeat.
+    /// collide with a future alert's and make it count as a repeat. Holds the keys of alerts
+    /// (PCI and security), which count toward triggers; other kinds have their own memory,
+    /// [`State::other_signal_keys`], so no flood of keyed feedback can push an alert's key out
+    /// and make its re-delivery count twice. (States journaled before the split hold every
+    /// kind here.)
     #[serde(default)]
     pub signal_keys: VecDeque<String>,
+    /// Digests of the keys of feedback and bug reports, as [`State::signal_keys`], at most
+    /// [`REMEMBERED_SIGNAL_KEYS`], oldest forgotten first.
+    #[serde(default)]
+    pub other_signal_keys: VecDeque<String>,
 }
 
 impl TriggerState {
@@ -248,9 +256,12 @@ pub fn detector_for(plan: &Plan, t: &Criterion) -> Option<RateDetector> {
 #[error("the stored state does not fit its plan: {0}")]
 pub struct Inconsistent(pub String);
 
-/// How many signal keys a rollout remembers for [`Input::SignalOnce`]. Alertmanager re-sends
-/// every firing alert of a group on each notification; a few thousand distinct alerts per
-/// rollout is far beyond what a single rollout sees.
+/// How many signal keys a rollout remembers for [`Input::SignalOnce`], per memory (alerts;
+/// feedback and bug reports). Alertmanager re-sends every firing alert of a group on each
+/// notification; a few thousand distinct alerts per rollout is far beyond what a single
+/// rollout sees. When a memory is full its oldest key is forgotten: a re-delivery of that
+/// alert, 4,096 distinct alerts later, would count again. (Each key costs 34 bytes of every
+/// journaled snapshot.)
 pub const REMEMBERED_SIGNAL_KEYS: usize = 4096;
 
 impl State {
@@ -291,6 +302,7 @@ impl State {
             history: Vec::new(),
             phase_recorded: false,
             signal_keys: VecDeque::new(),
+            other_signal_keys: VecDeque::new(),
         }
     }
 
@@ -1384,14 +1396,20 @@ impl Machine<'_> {
     fn signal_once(&mut self, key: String, sig: Signal) {
         let digest = Sha256::digest(key.as_bytes());
         let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        if self.s.signal_keys.contains(&hash) {
+        // Either memory may hold it (states journaled before the split kept every kind in
+        // the alerts' one).
+        if self.s.signal_keys.contains(&hash) || self.s.other_signal_keys.contains(&hash) {
             self.journal(EventKind::SignalRepeated { key });
             return;
         }
-        if self.s.signal_keys.len() >= REMEMBERED_SIGNAL_KEYS {
-            self.s.signal_keys.pop_front();
+        let memory = match sig {
+            Signal::PciAlert { .. } | Signal::SecurityAlert { .. } => &mut self.s.signal_keys,
+            Signal::BugReport { .. } | Signal::Feedback { .. } => &mut self.s.other_signal_keys,
+        };
+        if memory.len() >= REMEMBERED_SIGNAL_KEYS {
+            memory.pop_front();
         }
-        self.s.signal_keys.push_back(hash);
+        memory.push_back(hash);
         self.signal(sig);
     }
 

@@ -265,20 +265,26 @@ const TOP_KEYS: &[&str] = &[
     "notify",
 ];
 
+/// A rollout name: 1-64 of `[A-Za-z0-9._-]`, starting with a letter or digit (so never `.`,
+/// `..` or a hidden file's name: it names the rollout in URLs, paths and log lines).
+pub(crate) fn is_slug(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 fn build(cx: &mut Ctx, root: &Table, root_span: Range<usize>) -> Option<Plan> {
     check_keys(cx, root, TOP_KEYS, "the plan");
     let name = match get(root, "name") {
         Some(v) => string(cx, v, "name").and_then(|s| {
-            let ok = !s.is_empty()
-                && s.len() <= 64
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-            if ok {
+            if is_slug(s) {
                 Some(s.to_string())
             } else {
                 cx.err(
                     v.span().start + 1,
-                    "name must be 1-64 characters of letters, digits, `-`, `_` or `.`",
+                    "name must be 1-64 characters of letters, digits, `-`, `_` or `.`, starting with a letter or digit",
                     Some(
                         "it names the rollout in URLs and files, e.g. \"payments-backend\"".into(),
                     ),
@@ -870,6 +876,13 @@ fn build_phases(
             Some(n) => string(cx, n, "phase.name").map(String::from).and_then(|s| {
                 if s.is_empty() {
                     cx.err(n.span().start, "phase.name must not be empty", None);
+                    None
+                } else if s.chars().any(char::is_control) {
+                    cx.err(
+                        n.span().start + 1,
+                        "phase.name must not contain control characters",
+                        None,
+                    );
                     None
                 } else if names.contains(&s) {
                     cx.err(

@@ -283,3 +283,27 @@ fn cohort_names_and_upstream_urls_are_checked_at_parse_time() {
         assert!(parse_plan(&src, "p.toml").is_ok(), "{good}");
     }
 }
+
+/// Regression (issue 11): `.` and `..` were accepted as rollout names (they name files and URL
+/// paths), and control characters could ride in phase names into every log line.
+#[test]
+fn names_are_strict_slugs_and_phase_names_have_no_control_characters() {
+    let plan = |name: &str, phase: &str| {
+        format!(
+            "name = {name:?}\n[[phase]]\nname = {phase:?}\ntraffic = \"5%\"\nduration = \"1h\"\n"
+        )
+    };
+    for bad in [".", "..", ".hidden", "-x", "a b", "x?y=1", "a/b", "", "é"] {
+        let e = parse_plan(&plan(bad, "canary"), "p.toml").unwrap_err();
+        assert!(e.to_string().contains("name must be 1-64"), "{bad:?}: {e}");
+    }
+    for good in ["payments-backend", "a", "v2.1_rc-3", "9lives"] {
+        assert!(
+            parse_plan(&plan(good, "canary"), "p.toml").is_ok(),
+            "{good:?}"
+        );
+    }
+    let src = plan("ok", "canary").replace("\"canary\"", "\"canary\\u001b[2J\"");
+    let e = parse_plan(&src, "p.toml").unwrap_err();
+    assert!(e.to_string().contains("control characters"), "{e}");
+}

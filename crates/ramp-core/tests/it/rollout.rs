@@ -344,6 +344,40 @@ fn a_re_delivered_signal_counts_once_even_after_a_restart() {
     assert_eq!(d.state().status, Status::RolledBack);
 }
 
+/// Regression (issue 11): one memory for every kind, so 4,096 keyed feedback signals pushed
+/// out a PCI alert's key and its re-delivery counted again ("multiple PCI alerts": rollback).
+#[test]
+fn a_flood_of_keyed_feedback_never_evicts_an_alerts_key() {
+    let mut d = Driver::new(triggers_only(SEED));
+    let pci = || Input::SignalOnce {
+        key: "alertmanager fp-pci 2026-12-02T10:00:00Z".into(),
+        signal: Signal::PciAlert {
+            note: "PAN in a log".into(),
+        },
+    };
+    d.input(pci());
+    for i in 0..ramp_core::rollout::REMEMBERED_SIGNAL_KEYS + 100 {
+        d.input(Input::SignalOnce {
+            key: format!("feedback {i}"),
+            signal: Signal::Feedback {
+                score: 0.9,
+                note: String::new(),
+            },
+        });
+    }
+    d.input(pci());
+    assert_eq!(
+        d.state().totals.signals.pci_alerts,
+        1,
+        "the re-delivery is a repeat"
+    );
+    assert_eq!(
+        d.state().status,
+        Status::Running,
+        "one PCI alert: no trigger"
+    );
+}
+
 #[test]
 fn signal_keys_are_bounded_oldest_forgotten_first() {
     let mut d = Driver::new(seed_plan());
@@ -357,7 +391,7 @@ fn signal_keys_are_bounded_oldest_forgotten_first() {
         });
     }
     assert_eq!(
-        d.state().signal_keys.len(),
+        d.state().other_signal_keys.len(),
         ramp_core::rollout::REMEMBERED_SIGNAL_KEYS
     );
     let before = d.state().totals.signals.bug_reports;
