@@ -28,6 +28,7 @@ pub(crate) struct Inner<R> {
     tokens: TokenSource,
     open_metrics: bool,
     body_limit: usize,
+    alert_body_limit: usize,
     body_timeout: std::time::Duration,
     registry: Registry,
     openapi: Bytes,
@@ -52,6 +53,7 @@ pub(crate) fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> (Route
         tokens: tokens.clone(),
         open_metrics: config.open_metrics,
         body_limit: config.body_limit,
+        alert_body_limit: config.alert_body_limit,
         body_timeout: config.limits.body_read_timeout,
         registry: metrics::registry(source),
         openapi,
@@ -473,20 +475,23 @@ pub(crate) async fn post_signal<R: Rollouts>(
 /// Prometheus Alertmanager webhook receiver.
 ///
 /// Configure a webhook receiver with `http_config.authorization.credentials` set to an ingest
-/// token. An unknown rollout fails only its alert (listed in `errors`). When the store is
-/// unavailable the answer is 503 so that Alertmanager retries; alerts already recorded are then
-/// skipped as duplicates.
+/// token. Bodies up to 16 MiB are taken (an alert storm). An alert that cannot be taken (its
+/// `rollout` names no rollout, or one that takes no more signals) fails alone, listed in
+/// `errors`, and the answer is 422 so that Alertmanager logs it (it does not retry a 4xx; the
+/// other alerts were recorded). When the store is unavailable the answer is 503 so that
+/// Alertmanager retries; alerts already recorded are then skipped as duplicates.
 #[utoipa::path(
     post, path = "/v1/alertmanager", tag = "signals",
     security(("bearer" = [])),
     request_body = doc::AlertmanagerPayload,
     responses(
-        (status = 200, description = "Each alert accepted, skipped or failed.", body = AlertmanagerResult),
+        (status = 200, description = "Every alert accepted or skipped.", body = AlertmanagerResult),
         (status = 400, description = "Not a version 4 webhook payload.", body = ErrorBody),
         (status = 401, description = "Missing or unknown token.", body = ErrorBody),
         (status = 403, description = "Needs ingest or admin.", body = ErrorBody),
         (status = 413, description = "Body over the limit.", body = ErrorBody),
         (status = 415, description = "Body is not JSON.", body = ErrorBody),
+        (status = 422, description = "Some alerts could not be taken (listed in `errors`); the others were recorded.", body = AlertmanagerResult),
         (status = 503, description = "Some alerts could not be stored; retry.", body = AlertmanagerResult),
     )
 )]
@@ -496,12 +501,19 @@ pub(crate) async fn alertmanager<R: Rollouts>(
 ) -> Result<Response, Problem> {
     let (parts, body) = request.into_parts();
     s.authorize(&parts.headers, Access::Ingest)?;
-    let bytes = input::read_body(&parts.headers, body, s.body_limit, s.body_timeout).await?;
+    let bytes = input::read_body(&parts.headers, body, s.alert_body_limit, s.body_timeout).await?;
     let value = input::json(&parts.headers, &bytes)?;
     let items = alertmanager::parse(value)?;
-    let (result, unavailable) = alertmanager::deliver(&*s.rollouts, items).await;
+    let (mut result, unavailable) = alertmanager::deliver(&*s.rollouts, items).await;
     let status = if unavailable {
         StatusCode::SERVICE_UNAVAILABLE
+    } else if !result.errors.is_empty() {
+        result.error = Some(format!(
+            "{} alert(s) could not be taken (see errors); {} accepted",
+            result.errors.len(),
+            result.accepted
+        ));
+        StatusCode::UNPROCESSABLE_ENTITY
     } else {
         StatusCode::OK
     };

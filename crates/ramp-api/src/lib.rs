@@ -52,6 +52,11 @@ pub enum ApiError {
 /// The default request body limit: 1 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
 
+/// Largest Alertmanager webhook body accepted by default: 16 MiB. Alertmanager does not retry
+/// a 4xx, so a batch refused for its size (an alert storm groups thousands of alerts) would be
+/// lost, PCI alert included.
+pub const DEFAULT_ALERT_BODY_LIMIT: usize = 16 << 20;
+
 /// How the API runs.
 #[derive(Debug)]
 pub struct ApiConfig {
@@ -61,6 +66,8 @@ pub struct ApiConfig {
     pub open_metrics: bool,
     /// Largest request body accepted, in bytes (larger: 413).
     pub body_limit: usize,
+    /// Largest Alertmanager webhook body accepted, in bytes (larger: 413).
+    pub alert_body_limit: usize,
     /// Connection cap and timeouts of the listener.
     pub limits: ApiLimits,
     /// Write one line per request to stderr (masked path, status, latency, token name).
@@ -73,6 +80,7 @@ impl Default for ApiConfig {
             tokens: TokenSource::fixed(Tokens::new()),
             open_metrics: false,
             body_limit: DEFAULT_BODY_LIMIT,
+            alert_body_limit: DEFAULT_ALERT_BODY_LIMIT,
             limits: ApiLimits::default(),
             request_log: false,
         }

@@ -377,6 +377,8 @@ const OPERATOR: &str = "ramp_operator_token_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb
 const ADMIN: &str = "ramp_admin_token_ccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
 const INGEST: &str = "ramp_ingest_token_ddddddddddddddddddddddddddddddddddddddddddddddddddddddd";
 const LIMIT: usize = 16 * 1024;
+/// The Alertmanager body limit of the test server (the default is 16 MiB).
+const ALERT_LIMIT: usize = 4 << 20;
 
 fn tokens() -> Tokens {
     let mut t = Tokens::new();
@@ -406,6 +408,7 @@ impl Server {
             tokens: TokenSource::fixed(tokens()),
             open_metrics,
             body_limit: LIMIT,
+            alert_body_limit: ALERT_LIMIT,
             ..Default::default()
         };
         Server::with_config(fake, config).await
@@ -1433,14 +1436,22 @@ async fn a_signal_is_acknowledged_only_after_the_control_plane_recorded_it() {
 // ---------------------------------------------------------------------------------------------
 // Alertmanager
 
+/// Sends a webhook; the answer is 200 when every alert was taken, 422 when some were not
+/// (listed in `errors`: Alertmanager logs a 4xx and does not retry it).
 async fn alertmanager(server: &Server, payload: Value) -> Value {
+    let (status, v) = alertmanager_answer(server, payload).await;
+    let failed = v["errors"].as_array().is_some_and(|e| !e.is_empty());
+    assert_eq!(status, if failed { 422 } else { 200 }, "{v}");
+    v
+}
+
+async fn alertmanager_answer(server: &Server, payload: Value) -> (u16, Value) {
     let resp = Req::post("/v1/alertmanager")
         .token(INGEST)
         .json(payload)
         .send(server.addr)
         .await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    resp.json()
+    (resp.status, resp.json())
 }
 
 #[tokio::test]
@@ -1583,7 +1594,11 @@ async fn alertmanager_unknown_rollout_fails_only_its_alert_in_a_mixed_batch() {
         {"labels": {"rollout": "demo", "category": "pci"}, "status": 5},
         firing(json!({"alertname": "NoLabels"}), json!({}), "x6"),
     ]);
-    let v = alertmanager(&server, alertmanager_payload(batch.clone())).await;
+    let (status, v) = alertmanager_answer(&server, alertmanager_payload(batch.clone())).await;
+    assert_eq!(
+        status, 422,
+        "a misspelt rollout is a 4xx Alertmanager logs: {v}"
+    );
     assert_eq!(v["accepted"], 2);
     assert_eq!(v["skipped"], 2);
     let errors = v["errors"].as_array().unwrap();
@@ -1747,7 +1762,9 @@ async fn bodies_over_the_limit_are_413() {
             .json(json!({"reason": big_note})),
         Req::post("/v1/alertmanager")
             .token(INGEST)
-            .json(alertmanager_payload(json!([{"status": big_note}]))),
+            .json(alertmanager_payload(
+                json!([{"status": "x".repeat(ALERT_LIMIT + 10)}]),
+            )),
         Req::post("/v1/rollouts")
             .token(ADMIN)
             .body("application/toml", big_note.clone()),
@@ -2086,7 +2103,7 @@ fn arbitrary_bodies_never_cause_a_server_error() {
                 };
                 let resp = rt.block_on(Req::post(path).token(token).body(ct, bytes).send(addr));
                 prop_assert!(
-                    [200, 201, 202, 400, 404, 409, 413, 415].contains(&resp.status),
+                    [200, 201, 202, 400, 404, 409, 413, 415, 422].contains(&resp.status),
                     "{path} -> {} {}",
                     resp.status,
                     resp.text()
@@ -2494,4 +2511,31 @@ async fn a_client_that_never_reads_is_cut_off() {
     assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
     writer.abort();
     server.shutdown().await;
+}
+
+/// Regression (issue 11): a webhook over 1 MiB (an alert storm) was refused with 413 and the
+/// whole batch, PCI alert included, was lost (Alertmanager does not retry a 4xx).
+#[tokio::test]
+async fn an_alert_storm_over_a_mebibyte_is_taken_whole() {
+    let server = Server::start(false).await;
+    let filler = "x".repeat(2_000);
+    let mut alerts: Vec<Value> = (0..1_000)
+        .map(|i| {
+            firing(
+                json!({"alertname": "Noise", "instance": format!("i{i}")}),
+                json!({"description": filler}),
+                &format!("n{i}"),
+            )
+        })
+        .collect();
+    alerts.push(firing(
+        json!({"alertname": "PCI", "rollout": "demo", "category": "pci"}),
+        json!({"summary": "PAN in a log"}),
+        "pci",
+    ));
+    let payload = alertmanager_payload(json!(alerts));
+    assert!(payload.to_string().len() > 2 << 20, "over 2 MiB");
+    let v = alertmanager(&server, payload).await;
+    assert_eq!(v["accepted"], 1, "{v}");
+    assert_eq!(v["skipped"], 1_000);
 }
