@@ -142,6 +142,7 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file at `path` in WAL mode and brings its schema
     /// up to date. `StoreError::Migration` if the file was written by a newer ramp.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        restrict(path)?;
         let mut conn = Connection::open(path)?;
         let mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
@@ -773,4 +774,32 @@ impl Store for SqliteStore {
             parse_outbox(rows)
         })
     }
+}
+
+/// The journal holds signal notes and operator reasons (PCI data, even masked, is nobody
+/// else's business): the database is created readable by its owner only (0600), and an
+/// existing one is narrowed to that. SQLite gives its `-wal` and `-shm` files the database
+/// file's permissions.
+#[cfg(unix)]
+fn restrict(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn restrict(_path: &Path) -> Result<(), StoreError> {
+    Ok(())
 }

@@ -1459,3 +1459,31 @@ fn append_latency() {
         encode
     );
 }
+
+/// Regression (issue 11): the database, which holds signal notes and operator reasons, was
+/// created 0644. It and its `-wal`/`-shm` files are the owner's only; an existing looser file
+/// is narrowed when opened.
+#[cfg(unix)]
+#[test]
+fn the_journal_files_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("modes");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let path = dir.file("ramp.db");
+    {
+        let db = Db::open(&path).unwrap();
+        let _ = realistic_run(&db, "payments-backend");
+        for f in ["ramp.db", "ramp.db-wal", "ramp.db-shm"] {
+            let p = dir.file(f);
+            if p.exists() {
+                assert_eq!(mode(&p), 0o600, "{f}");
+            }
+        }
+        assert!(dir.file("ramp.db-wal").exists(), "WAL mode");
+    }
+    let old = dir.file("old.db");
+    std::fs::write(&old, b"").unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let _db = Db::open(&old).unwrap();
+    assert_eq!(mode(&old), 0o600);
+}
