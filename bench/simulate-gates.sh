@@ -2,13 +2,13 @@
 # The canary gate `error_rate < 0.1%` through the whole state machine: `ramp simulate` of the
 # seed plan for 37 h (canary phase, its extension, the start of the next) with the canary
 # exactly at the threshold and at half of it, over SEEDS seeds (default 200). Prints how many
-# runs left the canary phase (promoted), were held, or were rolled back. ~1-3 s a run (release).
+# runs ended where ("held expanded": promoted, stopped at 37 h), held or rolled back. ~1-3 s a run (release).
 #
 #   bench/simulate-gates.sh [SEEDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds="${1:-200}"
-cargo build --release --locked -p ramp >/dev/null
+cargo build --release --locked -p ramp >/dev/null 2>&1
 ramp="${CARGO_TARGET_DIR:-target}/release/ramp"
 for sc in gate-at-threshold gate-at-half; do
   for seed in $(seq 1 "$seeds"); do
