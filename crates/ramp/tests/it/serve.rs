@@ -38,6 +38,23 @@ triggers = ["error_rate > 1%"]
     )
 }
 
+/// Waits for serve to exit, asserts it exited successfully, and returns all it printed.
+async fn exits_cleanly(
+    mut child: std::process::Child,
+    rx: &std::sync::mpsc::Receiver<String>,
+    mut output: Vec<String>,
+) -> String {
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    while let Ok(line) = rx.try_recv() {
+        output.push(line);
+    }
+    output.join("\n")
+}
+
 /// Never leave the server running if an assertion fails (it would hold CI's output open).
 struct KillOnDrop(u32);
 impl Drop for KillOnDrop {
@@ -164,15 +181,7 @@ async fn a_canary_that_starts_failing_is_rolled_back_within_seconds() {
     let took =
         rolled_back.unwrap_or_else(|| panic!("no rollback within 20 s:\n{}", output.join("\n")));
     assert!(took < Duration::from_secs(10), "rolled back after {took:?}");
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
-    while let Ok(line) = rx.try_recv() {
-        output.push(line);
-    }
-    let text = output.join("\n");
+    let text = exits_cleanly(child, &rx, output).await;
     assert!(text.contains("trigger error_rate > 1% FIRED"), "{text}");
     assert!(text.contains("notify (critical)"), "{text}");
     std::fs::remove_dir_all(&dir).ok();
@@ -332,15 +341,7 @@ async fn the_seed_plan_rolls_a_failing_canary_back_in_real_time_long_before_its_
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
-    while let Ok(line) = rx.try_recv() {
-        output.push(line);
-    }
-    let text = output.join("\n");
+    let text = exits_cleanly(child, &rx, output).await;
     assert!(text.contains("trigger error_rate > 1% FIRED"), "{text}");
     std::fs::remove_dir_all(&dir).ok();
 }
