@@ -44,6 +44,10 @@ pub(crate) fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> (Route
         let rollouts = Arc::clone(&rollouts);
         Arc::new(move || rollouts.metrics())
     };
+    let journal = {
+        let rollouts = Arc::clone(&rollouts);
+        Arc::new(move || rollouts.journal())
+    };
     let openapi = super::openapi()
         .to_pretty_json()
         .map(Bytes::from)
@@ -55,7 +59,7 @@ pub(crate) fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> (Route
         body_limit: config.body_limit,
         alert_body_limit: config.alert_body_limit,
         body_timeout: config.limits.body_read_timeout,
-        registry: metrics::registry(source),
+        registry: metrics::registry(source, journal),
         openapi,
     });
     let router = Router::new()
@@ -78,7 +82,7 @@ pub(crate) fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> (Route
         .route("/v1/openapi.json", get(openapi_json::<R>))
         .route("/metrics", get(metrics::<R>))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz::<R>))
         .fallback(not_found)
         .layer(axum::middleware::map_response(super::error::jsonify_errors))
         .with_state(inner);
@@ -569,15 +573,32 @@ pub(crate) async fn healthz() -> Response {
     text("ok\n")
 }
 
-/// Readiness: 200 `ready` once the API serves. A rollout that could not be resumed does not
-/// make the server unready (that would take every other rollout's proxy out of rotation too):
-/// it shows in `/metrics` as `ramp_rollout_status{status="unavailable"}`.
+/// Readiness of the control plane: 200 `ready` once the API serves and the journal takes
+/// writes; 503 with the journal's error while its latest write failed (signals and commands
+/// are refused then, rollbacks still happen). The proxies keep serving either way: gate
+/// proxy traffic on `/healthz`, not on this. A rollout that could not be resumed does not make
+/// the server unready (that would take every other rollout out of rotation too): it shows in
+/// `/metrics` as `ramp_rollout_status{status="unavailable"}`.
 #[utoipa::path(
     get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "Ready.", body = String, content_type = "text/plain"))
+    responses(
+        (status = 200, description = "Ready.", body = String, content_type = "text/plain"),
+        (status = 503, description = "The journal cannot be written: since when, and why.", body = String, content_type = "text/plain"),
+    )
 )]
-pub(crate) async fn readyz() -> Response {
-    text("ready\n")
+pub(crate) async fn readyz<R: Rollouts>(State(s): St<R>) -> Response {
+    match s.rollouts.journal().failing {
+        None => text("ready\n"),
+        Some((since, why)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            text(format!(
+                "not ready: the journal cannot be written (failing since Unix time {}): {}\n",
+                since / 1000,
+                why.escape_debug()
+            )),
+        )
+            .into_response(),
+    }
 }
 
 /// This document.

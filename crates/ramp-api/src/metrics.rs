@@ -1,7 +1,7 @@
 //! `/metrics`: a prometheus-client collector that asks the control plane for current numbers on
 //! every scrape (nothing is cached or double counted) and encodes them as OpenMetrics text.
 
-use crate::plane::RolloutMetrics;
+use crate::plane::{JournalHealth, RolloutMetrics};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -19,6 +19,57 @@ pub(crate) const LE_SECONDS: [f64; 11] =
 pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 type Source = Arc<dyn Fn() -> Vec<RolloutMetrics> + Send + Sync>;
+type JournalSource = Arc<dyn Fn() -> JournalHealth + Send + Sync>;
+
+/// Exports how the journal's storage is doing.
+pub(crate) struct JournalCollector {
+    source: JournalSource,
+}
+
+impl fmt::Debug for JournalCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JournalCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for JournalCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let h = (self.source)();
+        {
+            let mut metric = encoder.encode_descriptor(
+                "ramp_journal_errors",
+                "Journal operations that failed (a full, frozen or failing disk; a second writer).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (op, n) in [("write", h.write_errors), ("read", h.read_errors)] {
+                let labels: Labels = vec![("op", op.into())];
+                metric
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
+        if let Some(at) = h.last_write_at {
+            encoder
+                .encode_descriptor(
+                    "ramp_journal_last_write_timestamp_seconds",
+                    "When a journal write last succeeded (Unix time).",
+                    None,
+                    MetricType::Gauge,
+                )?
+                .encode_gauge(&(at as f64 / 1000.0))?;
+        }
+        encoder
+            .encode_descriptor(
+                "ramp_journal_failing",
+                "1 while the latest journal write failed (signals and commands are refused, rollbacks still happen).",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&u64::from(h.failing.is_some()))?;
+        Ok(())
+    }
+}
 
 /// Exports the control plane's cumulative numbers at scrape time.
 pub(crate) struct RolloutCollector {
@@ -31,10 +82,11 @@ impl fmt::Debug for RolloutCollector {
     }
 }
 
-/// A registry with the rollout collector.
-pub(crate) fn registry(source: Source) -> Registry {
+/// A registry with the rollout and journal collectors.
+pub(crate) fn registry(source: Source, journal: JournalSource) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(RolloutCollector { source }));
+    registry.register_collector(Box::new(JournalCollector { source: journal }));
     registry
 }
 

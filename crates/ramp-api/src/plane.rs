@@ -17,6 +17,19 @@ pub struct Recorded {
     pub duplicate: bool,
 }
 
+/// How the journal's storage is doing, for `/readyz`, `/metrics` and status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JournalHealth {
+    /// Writes that failed since the server started (a full or frozen disk, a second writer).
+    pub write_errors: u64,
+    /// Reads that failed since the server started.
+    pub read_errors: u64,
+    /// When a write last succeeded (ms since the Unix epoch), if one has.
+    pub last_write_at: Option<u64>,
+    /// Set while the latest write failed: since when (ms since the Unix epoch) and why.
+    pub failing: Option<(u64, String)>,
+}
+
 /// Cumulative per-variant numbers for `/metrics`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RolloutMetrics {
@@ -101,4 +114,8 @@ pub trait Rollouts: Send + Sync + 'static {
     /// Cumulative numbers for `/metrics`; rollouts that should run but do not (could not be
     /// resumed, or their controller stopped) are listed with status `unavailable`.
     fn metrics(&self) -> Vec<RolloutMetrics>;
+    /// How the journal's storage is doing (a plane without one is always healthy).
+    fn journal(&self) -> JournalHealth {
+        JournalHealth::default()
+    }
 }

@@ -112,6 +112,7 @@ fn status(name: &str, state: v1::Status) -> RolloutStatus {
         ended: false,
         ended_at: None,
         retired: false,
+        journal_error: None,
     }
 }
 

@@ -24,6 +24,7 @@ use crate::log::{Log, LogEntry};
 use crate::ports::{EvidenceSource, TrafficSplit};
 use crate::status::{self, Published, View};
 use ramp_api::{ControlError, Recorded};
+use ramp_core::cohort::ShareBp;
 use ramp_core::evidence::{MetricWindow, Signal};
 use ramp_core::plan::Plan;
 use ramp_core::report;
@@ -31,7 +32,7 @@ use ramp_core::rollout::{
     Command, Effect, EventKind, Input, State, Unrecorded, step, when_unrecorded,
 };
 use ramp_core::time::Millis;
-use ramp_store::{Append, Store};
+use ramp_store::{Append, SharePin, Store};
 use ramp_wire::v1;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +62,9 @@ pub enum Msg {
     Stop,
 }
 
+/// How often a rollout that waits for its journal (it could not record its restart) tries again.
+pub const JOURNAL_RETRY: Duration = Duration::from_secs(1);
+
 /// What a controller needs.
 pub struct Parts<E, T, C> {
     /// The rollout's name.
@@ -75,6 +79,10 @@ pub struct Parts<E, T, C> {
     pub pending: Vec<Effect>,
     /// Step `Input::Restarted` first: the state was restored from the journal.
     pub restarted: bool,
+    /// A lowered share carried out after `state` whose step the journal never took (the disk
+    /// was full, then the process died): applied before anything else, then journaled as a
+    /// rollback.
+    pub pin: Option<SharePin>,
     /// Where its proxy listens (for its status).
     pub listen: String,
     /// The journal.
@@ -139,6 +147,19 @@ impl Unsaved {
     }
 }
 
+/// The reason of the rollback among `fx`, as words (for a pin).
+fn rollback_reason(fx: &[Effect]) -> String {
+    fx.iter()
+        .find_map(|e| match e {
+            Effect::Journal(ev) => match &ev.kind {
+                EventKind::RolledBack { reason, .. } => Some(report::stop_text(reason)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .unwrap_or_else(|| "the share was lowered".into())
+}
+
 fn merge(a: Option<MetricWindow>, b: Option<MetricWindow>) -> Option<MetricWindow> {
     match (a, b) {
         (Some(mut a), Some(b)) => {
@@ -175,6 +196,8 @@ struct Controller<E, T, C> {
     pending: Option<MetricWindow>,
     /// When the journal last took a record (controller time).
     last_record: Millis,
+    /// Why the latest journal write failed, until one succeeds (shown in the status).
+    journal_error: Option<String>,
 }
 
 /// Starts a controller on the current runtime.
@@ -196,6 +219,7 @@ where
         rates: (0.0, 0.0),
         health: parts.evidence.health(),
         retired: false,
+        journal_error: None,
     };
     let (publish, published) = watch::channel(Arc::new(status::publish(&view)));
     let (inbox, rx) = mpsc::channel(1024);
@@ -221,8 +245,9 @@ where
         batch: parts.batch,
         pending: None,
         last_record: now,
+        journal_error: None,
     };
-    let task = tokio::spawn(controller.run(rx, parts.pending, parts.restarted));
+    let task = tokio::spawn(controller.run(rx, parts.pending, parts.restarted, parts.pin));
     Handle {
         inbox,
         published,
@@ -236,14 +261,35 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
         mut inbox: mpsc::Receiver<Msg>,
         pending: Vec<Effect>,
         restarted: bool,
+        pin: Option<SharePin>,
     ) -> State {
         self.carry_out(pending).await;
         if restarted {
-            // The share the journal holds is routed again (the proxy starts at it); the
-            // restart itself is a step like any other.
-            let share = self.state.share;
+            // The share the journal holds is routed again (the proxy starts at it), unless a
+            // lower one was carried out after it and never journaled; the restart itself is a
+            // step like any other.
+            let pin = pin.filter(|p| p.share < self.state.share);
+            let share = pin.as_ref().map_or(self.state.share, |p| p.share);
             self.apply_share(share).await;
-            self.step(Input::Restarted, None).await;
+            if !self.record_restart(&mut inbox, share).await {
+                // Stopped before the journal took the restart: nothing to write.
+                self.publish();
+                return self.state;
+            }
+            if let Some(p) = pin {
+                let reason = format!(
+                    "recovered after a restart: the share was lowered to {} before ramp \
+                     stopped, and the journal could not take it then ({})",
+                    p.share, p.reason
+                );
+                tracing::warn!(rollout = %self.name, "{reason}");
+                let rollback = Command::Rollback {
+                    by: "ramp".into(),
+                    reason,
+                };
+                self.step(Input::Command(crate::scrub::command(rollback)), None)
+                    .await;
+            }
         }
         self.publish();
         let interval = self
@@ -301,6 +347,55 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
         self.state
     }
 
+    /// Journals the restart; while the journal cannot take it, the rollout waits on stable
+    /// (share 0 applied, nothing decided, signals and commands refused, evidence dropped: the
+    /// wait is downtime) and tries again every [`JOURNAL_RETRY`], so it resumes by itself when
+    /// the store recovers, at `share`. `false` if told to stop meanwhile.
+    async fn record_restart(&mut self, inbox: &mut mpsc::Receiver<Msg>, share: ShareBp) -> bool {
+        let mut waiting = false;
+        loop {
+            let (commit, _) = self.step(Input::Restarted, None).await;
+            let why = match commit {
+                Commit::Durable(_) | Commit::InMemory => {
+                    if waiting {
+                        tracing::warn!(rollout = %self.name, share = %share, "the journal took the restart: resuming");
+                        self.apply_share(share).await;
+                    }
+                    return true;
+                }
+                Commit::ActedUnsaved(e) | Commit::Reverted(e) => e,
+            };
+            if !waiting {
+                waiting = true;
+                tracing::error!(rollout = %self.name, "cannot resume until the journal can be written; all traffic goes to stable meanwhile: {why}");
+                self.apply_share(ShareBp::ZERO).await;
+            }
+            self.publish();
+            let refusal = || {
+                ControlError::Unavailable(format!(
+                    "the rollout waits for its journal (all traffic on stable): {why}"
+                ))
+            };
+            let wait = tokio::time::sleep(JOURNAL_RETRY);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    msg = inbox.recv() => match msg {
+                        Some(Msg::Signal { reply, .. }) => {
+                            let _ = reply.send(Err(refusal()));
+                        }
+                        Some(Msg::Command { reply, .. }) => {
+                            let _ = reply.send(Err(refusal()));
+                        }
+                        Some(Msg::Stop) | None => return false,
+                    },
+                }
+            }
+            let _ = self.evidence.take().await;
+        }
+    }
+
     fn publish(&self) {
         let view = View {
             name: &self.name,
@@ -312,6 +407,7 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
             rates: self.rates,
             health: self.evidence.health(),
             retired: false,
+            journal_error: self.journal_error.as_deref(),
         };
         let _ = self.publish.send(Arc::new(status::publish(&view)));
     }
@@ -460,6 +556,7 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
         match self.store.append(&self.name, self.seq, append).await {
             Ok(seq) => {
                 self.seq = seq;
+                self.journal_error = None;
                 self.state = next;
                 self.pending = None;
                 self.last_record = now;
@@ -474,8 +571,22 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
             }
             Err(e) => match when_unrecorded(&before, &fx) {
                 Unrecorded::CarryOut => {
+                    // Before anything else is written: the lowered share, in the store's
+                    // reserved space, so that a crash now never resumes at the higher one.
+                    let pin = SharePin {
+                        after_seq: self.seq,
+                        share: next.share,
+                        at: now,
+                        reason: rollback_reason(&fx),
+                    };
+                    let pinned = match self.store.pin_share(&self.name, pin).await {
+                        Ok(()) => {
+                            "; the lowered share is pinned, so a restart keeps it".to_string()
+                        }
+                        Err(p) => format!("; pinning the lowered share failed too: {p}"),
+                    };
                     let msg = format!(
-                        "journal write failed; the rollback was carried out anyway and will be journaled with the next write: {e}"
+                        "journal write failed; the rollback was carried out anyway and will be journaled with the next write{pinned}: {e}"
                     );
                     self.store_error(&msg);
                     self.unsaved.events = events;
@@ -498,7 +609,8 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
         }
     }
 
-    fn store_error(&self, msg: &str) {
+    fn store_error(&mut self, msg: &str) {
+        self.journal_error = Some(msg.to_string());
         tracing::error!(rollout = %self.name, "{msg}");
         (self.log)(&self.name, &LogEntry::StoreError(msg), self.origin);
     }
@@ -568,6 +680,7 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
             match self.store.append(&self.name, self.seq, append).await {
                 Ok(seq) => {
                     self.seq = seq;
+                    self.journal_error = None;
                     self.pending = None;
                     let notices = !self.unsaved.notices.is_empty();
                     self.unsaved = Unsaved::default();

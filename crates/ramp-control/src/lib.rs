@@ -19,6 +19,7 @@ pub mod registry;
 pub mod scrub;
 pub mod server;
 pub mod status;
+pub mod watched;
 
 pub use clock::{Clock, ScaledClock};
 pub use log::{Log, LogEntry};

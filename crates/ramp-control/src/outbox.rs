@@ -31,7 +31,15 @@ pub struct Outbox {
 impl Outbox {
     /// Starts delivering `store`'s outbox through `notifier`.
     pub fn start(store: Arc<dyn Store>, notifier: Arc<dyn Notifier>) -> Outbox {
-        let wake = Arc::new(Notify::new());
+        Outbox::start_waking(store, notifier, Arc::new(Notify::new()))
+    }
+
+    /// [`Outbox::start`], woken by `wake` (created before the controllers that wake it).
+    pub fn start_waking(
+        store: Arc<dyn Store>,
+        notifier: Arc<dyn Notifier>,
+        wake: Arc<Notify>,
+    ) -> Outbox {
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(store, notifier, wake.clone(), stopped));
         Outbox { wake, stop, task }

@@ -79,6 +79,7 @@ enum Entry {
 /// The rollouts this server runs.
 pub struct Registry {
     store: Arc<dyn Store>,
+    journal: Arc<crate::watched::JournalWatch>,
     workers: Arc<Workers>,
     defaults: Defaults,
     log: Log,
@@ -112,8 +113,9 @@ fn bindable(addr: SocketAddr) -> bool {
 }
 
 impl Registry {
-    /// An empty registry over a store; its proxies run on `workers`, and its controllers wake
-    /// `outbox` after writing notices.
+    /// An empty registry over a store (watched: its failures show in `/readyz`, `/metrics`
+    /// and status; use [`Registry::store`] for anything else that writes to it); its proxies
+    /// run on `workers`, and its controllers wake `outbox` after writing notices.
     pub fn new(
         store: Arc<dyn Store>,
         workers: Arc<Workers>,
@@ -121,8 +123,10 @@ impl Registry {
         log: Log,
         outbox: Arc<Notify>,
     ) -> Arc<Self> {
+        let (store, journal) = crate::watched::watch(store);
         Arc::new(Registry {
             store,
+            journal,
             workers,
             defaults,
             log,
@@ -130,6 +134,11 @@ impl Registry {
             rollouts: RwLock::new(BTreeMap::new()),
             default_taken: AtomicBool::new(false),
         })
+    }
+
+    /// The store, watched (the outbox worker writes through it too).
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
     }
 
     fn insert(&self, name: String, entry: Entry) {
@@ -223,6 +232,7 @@ impl Registry {
                     ramp_core::evidence::BackendHealth::Unknown,
                 ),
                 retired: true,
+                journal_error: None,
             };
             let status = status::publish(&view).status;
             self.insert(r.name.clone(), Entry::Retired(Box::new(status)));
@@ -232,8 +242,14 @@ impl Registry {
             });
         }
         let listen = self.listen_for(&plan, None, remembered);
+        // A share lowered after the journal's state and never journaled (a pin) is the one the
+        // proxy starts at: after a crash, never more canary traffic than last applied.
+        let share = r
+            .pin
+            .as_ref()
+            .map_or(r.state.share, |p| p.share.min(r.state.share));
         let proxy = self
-            .proxy(&plan, listen, r.state.share)
+            .proxy(&plan, listen, share)
             .await
             .map_err(|e| e.to_string())?;
         let bound = proxy.local_addr;
@@ -241,7 +257,14 @@ impl Registry {
             // Only a hint for the next start: the rollout runs whether or not it is written.
             let _ = self.store.set_listen(&r.name, &bound.to_string()).await;
         }
-        self.run(Arc::new(plan), r.state, r.last_seq, Vec::new(), true, proxy);
+        self.run(
+            Arc::new(plan),
+            r.state,
+            r.last_seq,
+            Vec::new(),
+            (true, r.pin),
+            proxy,
+        );
         Ok(ResumedAt {
             listen: Some(bound),
             moved_from: remembered.filter(|&a| a != bound),
@@ -314,7 +337,7 @@ impl Registry {
         state: State,
         seq: u64,
         pending: Vec<Effect>,
-        restarted: bool,
+        (restarted, pin): (bool, Option<ramp_store::SharePin>),
         proxy: ProxyHandle,
     ) {
         let name = plan.name.clone();
@@ -326,6 +349,7 @@ impl Registry {
             seq,
             pending,
             restarted,
+            pin,
             listen: proxy.local_addr.to_string(),
             store: self.store.clone(),
             evidence: ProxyEvidence::new(proxy.recorder.clone(), proxy.health.clone()),
@@ -431,7 +455,7 @@ impl Registry {
             self.outbox.notify_one();
         }
         let name = plan.name.clone();
-        self.run(Arc::new(plan), state, seq, fx, false, proxy);
+        self.run(Arc::new(plan), state, seq, fx, (false, None), proxy);
         self.status(&name)
             .ok_or_else(|| ControlError::Unavailable("the rollout stopped at once".into()))
     }
@@ -624,6 +648,10 @@ impl Rollouts for Registry {
         last.retired = true;
         self.insert(name.to_string(), Entry::Retired(Box::new(last.clone())));
         Ok(last)
+    }
+
+    fn journal(&self) -> ramp_api::JournalHealth {
+        self.journal.health()
     }
 
     fn metrics(&self) -> Vec<RolloutMetrics> {

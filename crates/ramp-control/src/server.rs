@@ -114,14 +114,16 @@ pub async fn run(
     mut report: impl FnMut(Lifecycle<'_>),
 ) -> Result<Arc<Registry>, ServerError> {
     let workers = Arc::new(Workers::new(config.workers)?);
-    let outbox = Outbox::start(services.store.clone(), services.notifier);
+    let wake = Arc::new(tokio::sync::Notify::new());
     let registry = Registry::new(
         services.store,
         workers,
         config.defaults,
         services.log,
-        outbox.waker(),
+        wake.clone(),
     );
+    // Through the registry's store, so that the outbox's writes are watched too.
+    let outbox = Outbox::start_waking(registry.store(), services.notifier, wake);
     for r in registry.resume_all().await? {
         report(Lifecycle::Resumed(&r));
     }

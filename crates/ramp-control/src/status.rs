@@ -31,6 +31,8 @@ pub(crate) struct View<'a> {
     /// Backend health (stable, canary).
     pub(crate) health: (BackendHealth, BackendHealth),
     pub(crate) retired: bool,
+    /// Why the latest journal write failed, while it is the latest.
+    pub(crate) journal_error: Option<&'a str>,
 }
 
 /// The status and numbers of a view.
@@ -45,7 +47,11 @@ pub(crate) fn publish(v: &View<'_>) -> Published {
         now: v.now,
         origin: v.origin,
         status: s.status.into(),
-        health: s.health().into(),
+        health: match (v1::Health::from(s.health()), v.journal_error) {
+            // A journal that cannot be written needs a person, whatever the evidence says.
+            (v1::Health::Healthy | v1::Health::Monitoring, Some(_)) => v1::Health::Degraded,
+            (h, _) => h,
+        },
         phase: s.phase as u64,
         phase_name: phase.name.clone(),
         share: s.share.bp(),
@@ -61,6 +67,7 @@ pub(crate) fn publish(v: &View<'_>) -> Published {
         ended: s.status.is_settled(),
         ended_at: s.ended_at,
         retired: v.retired,
+        journal_error: v.journal_error.map(str::to_string),
     };
     let metrics = RolloutMetrics {
         name: v.name.to_string(),
@@ -104,5 +111,6 @@ pub(crate) fn unavailable(
         ended: false,
         ended_at: None,
         retired: false,
+        journal_error: None,
     }
 }

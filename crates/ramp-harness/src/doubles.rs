@@ -7,7 +7,9 @@ use ramp_core::cohort::ShareBp;
 use ramp_core::evidence::{BackendHealth, MetricWindow};
 use ramp_core::time::Millis;
 use ramp_notify::{Notifier, NotifyError};
-use ramp_store::{Append, BoxFuture, NewRollout, OutboxEntry, Store, StoreError, StoredRollout};
+use ramp_store::{
+    Append, BoxFuture, NewRollout, OutboxEntry, SharePin, Store, StoreError, StoredRollout,
+};
 use ramp_wire::v1;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -97,6 +99,11 @@ impl<S: Store> Store for FlakyStore<S> {
             Ok(()) => self.inner.prune_windows(n, b),
             Err(e) => Box::pin(async { Err(e) }),
         }
+    }
+    /// Pins go through even while writes fail: they model the space the real store reserved
+    /// (a full disk fails appends, not pins).
+    fn pin_share(&self, n: &str, pin: SharePin) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.pin_share(n, pin)
     }
     fn set_listen(&self, n: &str, l: &str) -> BoxFuture<'_, Result<(), StoreError>> {
         match self.check() {

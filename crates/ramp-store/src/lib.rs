@@ -23,11 +23,13 @@
 //! worker ever waits for a disk.
 #![forbid(unsafe_code)]
 
+mod pins;
 mod records;
 mod sqlite;
 
+pub use pins::SharePin;
 pub use records::{EVENT_FORMAT, STATE_FORMAT};
-pub use sqlite::SqliteStore;
+pub use sqlite::{READ_TIMEOUT, SqliteStore};
 
 use ramp_core::evidence::MetricWindow;
 use ramp_core::rollout::State;
@@ -134,6 +136,9 @@ pub struct StoredRollout {
     pub listen: Option<String>,
     /// When it was retired, if it was: it is kept for reading and never resumed.
     pub retired_at: Option<Millis>,
+    /// A share lowered after `state` was written whose step the journal never took (see
+    /// [`Store::pin_share`]): resume at this share, not the journaled one.
+    pub pin: Option<SharePin>,
 }
 
 /// A notice in the outbox.
@@ -205,6 +210,13 @@ pub trait Store: Send + Sync + 'static {
         rollout: &str,
         before: Millis,
     ) -> BoxFuture<'_, Result<u64, StoreError>>;
+
+    /// Records, durably and without needing free space, that `rollout`'s share was lowered
+    /// (a rollback carried out) while its journal was at `pin.after_seq` and could not take the
+    /// step: [`Store::load_all`] hands the pin back until the journal moves past that position,
+    /// so a crash before the journal recovers never resumes at a higher share. Called after a
+    /// failed append, before anything else is written.
+    fn pin_share(&self, rollout: &str, pin: SharePin) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Records the address a rollout's proxy listens on, so a restart can serve on the same
     /// one. `NotFound` for an unknown rollout.

@@ -1,16 +1,25 @@
-//! The SQLite store: one file, WAL mode, `synchronous = FULL`, on threads of its own.
+//! The SQLite store: one file, a rollback journal (`journal_mode = TRUNCATE`), `synchronous =
+//! FULL`, on threads of its own.
 //!
 //! Writes go to one writer thread that owns the write connection; reads go to a reader thread
 //! with a connection of its own. The async methods hand a job to the thread and await its
-//! answer, so no runtime worker ever blocks on the disk, and in WAL mode reads (status, the
-//! journal page, `/metrics`) never wait for a write that is slow or stuck. `BEGIN IMMEDIATE`
-//! plus `busy_timeout` serialize writers across processes opening the same file. With WAL and
-//! `synchronous = FULL` a commit fsyncs the write-ahead log before it returns, so an
-//! acknowledged append survives `kill -9` and power loss alike.
+//! answer, so no runtime worker ever blocks on the disk. `BEGIN IMMEDIATE` plus `busy_timeout`
+//! serialize writers across processes opening the same file. With `synchronous = FULL` a commit
+//! fsyncs the journal and the database before it returns, so an acknowledged append survives
+//! `kill -9` and power loss alike.
+//!
+//! **No file is ever memory-mapped.** WAL mode keeps its index in a shared-memory mapping of
+//! the `-shm` file, and a fault on that mapping (the file made immutable, truncated, on a
+//! filesystem that failed) is a `SIGBUS` that ends the process, every proxy with it. A
+//! rollback journal and `mmap_size = 0` make every storage fault an error returned by a system
+//! call, which the controller contains (issue 11). What it costs: a reader waits while a commit
+//! holds the write lock (milliseconds; at most [`READ_TIMEOUT`] on a frozen disk, then an
+//! error), and a commit takes a few more fsyncs. Status and `/metrics` never read the store.
 //!
 //! An in-memory store (tests) has one thread for both, since two connections to `:memory:`
 //! would be two databases.
 
+use super::pins::{self, Pins, SharePin};
 use super::records::{
     self, EVENT_FORMAT, NOTICE_FORMAT, STATE_FORMAT, decode_event, decode_notice, decode_state,
     encode_event, encode_notice, encode_state, to_i64,
@@ -21,11 +30,15 @@ use ramp_core::time::Millis;
 use ramp_wire::v1;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 /// How long a write waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a read waits for a commit in progress before failing (a journal page answers 503
+/// rather than hanging on a frozen disk).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The schema, one migration per version (index 0 is version 1). Applied in order, each in its
 /// own transaction together with its `schema_migrations` row. Never edit a released entry:
@@ -79,7 +92,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX outbox_by_rollout ON outbox (rollout, id);",
 ];
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// A job on a thread's connection (or the reason there is none); answers whether the
+/// connection went stale (it can only read now) and must be opened again.
+type Job = Box<dyn FnOnce(Result<&mut Connection, StoreError>) -> bool + Send>;
+
+/// How a thread opens its connection again after losing it.
+type Reopen = Box<dyn Fn() -> Result<Connection, StoreError> + Send>;
 
 /// A thread that owns a connection and runs jobs on it, one at a time.
 #[derive(Clone)]
@@ -88,16 +106,45 @@ struct DbThread {
 }
 
 impl DbThread {
-    fn spawn(name: &str, mut conn: Connection) -> Result<Self, StoreError> {
+    fn spawn(name: &str, conn: Connection) -> Result<Self, StoreError> {
+        Self::spawn_with(name, Ok(conn), None)
+    }
+
+    /// A thread whose connection may be missing (the database could not be opened for
+    /// writing): each job first tries `reopen`, and fails with its error until it succeeds. A
+    /// connection that turns out read-only is dropped and opened again by the next job, so a
+    /// store recovers when its disk does, without a restart.
+    fn spawn_with(
+        name: &str,
+        conn: Result<Connection, StoreError>,
+        reopen: Option<Reopen>,
+    ) -> Result<Self, StoreError> {
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
+                let mut conn = conn;
                 for job in queue {
+                    if conn.is_err()
+                        && let Some(reopen) = &reopen
+                    {
+                        conn = reopen();
+                    }
+                    let target = match &mut conn {
+                        Ok(c) => Ok(c),
+                        Err(StoreError::Open(why)) => Err(StoreError::Open(why.clone())),
+                        Err(e) => Err(StoreError::Open(e.to_string())),
+                    };
                     // A job that panics must not take the store down with it: rusqlite rolls
                     // back an open transaction on drop, so the connection stays consistent.
-                    let _ =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
+                    let stale =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(target)))
+                            .unwrap_or(false);
+                    if stale && reopen.is_some() {
+                        conn = Err(StoreError::Open(
+                            "the database was opened read-only; opening it again".into(),
+                        ));
+                    }
                 }
             })
             .map_err(|e| StoreError::Open(format!("cannot start the store thread: {e}")))?;
@@ -110,11 +157,25 @@ impl DbThread {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.run_even_without(|conn| conn.and_then(f))
+    }
+
+    /// Runs `f` in the thread's turn, with its connection or the reason it has none (a job
+    /// that must work while the database cannot be written).
+    fn run_even_without<T, F>(&self, f: F) -> BoxFuture<'static, Result<T, StoreError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(Result<&mut Connection, StoreError>) -> Result<T, StoreError> + Send + 'static,
+    {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let sent = self
             .jobs
             .send(Box::new(move |conn| {
-                let _ = tx.send(f(conn));
+                let r = f(conn);
+                let stale = matches!(&r, Err(StoreError::Sqlite(e))
+                    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ReadOnly));
+                let _ = tx.send(r);
+                stale
             }))
             .is_ok();
         Box::pin(async move {
@@ -130,6 +191,8 @@ impl DbThread {
 pub struct SqliteStore {
     writer: DbThread,
     reader: DbThread,
+    /// Lowered shares the journal has not taken yet (see `pins`).
+    pins: Arc<Mutex<Pins>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -139,31 +202,60 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file at `path` in WAL mode and brings its schema
-    /// up to date. `StoreError::Migration` if the file was written by a newer ramp.
+    /// Opens (creating if needed) the database file at `path` and brings its schema up to
+    /// date. A database left in WAL mode by an earlier ramp is checkpointed and switched to a
+    /// rollback journal (its `-wal` and `-shm` files go away). `StoreError::Migration` if the
+    /// file was written by a newer ramp.
+    ///
+    /// A database that exists but cannot be written (a read-only or immutable file, a
+    /// read-only mount) still opens, if its schema is current: reads work, every write fails
+    /// with the reason, and each write tries to open it for writing again, so the store
+    /// recovers without a restart once the disk does.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        restrict(path)?;
-        let mut conn = Connection::open(path)?;
-        let mode: String =
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Open(format!(
-                "{}: SQLite would not switch to WAL mode (journal_mode is {mode:?}); \
-                 is the file on a filesystem without shared-memory support?",
-                path.display()
-            )));
-        }
-        configure(&conn)?;
-        migrate(&mut conn, &path.display().to_string())?;
+        let writer = match open_writer(path) {
+            // A newer ramp's file, or nothing to read: nothing to serve from.
+            Err(e @ StoreError::Migration(_)) => return Err(e),
+            Err(e) if !path.exists() => return Err(e),
+            w => w,
+        };
         let reader = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        reader.busy_timeout(BUSY_TIMEOUT)?;
+        reader.busy_timeout(READ_TIMEOUT)?;
+        reader.pragma_update(None, "mmap_size", 0)?;
+        if writer.is_err() {
+            let version = current_version(&reader)?;
+            if version != Self::latest_schema_version() {
+                return Err(StoreError::Migration(format!(
+                    "{} has schema version {version} and cannot be written to bring it to {}: {}",
+                    path.display(),
+                    Self::latest_schema_version(),
+                    writer
+                        .as_ref()
+                        .err()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                )));
+            }
+        }
+        let pins = Pins::open(path)?;
+        let again = path.to_path_buf();
         Ok(SqliteStore {
-            writer: DbThread::spawn("ramp-store-writer", conn)?,
+            writer: DbThread::spawn_with(
+                "ramp-store-writer",
+                writer,
+                Some(Box::new(move || open_writer(&again))),
+            )?,
             reader: DbThread::spawn("ramp-store-reader", reader)?,
+            pins: Arc::new(Mutex::new(pins)),
         })
+    }
+
+    /// Whether the database can be written right now (it was opened, or opened again, for
+    /// writing).
+    pub async fn writable(&self) -> bool {
+        self.writer.run(|_| Ok(())).await.is_ok()
     }
 
     /// A private in-memory database (no durability), with the same schema.
@@ -175,6 +267,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer: thread.clone(),
             reader: thread,
+            pins: Arc::new(Mutex::new(Pins::in_memory())),
         })
     }
 
@@ -198,9 +291,39 @@ impl SqliteStore {
     }
 }
 
+/// The write connection: permissions narrowed, a rollback journal, durable commits, the schema
+/// brought up to date. Fails if the file cannot be written (SQLite would silently open it
+/// read-only).
+fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    restrict(path)?;
+    let mut conn = Connection::open(path)?;
+    if conn.is_readonly(rusqlite::MAIN_DB)? {
+        return Err(StoreError::Open(format!(
+            "{}: the database can only be read (a read-only or immutable file, or a read-only \
+             filesystem)",
+            path.display()
+        )));
+    }
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "TRUNCATE", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("truncate") {
+        return Err(StoreError::Open(format!(
+            "{}: SQLite would not leave {mode:?} journal mode for a rollback journal; is \
+             another process holding it open in WAL mode?",
+            path.display()
+        )));
+    }
+    configure(&conn)?;
+    migrate(&mut conn, &path.display().to_string())?;
+    Ok(conn)
+}
+
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Never map the file: a fault on a mapping is a signal, not an error (see the module docs).
+    conn.pragma_update(None, "mmap_size", 0)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(())
 }
@@ -334,6 +457,7 @@ impl Row {
             last_seq,
             listen: self.listen,
             retired_at,
+            pin: None,
         })
     }
 }
@@ -558,7 +682,8 @@ impl Store for SqliteStore {
     fn load_all(
         &self,
     ) -> BoxFuture<'_, Result<Vec<Result<StoredRollout, StoreError>>, StoreError>> {
-        self.reader.run(|conn| {
+        let pins = self.pins.clone();
+        self.reader.run(move |conn| {
             // One read transaction: a consistent view even if another process writes meanwhile.
             let tx = conn.transaction()?;
             // Rows by rowid (names as bytes, so that even a damaged name is listed), then each
@@ -583,7 +708,7 @@ impl Store for SqliteStore {
                             seq: 0,
                             reason: format!("the rollout's row cannot be read: {e}"),
                         });
-                    out.push(row.and_then(Row::parse));
+                    out.push(row.and_then(Row::parse).map(|r| with_pin(&pins, r)));
                 }
             }
             tx.commit()?;
@@ -593,12 +718,16 @@ impl Store for SqliteStore {
 
     fn load(&self, rollout: &str) -> BoxFuture<'_, Result<StoredRollout, StoreError>> {
         let name = rollout.to_string();
+        let pins = self.pins.clone();
         self.reader.run(move |conn| {
             let row = conn
                 .prepare_cached(&format!("{SELECT_ROLLOUT} WHERE r.name = ?1"))?
                 .query_row([&name], read_row)
                 .optional()?;
-            row.ok_or(StoreError::NotFound(name))?.parse()
+            Ok(with_pin(
+                &pins,
+                row.ok_or(StoreError::NotFound(name))?.parse()?,
+            ))
         })
     }
 
@@ -691,6 +820,33 @@ impl Store for SqliteStore {
         })
     }
 
+    fn pin_share(&self, rollout: &str, pin: SharePin) -> BoxFuture<'_, Result<(), StoreError>> {
+        let name = rollout.to_string();
+        let pins = self.pins.clone();
+        // On the writer thread (so it is ordered with appends), but with or without its
+        // connection: a pin must land when the database cannot be written at all.
+        self.writer.run_even_without(move |conn| {
+            // Which pins the journal has moved past (a read: it needs no free space). If even
+            // that fails, every pin is kept.
+            let positions: std::collections::HashMap<String, i64> = conn
+                .ok()
+                .and_then(|conn| {
+                    conn.prepare_cached("SELECT rollout, seq FROM snapshots")
+                        .and_then(|mut q| {
+                            q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                                .collect::<Result<_, _>>()
+                        })
+                        .ok()
+                })
+                .unwrap_or_default();
+            Pins::pin(&pins, &name, pin, |other, p| {
+                positions
+                    .get(other)
+                    .is_some_and(|&seq| seq > 0 && seq as u64 > p.after_seq)
+            })
+        })
+    }
+
     fn set_listen(&self, rollout: &str, listen: &str) -> BoxFuture<'_, Result<(), StoreError>> {
         let (name, listen) = (rollout.to_string(), listen.to_string());
         self.writer.run(move |conn| {
@@ -776,10 +932,18 @@ impl Store for SqliteStore {
     }
 }
 
+/// `r` with its standing pin, if any (never for a retired rollout: it is not resumed).
+fn with_pin(pins: &Mutex<Pins>, mut r: StoredRollout) -> StoredRollout {
+    if r.retired_at.is_none() {
+        r.pin = pins::lock(pins).standing(&r.name, r.last_seq);
+    }
+    r
+}
+
 /// The journal holds signal notes and operator reasons (PCI data, even masked, is nobody
 /// else's business): the database is created readable by its owner only (0600), and an
-/// existing one is narrowed to that. SQLite gives its `-wal` and `-shm` files the database
-/// file's permissions.
+/// existing one is narrowed to that. SQLite gives its `-journal` file the database file's
+/// permissions.
 #[cfg(unix)]
 fn restrict(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

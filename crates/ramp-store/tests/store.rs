@@ -898,8 +898,8 @@ fn pragmas_give_durable_commits_and_foreign_keys() {
     });
     assert_eq!(
         (mode.as_str(), sync, fk),
-        ("wal", 2, 1),
-        "WAL, FULL, foreign keys"
+        ("truncate", 2, 1),
+        "a rollback journal, FULL, foreign keys"
     );
     let orphan = db.rt.block_on(db.store.with_connection(|c| {
         Ok(c.execute(
@@ -1307,12 +1307,11 @@ fn acknowledged_appends_survive_sigkill() {
         }
         acked.extend(got);
 
-        // The writer died with its write-ahead log un-checkpointed: opening must recover it.
-        let wal = std::fs::metadata(dir.file("ramp.db-wal")).map_or(0, |m| m.len());
-        assert!(
-            wal > 0,
-            "round {round}: a killed writer leaves its WAL behind"
-        );
+        // The writer died with its rollback journal possibly hot (mid-transaction): the next
+        // open rolls it back. No write-ahead log or shared-memory file is ever made.
+        for f in ["ramp.db-wal", "ramp.db-shm"] {
+            assert!(!dir.file(f).exists(), "round {round}: {f} (WAL mode)");
+        }
         // The file opens cleanly and holds every acknowledged append.
         let conn = rusqlite::Connection::open(&path).unwrap();
         let check: String = conn
@@ -1461,7 +1460,7 @@ fn append_latency() {
 }
 
 /// Regression (issue 11): the database, which holds signal notes and operator reasons, was
-/// created 0644. It and its `-wal`/`-shm` files are the owner's only; an existing looser file
+/// created 0644. It and its `-journal` and `-pins` files are the owner's only; an existing looser file
 /// is narrowed when opened.
 #[cfg(unix)]
 #[test]
@@ -1473,17 +1472,188 @@ fn the_journal_files_are_readable_by_their_owner_only() {
     {
         let db = Db::open(&path).unwrap();
         let _ = realistic_run(&db, "payments-backend");
-        for f in ["ramp.db", "ramp.db-wal", "ramp.db-shm"] {
+        for f in ["ramp.db", "ramp.db-journal", "ramp.db-pins"] {
             let p = dir.file(f);
             if p.exists() {
                 assert_eq!(mode(&p), 0o600, "{f}");
             }
         }
-        assert!(dir.file("ramp.db-wal").exists(), "WAL mode");
+        assert!(
+            dir.file("ramp.db-pins").exists(),
+            "the pins file is reserved at open"
+        );
+        assert!(!dir.file("ramp.db-wal").exists(), "no WAL");
     }
     let old = dir.file("old.db");
     std::fs::write(&old, b"").unwrap();
     std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
     let _db = Db::open(&old).unwrap();
     assert_eq!(mode(&old), 0o600);
+}
+
+/// `chattr +i` on a file (even root cannot write it then), undone on drop. `None` where chattr
+/// cannot do it (not root, a filesystem without the flag): the caller skips.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(path: &Path) -> Option<Immutable> {
+        let done = Process::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !done {
+            #[allow(clippy::print_stderr)] // the only way a skipped test can say so
+            {
+                eprintln!("skipped: chattr +i is not available here");
+            }
+        }
+        done.then(|| Immutable(path.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Process::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+/// Regression (issue 11): in WAL mode SQLite maps the `-shm` file, and a fault on that mapping
+/// (the file made immutable or truncated, a filesystem that failed) is a SIGBUS that ends the
+/// process and every proxy in it. No file of the store may be mapped, at any point of its use.
+#[cfg(target_os = "linux")]
+#[test]
+fn no_file_of_the_store_is_memory_mapped() {
+    let dir = TempDir::new("mmap");
+    let db = Db::open(&dir.file("ramp.db")).unwrap();
+    let _ = realistic_run(&db, "payments-backend");
+    db.load_all().unwrap();
+    db.events("payments-backend", 0, 50).unwrap();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let dir_name = dir.0.to_string_lossy().to_string();
+    let mapped: Vec<&str> = maps.lines().filter(|l| l.contains(&dir_name)).collect();
+    assert!(mapped.is_empty(), "mapped: {mapped:#?}");
+}
+
+/// A database an earlier ramp left in WAL mode opens with a rollback journal, its rows intact
+/// and its `-wal`/`-shm` files gone.
+#[test]
+fn a_wal_database_is_switched_to_a_rollback_journal() {
+    let dir = TempDir::new("from-wal");
+    let path = dir.file("ramp.db");
+    let state = State::new(&seed_plan());
+    {
+        let db = Db::open(&path).unwrap();
+        db.create("r", SEED, 1, &state).unwrap();
+    }
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        // A row written in WAL mode, still in the log when the process ends.
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+        drop(conn);
+        let db = Db::open(&path).unwrap();
+        db.append("r", 0, &[signal_event(2, 1)], &state).unwrap();
+    }
+    let db = Db::open(&path).unwrap();
+    let mode: String = db.sql(|c| c.query_row("PRAGMA journal_mode", [], |r| r.get(0)));
+    assert_eq!(mode, "truncate");
+    assert_eq!(db.load("r").unwrap().last_seq, 1);
+    for f in ["ramp.db-wal", "ramp.db-shm"] {
+        assert!(!dir.file(f).exists(), "{f}");
+    }
+}
+
+/// A database that exists but cannot be written (here immutable) still opens: reads work,
+/// writes fail with the reason, and once the file can be written again the same store writes,
+/// without being opened again.
+#[test]
+fn an_unwritable_database_opens_for_reading_and_recovers() {
+    let dir = TempDir::new("unwritable");
+    let path = dir.file("ramp.db");
+    let state = State::new(&seed_plan());
+    {
+        let db = Db::open(&path).unwrap();
+        db.create("r", SEED, 1, &state).unwrap();
+        db.append("r", 0, &[signal_event(2, 1)], &state).unwrap();
+    }
+    let Some(frozen) = Immutable::set(&path) else {
+        return;
+    };
+    let db = Db::open(&path).expect("an unwritable database opens for reading");
+    assert_eq!(db.load("r").unwrap().last_seq, 1);
+    assert_eq!(db.events("r", 0, 10).unwrap().len(), 1);
+    assert!(!db.rt.block_on(db.store.writable()));
+    let err = db
+        .append("r", 1, &[signal_event(3, 2)], &state)
+        .unwrap_err();
+    let why = err.to_string();
+    assert!(
+        why.contains("ramp.db") && !why.contains("cannot open store: cannot"),
+        "{why}"
+    );
+    // A pin lives in its own reserved file, so it lands while the database cannot be written.
+    let pin = ramp_store::SharePin {
+        after_seq: 1,
+        share: ramp_core::cohort::ShareBp::new(0).unwrap(),
+        at: 3,
+        reason: "3 PCI alerts".into(),
+    };
+    db.rt
+        .block_on(db.store.pin_share("r", pin.clone()))
+        .unwrap();
+    assert_eq!(db.load("r").unwrap().pin, Some(pin.clone()));
+    drop(frozen);
+    assert_eq!(db.append("r", 1, &[signal_event(3, 2)], &state).unwrap(), 2);
+    assert!(db.rt.block_on(db.store.writable()));
+    assert_eq!(
+        db.load("r").unwrap().pin,
+        None,
+        "the journal moved past the pin"
+    );
+    drop(db);
+    let db = Db::open(&path).unwrap();
+    assert_eq!(db.load("r").unwrap().last_seq, 2);
+}
+
+/// A pin survives reopening the store and stands until the journal holds a later position.
+#[test]
+fn a_pinned_share_stands_until_the_journal_moves_past_it() {
+    let dir = TempDir::new("pins");
+    let path = dir.file("ramp.db");
+    let state = State::new(&seed_plan());
+    let pin = ramp_store::SharePin {
+        after_seq: 1,
+        share: ramp_core::cohort::ShareBp::new(0).unwrap(),
+        at: 5,
+        reason: "error rate 7.1% over 5%".into(),
+    };
+    {
+        let db = Db::open(&path).unwrap();
+        db.create("r", SEED, 1, &state).unwrap();
+        db.create("other", SEED, 1, &state).unwrap();
+        db.append("r", 0, &[signal_event(2, 1)], &state).unwrap();
+        db.rt
+            .block_on(db.store.pin_share("r", pin.clone()))
+            .unwrap();
+    }
+    let db = Db::open(&path).unwrap();
+    assert_eq!(db.load("r").unwrap().pin, Some(pin.clone()));
+    assert_eq!(db.load("other").unwrap().pin, None);
+    let all: Vec<_> = db
+        .load_all()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(all.iter().filter(|r| r.pin.is_some()).count(), 1);
+    db.append("r", 1, &[signal_event(6, 2)], &state).unwrap();
+    assert_eq!(db.load("r").unwrap().pin, None);
+    drop(db);
+    assert_eq!(Db::open(&path).unwrap().load("r").unwrap().pin, None);
 }

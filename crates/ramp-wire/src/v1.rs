@@ -361,6 +361,10 @@ pub struct RolloutStatus {
     /// its journal stays readable.
     #[serde(default)]
     pub retired: bool,
+    /// Set while this rollout's latest journal write failed (a full or frozen disk): why.
+    /// Signals and commands are refused meanwhile; a rollback still happens at once.
+    #[serde(default)]
+    pub journal_error: Option<String>,
 }
 
 /// One variant's numbers in the current phase.

@@ -72,6 +72,9 @@ pub(crate) fn status(s: &v1::RolloutStatus) -> String {
             share(applied)
         );
     }
+    if let Some(e) = &s.journal_error {
+        out += &format!("  ! JOURNAL FAILING: {}\n", e.escape_debug());
+    }
     out += &format!(
         "  {:<7} {:>8} {:>11} {:>9} {:>9} {:>9} {:>8}  {}\n",
         "", "req/s", "requests", "errors", "p95", "success", "users", "backend"

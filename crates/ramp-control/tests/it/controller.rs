@@ -92,6 +92,7 @@ async fn start_batched(
         seq,
         pending: fx,
         restarted: false,
+        pin: None,
         listen: "127.0.0.1:0".into(),
         store: store.clone(),
         evidence: evidence.clone(),

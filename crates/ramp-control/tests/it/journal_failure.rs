@@ -384,3 +384,89 @@ async fn card_numbers_and_control_characters_are_scrubbed_before_the_journal() {
     assert!(text.contains("in a debug log\\\\u{a}12:00"), "{text}");
     registry.shutdown().await;
 }
+
+/// Regression (issue 11): disk full → critical alert → rollback carried out (share 0) but not
+/// journaled → the process dies before any write succeeds → restart: the rollout ran at 50%
+/// again and the journal held no rollback. The lowered share is pinned in the store's reserved
+/// space; the restart starts the proxy at it and journals the rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_made_with_the_disk_full_survives_a_crash() {
+    let dir = ramp_harness::fresh_dir("pinned-share");
+    let path = dir.join("ramp.db");
+    let canary_hits = Arc::new(AtomicU64::new(0));
+    let stable = upstream(
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    )
+    .await;
+    let canary = upstream(Arc::new(AtomicBool::new(false)), canary_hits.clone()).await;
+    let plan = plan_text(stable, canary);
+    let registry_over = |store: Arc<dyn Store>| {
+        Registry::new(
+            store,
+            Arc::new(Workers::new(1).unwrap()),
+            Defaults {
+                time_scale: 3600.0,
+                default_listen: "127.0.0.1:0".parse().unwrap(),
+                ..Defaults::default()
+            },
+            log::silent(),
+            Arc::new(tokio::sync::Notify::new()),
+        )
+    };
+    {
+        let store = Arc::new(FlakyStore::new(SqliteStore::open(&path).unwrap()));
+        let registry = registry_over(store.clone());
+        let status = registry.start_new(&plan, "flaky.toml", None).await.unwrap();
+        let proxy: SocketAddr = status.listen.parse().unwrap();
+        traffic(proxy, 200).await;
+        assert!(canary_hits.load(Ordering::SeqCst) > 0, "the canary serves");
+        store.set_broken(true);
+        let r = signal(
+            &registry,
+            Signal::SecurityAlert {
+                severity: Severity::Critical,
+                note: "token leak".into(),
+            },
+        )
+        .await;
+        let err = r.unwrap_err();
+        assert!(err.contains("pinned"), "{err}");
+        // The store never recovers before the process goes: nothing reaches the journal.
+        registry.shutdown().await;
+        assert_eq!(store.load("flaky").await.unwrap().state.share.bp(), 5_000);
+    }
+    let hits_before = canary_hits.load(Ordering::SeqCst);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
+    let stored = store.load("flaky").await.unwrap();
+    let pin = stored.pin.clone().expect("the lowered share is pinned");
+    assert_eq!(pin.share.bp(), 0);
+    assert!(pin.reason.contains("security"), "{}", pin.reason);
+    let registry = registry_over(store.clone());
+    let resumed = registry.resume_all().await.unwrap();
+    let proxy = resumed[0].outcome.as_ref().unwrap().listen.unwrap();
+    // From its first request the resumed proxy sends nobody to the canary.
+    traffic(proxy, 200).await;
+    assert_eq!(canary_hits.load(Ordering::SeqCst), hits_before);
+    until(&registry, "rolled back", |s| {
+        s.status == v1::Status::RolledBack
+    })
+    .await;
+    registry.shutdown().await;
+    let stored = store.load("flaky").await.unwrap();
+    assert_eq!(stored.state.status.name(), "rolled_back");
+    assert_eq!(
+        stored.pin, None,
+        "the journal took it: the pin no longer stands"
+    );
+    let rolled_back = store.events("flaky", 0, 1000).await.unwrap();
+    let reason = rolled_back
+        .iter()
+        .find_map(|(_, e)| match &e.kind {
+            EventKind::RolledBack { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .expect("the rollback is journaled");
+    assert!(reason.contains("recovered after a restart"), "{reason}");
+    let _ = std::fs::remove_dir_all(dir);
+}
