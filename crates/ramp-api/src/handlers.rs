@@ -583,21 +583,20 @@ pub(crate) async fn healthz() -> Response {
     get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready.", body = String, content_type = "text/plain"),
-        (status = 503, description = "The journal cannot be written: since when, and why.", body = String, content_type = "text/plain"),
+        (status = 503, description = "The journal cannot be written: since when, and why.", body = ErrorBody),
     )
 )]
 pub(crate) async fn readyz<R: Rollouts>(State(s): St<R>) -> Response {
     match s.rollouts.journal().failing {
         None => text("ready\n"),
-        Some((since, why)) => (
+        Some((since, why)) => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            text(format!(
-                "not ready: the journal cannot be written (failing since Unix time {}): {}\n",
-                since / 1000,
-                why.escape_debug()
-            )),
+            format!(
+                "not ready: the journal cannot be written (failing since Unix time {}): {why}",
+                since / 1000
+            ),
         )
-            .into_response(),
+        .into_response(),
     }
 }
 

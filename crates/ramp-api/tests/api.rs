@@ -6,7 +6,8 @@
 
 use proptest::prelude::*;
 use ramp_api::{
-    ApiConfig, ControlError, Recorded, Role, RolloutMetrics, Rollouts, TokenSource, Tokens,
+    ApiConfig, ControlError, JournalHealth, Recorded, Role, RolloutMetrics, Rollouts, TokenSource,
+    Tokens,
 };
 use ramp_core::evidence::{Signal, VariantStats};
 use ramp_core::plan::{PlanError, PlanErrors, Severity};
@@ -49,6 +50,7 @@ struct Fake {
     rollouts: Mutex<BTreeMap<String, FakeRollout>>,
     calls: Mutex<Vec<Call>>,
     gate: Semaphore,
+    journal: Mutex<JournalHealth>,
 }
 
 const T0: u64 = 1_700_000_000_000;
@@ -155,6 +157,7 @@ impl Fake {
             rollouts: Mutex::new(rollouts),
             calls: Mutex::new(Vec::new()),
             gate: Semaphore::new(0),
+            journal: Mutex::new(JournalHealth::default()),
         })
     }
 
@@ -181,6 +184,10 @@ fn plan_name(plan: &str) -> Option<String> {
 }
 
 impl Rollouts for Fake {
+    fn journal(&self) -> JournalHealth {
+        self.journal.lock().unwrap().clone()
+    }
+
     fn list(&self) -> Vec<RolloutStatus> {
         let r = self.rollouts.lock().unwrap();
         r.values().map(|r| r.status.clone()).collect()
@@ -979,6 +986,57 @@ async fn health_and_readiness_are_plain_text() {
     assert_eq!((h.status, h.text().trim()), (200, "ok"));
     let r = Req::get("/readyz").send(server.addr).await;
     assert_eq!(r.status, 200);
+    server.shutdown().await;
+}
+
+/// While the journal cannot be written the server is not ready (503 with since when and why),
+/// and `/metrics` says so; it is ready again after the next write that succeeds.
+#[tokio::test]
+async fn a_failing_journal_makes_the_server_unready_and_shows_in_metrics() {
+    let server = Server::start(false).await;
+    *server.fake.journal.lock().unwrap() = JournalHealth {
+        write_errors: 3,
+        read_errors: 1,
+        last_write_at: Some(T0),
+        failing: Some((T0 + 5_000, "database or disk is full".into())),
+    };
+    let r = Req::get("/readyz").send(server.addr).await;
+    assert_eq!(r.status, 503);
+    let body = r.json();
+    let why = body["error"].as_str().unwrap();
+    assert!(why.contains("journal cannot be written"), "{why}");
+    assert!(why.contains("database or disk is full"), "{why}");
+    assert!(why.contains(&((T0 + 5_000) / 1000).to_string()), "{why}");
+    let text = Req::get("/metrics")
+        .token(VIEWER)
+        .send(server.addr)
+        .await
+        .text();
+    for line in [
+        "ramp_journal_errors_total{op=\"write\"} 3",
+        "ramp_journal_errors_total{op=\"read\"} 1",
+        "ramp_journal_failing 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+    }
+    let last: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ramp_journal_last_write_timestamp_seconds "))
+        .expect("the last write's time")
+        .parse()
+        .unwrap();
+    assert_eq!(last, (T0 / 1000) as f64);
+    server.fake.journal.lock().unwrap().failing = None;
+    assert_eq!(Req::get("/readyz").send(server.addr).await.status, 200);
+    let text = Req::get("/metrics")
+        .token(VIEWER)
+        .send(server.addr)
+        .await
+        .text();
+    assert!(
+        text.lines().any(|l| l == "ramp_journal_failing 0"),
+        "{text}"
+    );
     server.shutdown().await;
 }
 

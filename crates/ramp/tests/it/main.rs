@@ -4,5 +4,6 @@ mod architecture;
 mod cli;
 mod control;
 mod demo;
+mod faults;
 mod fixes;
 mod serve;
