@@ -211,6 +211,7 @@ pub(crate) fn severity(label: Option<&str>) -> Severity {
 pub(crate) async fn deliver<R: Rollouts>(
     rollouts: &R,
     items: Vec<Item>,
+    from: &str,
 ) -> (AlertmanagerResult, bool) {
     let mut result = AlertmanagerResult::default();
     let mut unavailable = false;
@@ -226,7 +227,10 @@ pub(crate) async fn deliver<R: Rollouts>(
                 rollout,
                 signal,
                 identity,
-            } => match rollouts.signal(&rollout, signal, Some(identity)).await {
+            } => match rollouts
+                .signal(&rollout, signal, Some(identity), from.to_string())
+                .await
+            {
                 Ok(r) if r.duplicate => {
                     result.skipped += 1;
                     result.duplicates += 1;

@@ -458,14 +458,19 @@ pub(crate) async fn post_signal<R: Rollouts>(
     request: Request,
 ) -> Result<Response, Problem> {
     let (parts, body) = request.into_parts();
-    s.authorize(&parts.headers, Access::Ingest)?;
+    let who = s.authorize(&parts.headers, Access::Ingest)?;
     let name = rollout_name(name)?;
     let bytes = input::read_body(&parts.headers, body, s.body_limit, s.body_timeout).await?;
     let value = input::json(&parts.headers, &bytes)?;
     let (signal, id) = input::signal(value).map_err(Problem::fields)?;
     let recorded = s
         .rollouts
-        .signal(&name, signal, id.map(|i| format!("id {i}")))
+        .signal(
+            &name,
+            signal,
+            id.map(|i| format!("id {i}")),
+            format!("token {who}"),
+        )
         .await?;
     Ok(json_status(
         StatusCode::ACCEPTED,
@@ -504,11 +509,16 @@ pub(crate) async fn alertmanager<R: Rollouts>(
     request: Request,
 ) -> Result<Response, Problem> {
     let (parts, body) = request.into_parts();
-    s.authorize(&parts.headers, Access::Ingest)?;
+    let who = s.authorize(&parts.headers, Access::Ingest)?;
     let bytes = input::read_body(&parts.headers, body, s.alert_body_limit, s.body_timeout).await?;
     let value = input::json(&parts.headers, &bytes)?;
     let items = alertmanager::parse(value)?;
-    let (mut result, unavailable) = alertmanager::deliver(&*s.rollouts, items).await;
+    let (mut result, unavailable) = alertmanager::deliver(
+        &*s.rollouts,
+        items,
+        &format!("alertmanager via token {who}"),
+    )
+    .await;
     let status = if unavailable {
         StatusCode::SERVICE_UNAVAILABLE
     } else if !result.errors.is_empty() {

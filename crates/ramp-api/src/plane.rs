@@ -92,12 +92,13 @@ pub trait Rollouts: Send + Sync + 'static {
     ) -> impl Future<Output = Result<v1::RolloutStatus, ControlError>> + Send;
     /// Records a signal; resolves only once it is durable. With a `key` (the signal's identity
     /// at its source), a signal already counted under that key is journaled as a repeat and
-    /// not counted again, even across restarts.
+    /// not counted again, even across restarts. `from` says who sent it (journaled with it).
     fn signal(
         &self,
         name: &str,
         signal: Signal,
         key: Option<String>,
+        from: String,
     ) -> impl Future<Output = Result<Recorded, ControlError>> + Send;
     /// Creates and starts a rollout from a plan (TOML text). All or nothing: a plan that is
     /// refused leaves no trace.

@@ -254,6 +254,7 @@ impl Rollouts for Fake {
         name: &str,
         signal: Signal,
         key: Option<String>,
+        from: String,
     ) -> Result<Recorded, ControlError> {
         if name == "slow" {
             self.gate.acquire().await.unwrap().forget();
@@ -275,9 +276,14 @@ impl Rollouts for Fake {
                 at: T0 + seq,
                 phase: "canary".into(),
                 kind: match key {
-                    Some(key) if duplicate => EventKind::SignalRepeated { key },
-                    _ => EventKind::SignalReceived {
+                    Some(key) if duplicate => EventKind::SignalRepeated {
+                        key,
+                        from: Some(from),
+                    },
+                    key => EventKind::SignalReceived {
                         signal: (&signal).into(),
+                        from: Some(from),
+                        key,
                     },
                 },
             },
@@ -986,6 +992,35 @@ async fn health_and_readiness_are_plain_text() {
     assert_eq!((h.status, h.text().trim()), (200, "ok"));
     let r = Req::get("/readyz").send(server.addr).await;
     assert_eq!(r.status, 200);
+    server.shutdown().await;
+}
+
+/// Each signal is journaled with its sender: the token's name, and for Alertmanager that it
+/// came through the webhook.
+#[tokio::test]
+async fn a_signal_is_journaled_with_the_name_of_the_token_that_sent_it() {
+    let server = Server::start(false).await;
+    let r = Req::post("/v1/rollouts/demo/signals")
+        .token(INGEST)
+        .json(json!({"kind": "bug_report", "note": "receipt late", "id": "zd-1"}))
+        .send(server.addr)
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let r = Req::get("/v1/rollouts/demo/events?after=5")
+        .token(VIEWER)
+        .send(server.addr)
+        .await;
+    let body = r.json();
+    let last = body["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (&last["kind"], &last["from"], &last["key"]),
+        (
+            &json!("signal_received"),
+            &json!("token ingrid"),
+            &json!("id zd-1")
+        ),
+        "{body}"
+    );
     server.shutdown().await;
 }
 

@@ -48,6 +48,8 @@ pub enum Msg {
         signal: Signal,
         /// Its identity at its source.
         key: Option<String>,
+        /// Who sent it (journaled with it).
+        from: String,
         /// Its journal position and whether it was a repeat, or why it failed.
         reply: oneshot::Sender<Result<Recorded, ControlError>>,
     },
@@ -329,8 +331,13 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
                     }
                 } => {}
                 msg = inbox.recv() => match msg {
-                    Some(Msg::Signal { signal, key, reply }) => {
-                        let answer = self.on_signal(signal, key).await;
+                    Some(Msg::Signal {
+                        signal,
+                        key,
+                        from,
+                        reply,
+                    }) => {
+                        let answer = self.on_signal(signal, key, from).await;
                         let _ = reply.send(answer);
                     }
                     Some(Msg::Command { command, reply }) => {
@@ -449,11 +456,13 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
         &mut self,
         signal: Signal,
         key: Option<String>,
+        from: String,
     ) -> Result<Recorded, ControlError> {
         let signal = crate::scrub::signal(signal);
-        let input = match key {
-            Some(key) => Input::SignalOnce { key, signal },
-            None => Input::Signal(signal),
+        let input = Input::SignalFrom {
+            from: crate::scrub::text(&from),
+            key: key.map(|k| crate::scrub::text(&k)),
+            signal,
         };
         let (commit, fx) = self.step(input, None).await;
         let duplicate = fx.iter().any(|e| {

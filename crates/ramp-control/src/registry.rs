@@ -597,9 +597,15 @@ impl Rollouts for Registry {
         name: &str,
         signal: Signal,
         key: Option<String>,
+        from: String,
     ) -> Result<Recorded, ControlError> {
-        self.ask(name, |reply| Msg::Signal { signal, key, reply })
-            .await
+        self.ask(name, |reply| Msg::Signal {
+            signal,
+            key,
+            from,
+            reply,
+        })
+        .await
     }
 
     async fn create(&self, plan_toml: &str) -> Result<v1::RolloutStatus, ControlError> {

@@ -452,6 +452,17 @@ pub enum Input {
         /// The signal.
         signal: Signal,
     },
+    /// A signal as the shell takes it in: who sent it (the API token's name, and for an
+    /// Alertmanager alert its fingerprint) and, if its sender may deliver it again, its key
+    /// ([`Input::SignalOnce`]). Both are journaled with it.
+    SignalFrom {
+        /// Who sent it, in words (`token pagerduty`, `alertmanager via token am`).
+        from: String,
+        /// Identifies the signal at its source, for a sender that may deliver it again.
+        key: Option<String>,
+        /// The signal.
+        signal: Signal,
+    },
     /// An operator's command.
     Command(Command),
     /// The shell restarted and restored this state from its journal: the time since the last
@@ -550,11 +561,20 @@ pub enum EventKind {
     SignalReceived {
         /// The signal.
         signal: Signal,
+        /// Who sent it (absent in journals written before senders were recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+        /// The key it was delivered under, if its sender may deliver it again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// A signal already counted under the same key arrived again and was not counted.
     SignalRepeated {
         /// The key it was delivered under.
         key: String,
+        /// Who sent it this time.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
     },
     /// A rollback trigger fired.
     TriggerFired {
@@ -1026,8 +1046,18 @@ impl Machine<'_> {
                 self.after_time_passed();
             }
             Input::Tick => self.after_time_passed(),
-            Input::Signal(sig) => self.signal(sig),
-            Input::SignalOnce { key, signal } => self.signal_once(key, signal),
+            Input::Signal(sig) => self.signal(sig, None, None),
+            Input::SignalOnce { key, signal } => self.signal_once(key, signal, None),
+            Input::SignalFrom {
+                from,
+                key: Some(key),
+                signal,
+            } => self.signal_once(key, signal, Some(from)),
+            Input::SignalFrom {
+                from,
+                key: None,
+                signal,
+            } => self.signal(signal, Some(from), None),
             Input::Command(cmd) => self.command(cmd),
             Input::Restarted | Input::ShareApplied(_) => unreachable!("handled above"),
         }
@@ -1393,13 +1423,13 @@ impl Machine<'_> {
         self.rollback(StopReason::Trigger { trigger, evidence });
     }
 
-    fn signal_once(&mut self, key: String, sig: Signal) {
+    fn signal_once(&mut self, key: String, sig: Signal, from: Option<String>) {
         let digest = Sha256::digest(key.as_bytes());
         let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
         // Either memory may hold it (states journaled before the split kept every kind in
         // the alerts' one).
         if self.s.signal_keys.contains(&hash) || self.s.other_signal_keys.contains(&hash) {
-            self.journal(EventKind::SignalRepeated { key });
+            self.journal(EventKind::SignalRepeated { key, from });
             return;
         }
         let memory = match sig {
@@ -1410,14 +1440,16 @@ impl Machine<'_> {
             memory.pop_front();
         }
         memory.push_back(hash);
-        self.signal(sig);
+        self.signal(sig, from, Some(key));
     }
 
-    fn signal(&mut self, sig: Signal) {
+    fn signal(&mut self, sig: Signal, from: Option<String>, key: Option<String>) {
         // Always journaled: nothing accepted is lost. Counted only while the rollout runs: a
         // signal before the start or after the end is about no canary of this rollout.
         self.journal(EventKind::SignalReceived {
             signal: sig.clone(),
+            from,
+            key,
         });
         if self.s.status.is_terminal() || self.s.status == Status::Pending {
             return;

@@ -286,7 +286,9 @@ pub async fn run(opts: DemoOptions) -> Result<DemoOutcome, DemoError> {
                     score: if good { 0.9 } else { 0.3 },
                     note: String::new(),
                 };
-                let _ = registry.signal(&name, signal, None).await;
+                let _ = registry
+                    .signal(&name, signal, None, "demo users".into())
+                    .await;
             }
         }
         let new_lines: Vec<String> = {

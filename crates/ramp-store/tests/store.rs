@@ -380,6 +380,8 @@ fn signal_event(at: Millis, n: u64) -> Event {
             signal: Signal::BugReport {
                 note: format!("report {n}"),
             },
+            from: None,
+            key: None,
         },
     }
 }
@@ -1354,9 +1356,17 @@ fn acknowledged_appends_survive_sigkill() {
 fn arb_event() -> impl Strategy<Value = Event> {
     let kind = prop_oneof![
         Just(EventKind::Started),
-        (0.0f64..=1.0, ".{0,12}").prop_map(|(score, note)| EventKind::SignalReceived {
-            signal: Signal::Feedback { score, note },
-        }),
+        (
+            0.0f64..=1.0,
+            ".{0,12}",
+            proptest::option::of(".{0,12}"),
+            proptest::option::of(".{0,12}")
+        )
+            .prop_map(|(score, note, from, key)| EventKind::SignalReceived {
+                signal: Signal::Feedback { score, note },
+                from,
+                key,
+            }),
         ".{0,20}".prop_map(|note| EventKind::Held {
             reason: ramp_core::rollout::StopReason::Operator {
                 by: "p".into(),

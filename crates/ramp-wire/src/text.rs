@@ -89,14 +89,16 @@ pub fn event_lines(e: &Event, origin: Millis) -> Vec<String> {
         EventKind::Approved { by } => vec![format!("✓ approved by {by}")],
         EventKind::Paused { by, reason } => vec![format!("‖ paused by {by}: {reason}")],
         EventKind::Resumed { by } => vec![format!("▶ resumed by {by}")],
-        EventKind::SignalReceived { signal } => {
+        EventKind::SignalReceived { signal, from, .. } => {
             if signal.kind() == "feedback" {
                 Vec::new()
+            } else if let Some(from) = from {
+                vec![format!("⚑ signal: {} (from {from})", signal.describe())]
             } else {
                 vec![format!("⚑ signal: {}", signal.describe())]
             }
         }
-        EventKind::SignalRepeated { key } => {
+        EventKind::SignalRepeated { key, .. } => {
             vec![format!("⚑ repeated signal not counted again ({key})")]
         }
         EventKind::TriggerFired {

@@ -958,11 +958,23 @@ pub enum EventKind {
     SignalReceived {
         /// The signal.
         signal: Signal,
+        /// Who sent it: the API token's name (`token pagerduty`), for Alertmanager
+        /// `alertmanager via token am`. Absent in journals written before senders were recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+        /// The key it was delivered under, if its sender may deliver it again: `id …` for a
+        /// signal sent with an `id`, `alertmanager fingerprint <fingerprint> <startsAt>` for an alert (the
+        /// same fingerprint with a later start is the alert resolved and firing again).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// A signal already counted under the same key arrived again and was not counted.
     SignalRepeated {
         /// The key it was delivered under.
         key: String,
+        /// Who sent it this time.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
     },
     /// A rollback trigger fired.
     TriggerFired {
@@ -1072,10 +1084,15 @@ impl From<&ro::Event> for Event {
                 reason: reason.clone(),
             },
             K::Resumed { by } => EventKind::Resumed { by: by.clone() },
-            K::SignalReceived { signal } => EventKind::SignalReceived {
+            K::SignalReceived { signal, from, key } => EventKind::SignalReceived {
                 signal: signal.into(),
+                from: from.clone(),
+                key: key.clone(),
             },
-            K::SignalRepeated { key } => EventKind::SignalRepeated { key: key.clone() },
+            K::SignalRepeated { key, from } => EventKind::SignalRepeated {
+                key: key.clone(),
+                from: from.clone(),
+            },
             K::TriggerFired { trigger, evidence } => EventKind::TriggerFired {
                 trigger: trigger.clone(),
                 explanation: report::trigger_text(evidence),

@@ -146,6 +146,7 @@ async fn feedback(run: &Run, n: usize) {
                     note: String::new(),
                 },
                 key: None,
+                from: "test".into(),
                 reply,
             })
             .await

@@ -41,7 +41,7 @@ triggers = ["pci_alerts >= 2", "security_alerts[critical] >= 1"]
 
 async fn signal(registry: &Registry, signal: Signal) -> Result<u64, String> {
     registry
-        .signal("flaky", signal, None)
+        .signal("flaky", signal, None, "test".into())
         .await
         .map(|r| r.seq)
         .map_err(|e| e.to_string())

@@ -324,7 +324,7 @@ fn a_re_delivered_signal_counts_once_even_after_a_restart() {
     assert_eq!(d.state().status, Status::Running);
     assert!(fx.iter().any(|e| matches!(
         e,
-        Effect::Journal(ev) if matches!(&ev.kind, EventKind::SignalRepeated { key } if key.contains("abc"))
+        Effect::Journal(ev) if matches!(&ev.kind, EventKind::SignalRepeated { key, .. } if key.contains("abc"))
     )));
     assert_eq!(d.state().totals.signals.pci_alerts, 1);
     // The journaled state remembers the key: restore it as a restart would.
@@ -342,6 +342,58 @@ fn a_re_delivered_signal_counts_once_even_after_a_restart() {
         },
     });
     assert_eq!(d.state().status, Status::RolledBack);
+}
+
+/// Who sent a signal, and the key it came under, are journaled with it (and with a repeat),
+/// so an operator can tell one alert re-delivered from two alerts.
+#[test]
+fn the_sender_and_key_of_each_signal_are_journaled() {
+    let mut d = Driver::new(triggers_only(SEED));
+    let from = |who: &str, key: Option<&str>| Input::SignalFrom {
+        from: who.into(),
+        key: key.map(Into::into),
+        signal: Signal::PciAlert { note: "pan".into() },
+    };
+    let journaled = |fx: &[Effect]| -> Vec<EventKind> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::Journal(ev) => Some(ev.kind.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    d.now += HOUR;
+    let fx = d.input(from(
+        "alertmanager via token am",
+        Some("alertmanager abc t1"),
+    ));
+    assert_eq!(
+        journaled(&fx),
+        vec![EventKind::SignalReceived {
+            signal: Signal::PciAlert { note: "pan".into() },
+            from: Some("alertmanager via token am".into()),
+            key: Some("alertmanager abc t1".into()),
+        }]
+    );
+    let fx = d.input(from(
+        "alertmanager via token am2",
+        Some("alertmanager abc t1"),
+    ));
+    assert_eq!(
+        journaled(&fx),
+        vec![EventKind::SignalRepeated {
+            key: "alertmanager abc t1".into(),
+            from: Some("alertmanager via token am2".into()),
+        }]
+    );
+    assert_eq!(d.state().totals.signals.pci_alerts, 1);
+    // Without a key: counted every time, the sender still recorded.
+    let fx = d.input(from("token pagerduty", None));
+    assert!(matches!(
+        &journaled(&fx)[0],
+        EventKind::SignalReceived { from: Some(f), key: None, .. } if f == "token pagerduty"
+    ));
+    assert_eq!(d.state().status, Status::RolledBack, "the second PCI alert");
 }
 
 /// Regression (issue 11): one memory for every kind, so 4,096 keyed feedback signals pushed

@@ -505,6 +505,38 @@ async fn an_alert_re_delivered_after_a_restart_is_counted_once() {
     assert_eq!((code, &v["accepted"]), (200, &1.into()), "{v}");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(status(&s, &token)["status"], "rolled_back");
+    // The journal says who sent each count and under which key: the same fingerprint, two
+    // starts — one alert that resolved and fired again.
+    let (code, out) = cli(&s, &token, &["events", "ctl", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let events: Value = serde_json::from_str(&out).unwrap();
+    let received: Vec<(&str, &str)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "signal_received")
+        .map(|e| (e["from"].as_str().unwrap(), e["key"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        received,
+        vec![
+            (
+                "alertmanager via token admin",
+                "alertmanager fingerprint c0ffee 2026-11-27T01:00:00Z"
+            ),
+            (
+                "alertmanager via token admin",
+                "alertmanager fingerprint c0ffee 2026-11-27T05:00:00Z"
+            ),
+        ],
+        "{out}"
+    );
+    let (code, text) = cli(&s, &token, &["events", "ctl"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("(from alertmanager via token admin)"),
+        "{text}"
+    );
     kill9(s);
     let _ = std::fs::remove_dir_all(&dir);
 }
