@@ -31,6 +31,7 @@ pub(crate) struct Inner<R> {
     alert_body_limit: usize,
     body_timeout: std::time::Duration,
     registry: Registry,
+    alerts: Arc<metrics::AlertCounts>,
     openapi: Bytes,
 }
 
@@ -52,6 +53,7 @@ pub(crate) fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> (Route
         .to_pretty_json()
         .map(Bytes::from)
         .unwrap_or_default();
+    let alerts = Arc::new(metrics::AlertCounts::default());
     let inner = Arc::new(Inner {
         rollouts,
         tokens: tokens.clone(),
@@ -59,7 +61,8 @@ pub(crate) fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> (Route
         body_limit: config.body_limit,
         alert_body_limit: config.alert_body_limit,
         body_timeout: config.limits.body_read_timeout,
-        registry: metrics::registry(source, journal),
+        registry: metrics::registry(source, journal, Arc::clone(&alerts)),
+        alerts,
         openapi,
     });
     let router = Router::new()
@@ -519,6 +522,15 @@ pub(crate) async fn alertmanager<R: Rollouts>(
         &format!("alertmanager via token {who}"),
     )
     .await;
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let a = &s.alerts;
+        a.accepted.fetch_add(result.accepted, Relaxed);
+        a.duplicates.fetch_add(result.duplicates, Relaxed);
+        a.skipped
+            .fetch_add(result.skipped.saturating_sub(result.duplicates), Relaxed);
+        a.errors.fetch_add(result.errors.len() as u64, Relaxed);
+    }
     let status = if unavailable {
         StatusCode::SERVICE_UNAVAILABLE
     } else if !result.errors.is_empty() {
@@ -534,19 +546,28 @@ pub(crate) async fn alertmanager<R: Rollouts>(
     Ok(json_status(status, &result))
 }
 
-/// Prometheus exposition (OpenMetrics text).
+/// Prometheus exposition: the Prometheus text format 0.0.4 by default, OpenMetrics 1.0 when
+/// the `Accept` header prefers `application/openmetrics-text` (as Prometheus itself does).
 ///
 /// Per rollout and variant: `ramp_requests_total`, `ramp_errors_total`,
-/// `ramp_successes_total`, `ramp_rate_limited_total`, `ramp_auth_failures_total` and the
-/// histogram `ramp_request_duration_seconds`; per rollout: `ramp_rollout_share_ratio`,
-/// `ramp_rollout_phase` and `ramp_rollout_status{status}` (1). Needs a viewer, operator or admin
-/// token unless the server opened it.
+/// `ramp_successes_total`, `ramp_rate_limited_total`, `ramp_auth_failures_total`, the
+/// histogram `ramp_request_duration_seconds` and `ramp_backend_health{state}`; per rollout:
+/// `ramp_rollout_share_ratio`, `ramp_rollout_phase`, `ramp_rollout_status{status}`,
+/// `ramp_phase_elapsed_seconds`, `ramp_phase_duration_seconds`,
+/// `ramp_gate_verdict{criterion,scope,outcome}`, `ramp_trigger_progress_ratio{trigger}`,
+/// `ramp_signals_total{kind,severity}`, `ramp_feedback_positive_total`; per server:
+/// `ramp_journal_errors_total{op}`, `ramp_journal_failing`,
+/// `ramp_journal_last_write_timestamp_seconds`, `ramp_alertmanager_alerts_total{result}`,
+/// `ramp_build_info{version}`. Counters move with every 100 ms evidence batch (published at
+/// least once a second). Needs a viewer, operator or admin token unless the server opened it.
 #[utoipa::path(
     get, path = "/metrics", tag = "operations",
     security(("bearer" = []), ()),
     responses(
-        (status = 200, description = "The exposition.", body = String,
-            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        (status = 200, description = "The exposition.", content(
+            (String = "text/plain; version=0.0.4; charset=utf-8"),
+            (String = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )),
         (status = 401, description = "Missing or unknown token.", body = ErrorBody),
         (status = 403, description = "The token's role may not read (ingest).", body = ErrorBody),
     )
@@ -564,11 +585,17 @@ pub(crate) async fn metrics<R: Rollouts>(
             "metrics could not be encoded",
         )
     })?;
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, text) = if metrics::wants_openmetrics(accept) {
+        (metrics::CONTENT_TYPE, text)
+    } else {
+        (metrics::TEXT_CONTENT_TYPE, metrics::to_text_format(&text))
+    };
     Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(metrics::CONTENT_TYPE),
-        )],
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::VARY, HeaderValue::from_static("accept")),
+        ],
         text,
     )
         .into_response())

@@ -30,7 +30,7 @@ mod tokens;
 
 pub use auth::{Role, Tokens};
 pub use doc::openapi;
-pub use plane::{ControlError, JournalHealth, Recorded, RolloutMetrics, Rollouts};
+pub use plane::{ControlError, JournalHealth, Recorded, RolloutDetail, RolloutMetrics, Rollouts};
 pub use server::ApiLimits;
 use std::sync::Arc;
 pub use tokens::{TokenSource, TokensFileError, add_token, read_tokens};

@@ -10,13 +10,88 @@ use ramp_core::evidence::VariantStats;
 use ramp_core::evidence::sketch::bucket_upper;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Upper bounds (seconds) of the latency histogram's buckets.
 pub(crate) const LE_SECONDS: [f64; 11] =
     [0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// The content type of the exposition.
+/// The content type of the OpenMetrics exposition.
 pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of the Prometheus text exposition (format 0.0.4).
+pub(crate) const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether a scraper's `Accept` header prefers OpenMetrics to the Prometheus text format
+/// (by q-value; a tie goes to OpenMetrics, no header to the text format, which every scraper
+/// and `curl` reads).
+pub(crate) fn wants_openmetrics(accept: Option<&str>) -> bool {
+    let Some(accept) = accept else { return false };
+    let (mut open, mut text) = (0.0f64, 0.0f64);
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("").to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")))
+            .find_map(|q| q.parse::<f64>().ok())
+            .unwrap_or(1.0)
+            .clamp(0.0, 1.0);
+        match media.as_str() {
+            "application/openmetrics-text" => open = open.max(q),
+            "text/plain" | "text/*" => text = text.max(q),
+            "*/*" => text = text.max(q),
+            _ => {}
+        }
+    }
+    open > 0.0 && open >= text
+}
+
+/// The OpenMetrics text `prometheus-client` writes, as Prometheus text format 0.0.4: a
+/// counter's `HELP` and `TYPE` name its `_total` series, types 0.0.4 lacks become `gauge` or
+/// `untyped`, and `# UNIT` and `# EOF` go (promtool and older scrapers reject them).
+pub(crate) fn to_text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, t)| *t == "counter")
+        .map(|(name, _)| name)
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        if let Some((prefix, rest)) = meta {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            let name = if counters.contains(name) {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            let tail = if prefix == "# TYPE " {
+                match tail {
+                    "info" | "stateset" => "gauge",
+                    "unknown" => "untyped",
+                    "gaugehistogram" => "histogram",
+                    t => t,
+                }
+            } else {
+                tail
+            };
+            out.push_str(prefix);
+            out.push_str(&name);
+            out.push(' ');
+            out.push_str(tail);
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
 
 type Source = Arc<dyn Fn() -> Vec<RolloutMetrics> + Send + Sync>;
 type JournalSource = Arc<dyn Fn() -> JournalHealth + Send + Sync>;
@@ -82,11 +157,67 @@ impl fmt::Debug for RolloutCollector {
     }
 }
 
-/// A registry with the rollout and journal collectors.
-pub(crate) fn registry(source: Source, journal: JournalSource) -> Registry {
+/// What the Alertmanager webhook did with the alerts it was sent, since the server started.
+#[derive(Debug, Default)]
+pub(crate) struct AlertCounts {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    /// Ignored: resolved, unlabelled, another category.
+    pub(crate) skipped: AtomicU64,
+    /// Could not be taken: no such rollout, a rollout that takes no more signals, the store.
+    pub(crate) errors: AtomicU64,
+}
+
+/// Exports the server's own numbers: build info and the webhook's alert counts.
+#[derive(Debug)]
+struct ServerCollector {
+    alerts: Arc<AlertCounts>,
+}
+
+impl Collector for ServerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        {
+            let mut metric = encoder.encode_descriptor(
+                "ramp_build_info",
+                "1, labelled with the version of ramp serving.",
+                None,
+                MetricType::Gauge,
+            )?;
+            let labels: Labels = vec![("version", env!("CARGO_PKG_VERSION").into())];
+            metric.encode_family(&labels)?.encode_gauge(&1u64)?;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "ramp_alertmanager_alerts",
+            "Alerts the Alertmanager webhook was sent, by what became of them (accepted, duplicate, skipped, error).",
+            None,
+            MetricType::Counter,
+        )?;
+        let a = &self.alerts;
+        for (result, n) in [
+            ("accepted", &a.accepted),
+            ("duplicate", &a.duplicates),
+            ("skipped", &a.skipped),
+            ("error", &a.errors),
+        ] {
+            let labels: Labels = vec![("result", result.into())];
+            metric
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&n.load(Ordering::Relaxed), None)?;
+        }
+        Ok(())
+    }
+}
+
+/// A registry with the rollout, journal and server collectors.
+pub(crate) fn registry(
+    source: Source,
+    journal: JournalSource,
+    alerts: Arc<AlertCounts>,
+) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(RolloutCollector { source }));
     registry.register_collector(Box::new(JournalCollector { source: journal }));
+    registry.register_collector(Box::new(ServerCollector { alerts }));
     registry
 }
 
@@ -236,6 +367,133 @@ impl Collector for RolloutCollector {
             }
         }
         {
+            type Phase = fn(&RolloutMetrics) -> u64;
+            let gauges: [(&str, &str, Phase); 2] = [
+                (
+                    "ramp_phase_elapsed_seconds",
+                    "Time spent in the current phase (paused time excluded).",
+                    |m| m.detail.phase_elapsed_ms,
+                ),
+                (
+                    "ramp_phase_duration_seconds",
+                    "The current phase's planned duration.",
+                    |m| m.detail.phase_duration_ms,
+                ),
+            ];
+            for (name, help, get) in gauges {
+                let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                for m in &live {
+                    let labels: Labels = vec![("rollout", escape(&m.name))];
+                    metric
+                        .encode_family(&labels)?
+                        .encode_gauge(&(get(m) as f64 / 1000.0))?;
+                }
+            }
+        }
+        {
+            let mut metric = encoder.encode_descriptor(
+                "ramp_backend_health",
+                "1 for each backend's health-check result (operational, degraded, down, unknown).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for m in &live {
+                for (variant, health) in ["stable", "canary"].into_iter().zip(m.detail.backends) {
+                    let Some(health) = health else { continue };
+                    let labels: Labels = vec![
+                        ("rollout", escape(&m.name)),
+                        ("variant", variant.into()),
+                        ("state", backend_state(health).into()),
+                    ];
+                    metric.encode_family(&labels)?.encode_gauge(&1u64)?;
+                }
+            }
+        }
+        {
+            let mut metric = encoder.encode_descriptor(
+                "ramp_gate_verdict",
+                "1 for each gate's verdict now (pass, fail, inconclusive); scope is phase or rollout.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for m in &live {
+                for (criterion, whole, outcome) in &m.detail.verdicts {
+                    let labels: Labels = vec![
+                        ("rollout", escape(&m.name)),
+                        ("criterion", escape(criterion)),
+                        ("scope", if *whole { "rollout" } else { "phase" }.into()),
+                        ("outcome", outcome_name(*outcome).into()),
+                    ];
+                    metric.encode_family(&labels)?.encode_gauge(&1u64)?;
+                }
+            }
+        }
+        {
+            let mut metric = encoder.encode_descriptor(
+                "ramp_trigger_progress_ratio",
+                "How close each rollback trigger is to firing: its detector's statistic over its boundary (1 = fired).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for m in &live {
+                for (trigger, progress, fired) in &m.detail.triggers {
+                    let labels: Labels =
+                        vec![("rollout", escape(&m.name)), ("trigger", escape(trigger))];
+                    let value = if *fired { 1.0 } else { *progress };
+                    metric.encode_family(&labels)?.encode_gauge(&value)?;
+                }
+            }
+        }
+        {
+            let mut metric = encoder.encode_descriptor(
+                "ramp_signals",
+                "Signals taken in since the rollout started, by kind (security alerts by severity).",
+                None,
+                MetricType::Counter,
+            )?;
+            for m in &live {
+                let c = &m.detail.signals;
+                let mut series: Vec<(&str, Option<&str>, u64)> = vec![
+                    ("pci_alert", None, c.pci_alerts),
+                    ("bug_report", None, c.bug_reports),
+                    ("feedback", None, c.feedback),
+                ];
+                for (severity, n) in ["low", "medium", "high", "critical"]
+                    .into_iter()
+                    .zip(c.security)
+                {
+                    series.push(("security_alert", Some(severity), n));
+                }
+                for (kind, severity, n) in series {
+                    let mut labels: Labels =
+                        vec![("rollout", escape(&m.name)), ("kind", kind.into())];
+                    if let Some(severity) = severity {
+                        labels.push(("severity", severity.into()));
+                    }
+                    metric
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+                }
+            }
+        }
+        {
+            let mut metric = encoder.encode_descriptor(
+                "ramp_feedback_positive",
+                "Feedback with a score of at least 0.75, since the rollout started.",
+                None,
+                MetricType::Counter,
+            )?;
+            for m in &live {
+                let labels: Labels = vec![("rollout", escape(&m.name))];
+                metric
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(
+                        &m.detail.signals.feedback_positive,
+                        None,
+                    )?;
+            }
+        }
+        {
             let mut metric = encoder.encode_descriptor(
                 "ramp_rollout_status",
                 "1 for the rollout's current status.",
@@ -254,9 +512,62 @@ impl Collector for RolloutCollector {
     }
 }
 
+fn backend_state(h: ramp_wire::v1::BackendHealth) -> &'static str {
+    use ramp_wire::v1::BackendHealth as B;
+    match h {
+        B::Operational => "operational",
+        B::Degraded => "degraded",
+        B::Down => "down",
+        B::Unknown => "unknown",
+    }
+}
+
+fn outcome_name(o: ramp_wire::v1::Outcome) -> &'static str {
+    use ramp_wire::v1::Outcome as O;
+    match o {
+        O::Pass => "pass",
+        O::Fail => "fail",
+        O::Inconclusive => "inconclusive",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_headers_choose_the_format() {
+        for (accept, open) in [
+            (None, false),
+            (Some("*/*"), false),
+            (Some("text/plain"), false),
+            (Some("application/openmetrics-text"), true),
+            // What Prometheus 2.x sends.
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+                ),
+                true,
+            ),
+            (
+                Some("text/plain;version=0.0.4;q=1, application/openmetrics-text;q=0.5"),
+                false,
+            ),
+            (Some("application/openmetrics-text;q=0"), false),
+            (Some("application/json"), false),
+        ] {
+            assert_eq!(wants_openmetrics(accept), open, "{accept:?}");
+        }
+    }
+
+    #[test]
+    fn the_text_format_names_counter_series_and_drops_openmetrics_only_lines() {
+        let om = "# HELP ramp_requests Requests.\n# TYPE ramp_requests counter\nramp_requests_total{a=\"b\"} 3\n# HELP ramp_up Up.\n# TYPE ramp_up gauge\n# UNIT ramp_up seconds\nramp_up 1\n# TYPE ramp_x info\nramp_x_info 1\n# EOF\n";
+        assert_eq!(
+            to_text_format(om),
+            "# HELP ramp_requests_total Requests.\n# TYPE ramp_requests_total counter\nramp_requests_total{a=\"b\"} 3\n# HELP ramp_up Up.\n# TYPE ramp_up gauge\nramp_up 1\n# TYPE ramp_x gauge\nramp_x_info 1\n"
+        );
+    }
 
     #[test]
     fn histogram_places_sketch_buckets_under_their_upper_edge() {

@@ -45,6 +45,26 @@ pub struct RolloutMetrics {
     pub stable: VariantStats,
     /// Everything the canary served since the rollout started.
     pub canary: VariantStats,
+    /// Gauges of the phase, the backends, the gates and triggers, and the signal counts.
+    pub detail: RolloutDetail,
+}
+
+/// What `/metrics` shows of a rollout besides its traffic counters.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RolloutDetail {
+    /// Time spent in the current phase (ms).
+    pub phase_elapsed_ms: u64,
+    /// The current phase's planned duration (ms).
+    pub phase_duration_ms: u64,
+    /// Backend health (stable, canary), where probed.
+    pub backends: [Option<v1::BackendHealth>; 2],
+    /// The gates judged now: criterion, whether it is the whole rollout's (`[rollout]
+    /// success`), outcome.
+    pub verdicts: Vec<(String, bool, v1::Outcome)>,
+    /// Each rollback trigger: as written, how close it is to firing (0 to 1), whether it fired.
+    pub triggers: Vec<(String, f64, bool)>,
+    /// Signals taken in since the rollout started.
+    pub signals: ramp_core::evidence::SignalCounts,
 }
 
 /// Why the control plane refused.

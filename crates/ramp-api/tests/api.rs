@@ -6,8 +6,8 @@
 
 use proptest::prelude::*;
 use ramp_api::{
-    ApiConfig, ControlError, JournalHealth, Recorded, Role, RolloutMetrics, Rollouts, TokenSource,
-    Tokens,
+    ApiConfig, ControlError, JournalHealth, Recorded, Role, RolloutDetail, RolloutMetrics,
+    Rollouts, TokenSource, Tokens,
 };
 use ramp_core::evidence::{Signal, VariantStats};
 use ramp_core::plan::{PlanError, PlanErrors, Severity};
@@ -378,6 +378,26 @@ impl Rollouts for Fake {
                     4,
                     &[(3_000, 50), (80_000, 140), (300_000, 9), (15_000_000, 1)],
                 ),
+                detail: RolloutDetail {
+                    phase_elapsed_ms: 90 * 60_000,
+                    phase_duration_ms: 24 * 3_600_000,
+                    backends: [
+                        Some(v1::BackendHealth::Operational),
+                        Some(v1::BackendHealth::Down),
+                    ],
+                    verdicts: vec![
+                        ("error_rate < 0.1%".into(), false, v1::Outcome::Inconclusive),
+                        ("p95_latency < 300ms".into(), false, v1::Outcome::Pass),
+                    ],
+                    triggers: vec![("error_rate > 1%".into(), 0.25, false)],
+                    signals: ramp_core::evidence::SignalCounts {
+                        pci_alerts: 1,
+                        security: [0, 2, 0, 0],
+                        bug_reports: 3,
+                        feedback: 10,
+                        feedback_positive: 7,
+                    },
+                },
             })
             .collect()
     }
@@ -992,6 +1012,96 @@ async fn health_and_readiness_are_plain_text() {
     assert_eq!((h.status, h.text().trim()), (200, "ok"));
     let r = Req::get("/readyz").send(server.addr).await;
     assert_eq!(r.status, 200);
+    server.shutdown().await;
+}
+
+/// Without an `Accept` header asking for OpenMetrics, `/metrics` answers the Prometheus text
+/// format 0.0.4: every series' family has its HELP and TYPE under the series' own name (a
+/// counter's `_total`), no OpenMetrics-only lines; and promtool accepts it, where installed.
+#[tokio::test]
+async fn metrics_answer_the_prometheus_text_format_that_promtool_accepts() {
+    let server = Server::start(false).await;
+    // An alert for no rollout is counted.
+    let alert = json!({
+        "version": "4", "status": "firing", "receiver": "ramp", "groupKey": "g",
+        "alerts": [{"status": "firing", "labels": {"rollout": "nope", "category": "pci"},
+                    "annotations": {}, "startsAt": "2026-11-27T01:00:00Z", "fingerprint": "ab"}]
+    });
+    let r = Req::post("/v1/alertmanager")
+        .token(INGEST)
+        .json(alert)
+        .send(server.addr)
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    let resp = Req::get("/metrics").token(VIEWER).send(server.addr).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("content-type").unwrap(),
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = resp.text();
+    assert!(
+        !text.contains("# EOF") && !text.contains("# UNIT"),
+        "{text}"
+    );
+    let described = |kind: &str| -> BTreeSet<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(kind))
+            .map(|l| l.split(' ').next().unwrap().to_string())
+            .collect()
+    };
+    let (help, types) = (described("# HELP "), described("# TYPE "));
+    assert_eq!(help, types);
+    for (name, _, _) in samples(&text) {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| types.contains(*f)))
+            .unwrap_or(&name);
+        assert!(types.contains(family), "{name} has no TYPE/HELP");
+    }
+    assert!(
+        text.contains("# TYPE ramp_requests_total counter"),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &samples(&text),
+            "ramp_alertmanager_alerts_total",
+            &[("result", "error")]
+        ),
+        1.0
+    );
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // Neither a parse error nor a lint problem (promtool exits 3 for those).
+            assert!(out.status.success(), "promtool: {said}\n{text}");
+        }
+        Err(_) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("promtool not installed: the text format was checked without it");
+            }
+        }
+    }
     server.shutdown().await;
 }
 
@@ -1956,7 +2066,11 @@ fn sample(
 #[tokio::test]
 async fn metrics_exposition_parses_with_counters_histograms_and_gauges() {
     let server = Server::start(false).await;
-    let resp = Req::get("/metrics").token(VIEWER).send(server.addr).await;
+    let resp = Req::get("/metrics")
+        .token(VIEWER)
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .send(server.addr)
+        .await;
     assert_eq!(resp.status, 200);
     assert!(
         resp.header("content-type")
@@ -2046,6 +2160,72 @@ async fn metrics_exposition_parses_with_counters_histograms_and_gauges() {
             &all,
             "ramp_rollout_status",
             &[("rollout", "demo"), ("status", "running")]
+        ),
+        1.0
+    );
+    // Phase time, backends, gates, triggers, signals.
+    let demo = [("rollout", "demo")];
+    assert_eq!(sample(&all, "ramp_phase_elapsed_seconds", &demo), 5400.0);
+    assert_eq!(sample(&all, "ramp_phase_duration_seconds", &demo), 86400.0);
+    assert_eq!(
+        sample(
+            &all,
+            "ramp_backend_health",
+            &[
+                ("rollout", "demo"),
+                ("variant", "canary"),
+                ("state", "down")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &all,
+            "ramp_gate_verdict",
+            &[
+                ("rollout", "demo"),
+                ("criterion", "error_rate < 0.1%"),
+                ("scope", "phase"),
+                ("outcome", "inconclusive")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &all,
+            "ramp_trigger_progress_ratio",
+            &[("rollout", "demo"), ("trigger", "error_rate > 1%")]
+        ),
+        0.25
+    );
+    assert_eq!(
+        sample(
+            &all,
+            "ramp_signals_total",
+            &[
+                ("rollout", "demo"),
+                ("kind", "security_alert"),
+                ("severity", "medium")
+            ]
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &all,
+            "ramp_signals_total",
+            &[("rollout", "demo"), ("kind", "pci_alert")]
+        ),
+        1.0
+    );
+    assert_eq!(sample(&all, "ramp_feedback_positive_total", &demo), 7.0);
+    assert_eq!(
+        sample(
+            &all,
+            "ramp_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
         ),
         1.0
     );

@@ -686,5 +686,6 @@ fn unavailable(name: &str) -> RolloutMetrics {
         share_bp: 0,
         stable: Default::default(),
         canary: Default::default(),
+        detail: Default::default(),
     }
 }

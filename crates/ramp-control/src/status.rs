@@ -1,7 +1,7 @@
 //! The one place a rollout's status is assembled: from its plan and state, for the API, the
 //! CLI and the dashboard.
 
-use ramp_api::RolloutMetrics;
+use ramp_api::{RolloutDetail, RolloutMetrics};
 use ramp_core::evidence::BackendHealth;
 use ramp_core::plan::Plan;
 use ramp_core::report;
@@ -76,6 +76,23 @@ pub(crate) fn publish(v: &View<'_>) -> Published {
         share_bp: s.share.bp(),
         stable: s.totals.stable.clone(),
         canary: s.totals.canary.clone(),
+        detail: RolloutDetail {
+            phase_elapsed_ms: status.phase_elapsed,
+            phase_duration_ms: status.phase_duration,
+            backends: [status.stable.health, status.canary.health],
+            verdicts: status
+                .verdicts
+                .iter()
+                .map(|v| (v.criterion.clone(), v.scope.is_some(), v.outcome))
+                .collect(),
+            triggers: s
+                .triggers
+                .iter()
+                .zip(s.trigger_progress(v.plan))
+                .map(|(t, progress)| (t.trigger.clone(), progress, t.fired))
+                .collect(),
+            signals: s.totals.signals.clone(),
+        },
     };
     Published { status, metrics }
 }

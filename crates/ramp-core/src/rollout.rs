@@ -357,6 +357,34 @@ impl State {
         Ok(())
     }
 
+    /// How close each plan trigger is to firing, in plan order, from 0 to 1 (1 once fired): a
+    /// rate or latency trigger's detector statistic over its boundary, a count trigger's count
+    /// over the count that fires it (one PCI alert of `pci_alerts >= 2` is 0.5).
+    pub fn trigger_progress(&self, plan: &Plan) -> Vec<f64> {
+        plan.triggers
+            .iter()
+            .zip(&self.triggers)
+            .map(|(t, st)| {
+                if st.fired {
+                    return 1.0;
+                }
+                let counted = match (t.metric.kind(), &t.test) {
+                    (MetricKind::Count, Test::Compare { op, threshold, .. }) => {
+                        let k = self.totals.signals.count(t.metric).unwrap_or(0) as f64;
+                        let fires_at = match op {
+                            Op::Ge | Op::Eq => threshold.ceil(),
+                            Op::Gt => threshold.floor() + 1.0,
+                            Op::Lt | Op::Le => f64::NAN,
+                        };
+                        (fires_at >= 1.0).then(|| k / fires_at)
+                    }
+                    _ => None,
+                };
+                counted.unwrap_or_else(|| st.progress()).clamp(0.0, 1.0)
+            })
+            .collect()
+    }
+
     /// The health summary.
     pub fn health(&self) -> Health {
         match self.status {

@@ -344,6 +344,31 @@ fn a_re_delivered_signal_counts_once_even_after_a_restart() {
     assert_eq!(d.state().status, Status::RolledBack);
 }
 
+/// A count trigger's progress is its count over the count that fires it; a fired trigger is 1.
+#[test]
+fn trigger_progress_counts_toward_the_count_that_fires() {
+    let mut d = Driver::new(triggers_only(SEED));
+    d.now += HOUR;
+    let pci = d
+        .plan
+        .triggers
+        .iter()
+        .position(|t| t.text == "pci_alerts >= 2")
+        .unwrap();
+    assert_eq!(d.state().trigger_progress(&d.plan)[pci], 0.0);
+    d.input(Input::Signal(Signal::PciAlert { note: "a".into() }));
+    assert_eq!(d.state().trigger_progress(&d.plan)[pci], 0.5);
+    d.input(Input::Signal(Signal::PciAlert { note: "b".into() }));
+    assert_eq!(d.state().status, Status::RolledBack);
+    assert_eq!(d.state().trigger_progress(&d.plan)[pci], 1.0);
+    assert!(
+        d.state()
+            .trigger_progress(&d.plan)
+            .iter()
+            .all(|p| (0.0..=1.0).contains(p))
+    );
+}
+
 /// Who sent a signal, and the key it came under, are journaled with it (and with a repeat),
 /// so an operator can tell one alert re-delivered from two alerts.
 #[test]

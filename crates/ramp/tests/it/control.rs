@@ -39,6 +39,11 @@ impl Drop for Server {
 }
 
 pub(crate) fn start(dir: &Path, plan: Option<&Path>) -> Server {
+    start_scaled(dir, plan, 3600)
+}
+
+/// `ramp serve` with its clock at `scale` times real time.
+pub(crate) fn start_scaled(dir: &Path, plan: Option<&Path>, scale: u32) -> Server {
     let mut args: Vec<String> = vec![
         "serve".into(),
         "--db".into(),
@@ -48,7 +53,7 @@ pub(crate) fn start(dir: &Path, plan: Option<&Path>) -> Server {
         "--listen".into(),
         "127.0.0.1:0".into(),
         "--time-scale".into(),
-        "3600".into(),
+        scale.to_string(),
     ];
     if let Some(p) = plan {
         args.push("--plan".into());

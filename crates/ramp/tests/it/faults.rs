@@ -156,3 +156,45 @@ async fn a_restart_onto_an_unwritable_journal_serves_stable_until_it_can_write()
     kill9(s);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Regression (issue 11): `/metrics` counters stepped once per analysis interval. In real time
+/// (an interval of a minute and more) the requests just served show within a couple of
+/// seconds, long before the first window closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::disallowed_methods)] // measures real time against the plan's interval
+async fn metrics_counters_move_live_between_analysis_windows() {
+    let dir = common::fresh_dir("ramp-live-metrics");
+    std::fs::create_dir_all(&dir).unwrap();
+    let stable = common::upstream(Arc::new(AtomicBool::new(false)), Arc::default()).await;
+    let canary = common::upstream(Arc::new(AtomicBool::new(false)), Arc::default()).await;
+    let plan = plan_file(&dir, stable, canary);
+    let s = crate::control::start_scaled(&dir, Some(&plan), 1);
+    let token = s.token.clone().unwrap();
+    let started = std::time::Instant::now();
+    traffic(s.proxy, 300).await;
+    let served = |metrics: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("ramp_requests_total{rollout=\"ctl\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let mut seen = 0;
+    for _ in 0..60 {
+        let (_, metrics) = get(&s.api, "/metrics", Some(&token)).await;
+        seen = served(&metrics);
+        if seen == 300 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, 300, "every request served shows in /metrics");
+    let st = status(&s, &token);
+    let interval_ms = 60_000;
+    assert!(
+        (started.elapsed().as_millis() as u64) < interval_ms,
+        "well inside the first analysis window: {st}"
+    );
+    kill9(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
