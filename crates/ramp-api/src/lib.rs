@@ -33,7 +33,9 @@ pub use doc::openapi;
 pub use plane::{ControlError, JournalHealth, Recorded, RolloutDetail, RolloutMetrics, Rollouts};
 pub use server::ApiLimits;
 use std::sync::Arc;
-pub use tokens::{TokenSource, TokensFileError, add_token, read_tokens};
+pub use tokens::{
+    TokenEntry, TokenSource, TokensFileError, add_token, list_tokens, read_tokens, revoke_token,
+};
 
 /// Why an API configuration call failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -67,13 +67,148 @@ pub fn read_tokens(path: &Path) -> Result<Tokens, TokensFileError> {
     Ok(tokens)
 }
 
-/// Appends a new token's hash to the file (created with mode 0600) and returns the token,
-/// which is shown only now and stored nowhere.
-pub fn add_token(path: &Path, name: &str, role: Role) -> Result<String, TokensFileError> {
+/// One line of the tokens file, as `ramp token list` shows it (never the hash).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenEntry {
+    /// The token's name (who acted, in the journal).
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+}
+
+/// The tokens in the file, in file order.
+pub fn list_tokens(path: &Path) -> Result<Vec<TokenEntry>, TokensFileError> {
+    Ok(entries(path)?.into_iter().map(|(_, e, _)| e).collect())
+}
+
+/// Every token line: its text, name and role, and whether it parses (comments and blank lines
+/// are kept as they are by a rewrite).
+fn entries(path: &Path) -> Result<Vec<(String, TokenEntry, usize)>, TokensFileError> {
+    // Checks every line first: a rewrite must not silently drop a line it cannot read.
+    read_tokens(path)?;
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(TokensFileError::Io {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+    };
+    Ok(text
+        .lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let t = line.trim();
+            if t.is_empty() || t.starts_with('#') {
+                return None;
+            }
+            let mut parts = t.split_whitespace();
+            let name = parts.next()?.to_string();
+            let role = parts.next()?.parse().ok()?;
+            Some((line.to_string(), TokenEntry { name, role }, i))
+        })
+        .collect())
+}
+
+/// Holds `<path>.lock` exclusively while the tokens file is changed, so that two `ramp token`
+/// commands never lose each other's change.
+fn lock(path: &Path) -> Result<std::fs::File, TokensFileError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let io = |source| TokensFileError::Io {
+        path: lock_path.display().to_string(),
+        source,
+    };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let f = opts.open(&lock_path).map_err(io)?;
+    f.lock().map_err(io)?;
+    Ok(f)
+}
+
+/// Removes every token named `name` from the file (rewritten whole: a temporary file, fsync,
+/// rename); a running server refuses them from its next request. Answers how many were
+/// removed: 0 means there was no such token and the file is unchanged.
+pub fn revoke_token(path: &Path, name: &str) -> Result<usize, TokensFileError> {
+    let _lock = lock(path)?;
     let io = |source| TokensFileError::Io {
         path: path.display().to_string(),
         source,
     };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => return Err(io(source)),
+    };
+    let doomed: std::collections::HashSet<usize> = entries(path)?
+        .into_iter()
+        .filter(|(_, e, _)| e.name == name)
+        .map(|(_, _, i)| i)
+        .collect();
+    if doomed.is_empty() {
+        return Ok(0);
+    }
+    let kept: String = text
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| !doomed.contains(i))
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".new");
+    let tmp = PathBuf::from(tmp_name);
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.create(true).write(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp).map_err(io)?;
+        f.write_all(kept.as_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(doomed.len())
+}
+
+/// Appends a new token's hash to the file (created with mode 0600) and returns the token,
+/// which is shown only now and stored nowhere. A name already in the file is refused (revoke
+/// it first): the journal names who acted, and two tokens with one name could not be told
+/// apart.
+pub fn add_token(path: &Path, name: &str, role: Role) -> Result<String, TokensFileError> {
+    let _lock = lock(path)?;
+    let io = |source| TokensFileError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(line) = entries(path)?
+        .into_iter()
+        .find(|(_, e, _)| e.name == name)
+        .map(|(_, _, i)| i + 1)
+    {
+        return Err(TokensFileError::Line {
+            path: path.display().to_string(),
+            line,
+            message: format!(
+                "a token named {name:?} exists already; revoke it first (`ramp token revoke {name}`)"
+            ),
+        });
+    }
     let token = Tokens::generate();
     let mut opts = std::fs::OpenOptions::new();
     opts.create(true).append(true);
@@ -173,6 +308,51 @@ impl TokenSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revoked_tokens_stop_working_and_the_rest_of_the_file_stays() {
+        let dir = std::env::temp_dir().join(format!("ramp-revoke-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ramp.db.tokens");
+        let _ = std::fs::remove_file(&path);
+        std::fs::write(&path, "# ops tokens\n").unwrap();
+        let source = TokenSource::file(path.clone()).unwrap();
+        let admin = add_token(&path, "admin", Role::Admin).unwrap();
+        let bob = add_token(&path, "bob", Role::Viewer).unwrap();
+        let again = add_token(&path, "bob", Role::Admin).unwrap_err();
+        assert!(again.to_string().contains("exists already"), "{again}");
+        assert_eq!(
+            list_tokens(&path).unwrap(),
+            vec![
+                TokenEntry {
+                    name: "admin".into(),
+                    role: Role::Admin
+                },
+                TokenEntry {
+                    name: "bob".into(),
+                    role: Role::Viewer
+                },
+            ]
+        );
+        assert!(source.current().check(&bob).is_some());
+        assert_eq!(revoke_token(&path, "bob").unwrap(), 1);
+        assert_eq!(revoke_token(&path, "bob").unwrap(), 0, "already gone");
+        assert_eq!(source.current().check(&bob), None, "refused at once");
+        assert!(source.current().check(&admin).is_some());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# ops tokens\n"), "{text}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A file with a line it cannot read is not rewritten (nothing is dropped silently).
+        std::fs::write(&path, format!("{text}broken\n")).unwrap();
+        assert!(revoke_token(&path, "admin").is_err());
+        assert!(std::fs::read_to_string(&path).unwrap().contains("admin"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn a_token_added_to_the_file_works_at_once() {

@@ -122,9 +122,18 @@ pub(crate) struct ServerArgs {
     /// The server's API address.
     #[arg(long, env = "RAMP_SERVER", default_value = "http://127.0.0.1:7070")]
     pub(crate) server: String,
-    /// A bearer token (see `ramp token add`).
-    #[arg(long, env = "RAMP_TOKEN", hide_env_values = true)]
+    /// A bearer token (see `ramp token add`). Prefer --token-file: a token on the command
+    /// line is visible to every user of the machine in the process list.
+    #[arg(
+        long,
+        env = "RAMP_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
     pub(crate) token: Option<String>,
+    /// A file holding the bearer token (its first line; the file should be 0600).
+    #[arg(long, env = "RAMP_TOKEN_FILE")]
+    pub(crate) token_file: Option<PathBuf>,
 }
 
 /// An operator action on a rollout.
@@ -180,6 +189,26 @@ pub(crate) enum TokenCommand {
         name: String,
         /// viewer, operator, admin or ingest.
         role: String,
+        /// The journal whose tokens file to use.
+        #[arg(long, default_value = "ramp.db")]
+        db: PathBuf,
+        /// Token hashes file (default: the --db path with `.tokens` appended).
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+    },
+    /// List the tokens' names and roles (never the tokens or their hashes).
+    List {
+        /// The journal whose tokens file to use.
+        #[arg(long, default_value = "ramp.db")]
+        db: PathBuf,
+        /// Token hashes file (default: the --db path with `.tokens` appended).
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+    },
+    /// Revoke a token by name; a running server refuses it from its next request.
+    Revoke {
+        /// The token's name.
+        name: String,
         /// The journal whose tokens file to use.
         #[arg(long, default_value = "ramp.db")]
         db: PathBuf,

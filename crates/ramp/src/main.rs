@@ -243,7 +243,14 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), Invalid>> {
             };
             valid!(config::token_name(&name));
             let path = config::tokens_path(&db, tokens);
-            let token = ramp_api::add_token(&path, &name, role)?;
+            let token = match ramp_api::add_token(&path, &name, role) {
+                Ok(t) => t,
+                // A name taken, a line of the file that cannot be read: the user's to fix.
+                Err(e @ ramp_api::TokensFileError::Line { .. }) => {
+                    return Ok(Err(Invalid(e.to_string())));
+                }
+                Err(e) => return Err(e.into()),
+            };
             render::line(&token);
             render::err_line(&format!(
                 "token {name} ({}) added to {}; it is shown only now",
@@ -251,6 +258,37 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), Invalid>> {
                 path.display()
             ));
             Ok(Ok(()))
+        }
+        Command::Token {
+            command: TokenCommand::List { db, tokens },
+        } => {
+            let path = config::tokens_path(&db, tokens);
+            let entries = ramp_api::list_tokens(&path)?;
+            if entries.is_empty() {
+                render::err_line(&format!("no tokens in {}", path.display()));
+            }
+            for e in entries {
+                render::line(&format!("{:<24} {}", e.name, e.role.name()));
+            }
+            Ok(Ok(()))
+        }
+        Command::Token {
+            command: TokenCommand::Revoke { name, db, tokens },
+        } => {
+            let path = config::tokens_path(&db, tokens);
+            match ramp_api::revoke_token(&path, &name)? {
+                0 => Ok(Err(Invalid(format!(
+                    "error: no token named {name:?} in {}",
+                    path.display()
+                )))),
+                _ => {
+                    render::err_line(&format!(
+                        "token {name} revoked in {}; a running server refuses it from now on",
+                        path.display()
+                    ));
+                    Ok(Ok(()))
+                }
+            }
         }
         Command::Demo(a) => {
             use std::io::IsTerminal;
@@ -281,7 +319,27 @@ where
     F: FnOnce(client::Client) -> Fut,
     Fut: std::future::Future<Output = Result<(), client::ClientError>>,
 {
-    let client = match client::Client::new(&server.server, server.token.clone()) {
+    let token = match (&server.token, &server.token_file) {
+        (_, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(text) => match text.lines().next().map(str::trim).filter(|t| !t.is_empty()) {
+                Some(t) => Some(t.to_string()),
+                None => {
+                    return Ok(Err(Invalid(format!(
+                        "error: {}: the token file is empty",
+                        path.display()
+                    ))));
+                }
+            },
+            Err(e) => {
+                return Ok(Err(Invalid(format!(
+                    "error: {}: cannot read the token file: {e}",
+                    path.display()
+                ))));
+            }
+        },
+        (token, None) => token.clone(),
+    };
+    let client = match client::Client::new(&server.server, token) {
         Ok(c) => c,
         Err(e) => return Ok(Err(Invalid(format!("error: {e}")))),
     };

@@ -365,6 +365,82 @@ fn token_add_prints_a_token_once_and_stores_only_its_hash() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `ramp token list` shows names and roles only; `ramp token revoke` takes effect on a running
+/// server at its next request; `--token-file` keeps a token off the command line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_listed_revoked_on_a_running_server_and_read_from_a_file() {
+    let dir = fresh_dir("ramp-tok-life");
+    std::fs::create_dir_all(&dir).unwrap();
+    let stable = upstream(Arc::new(AtomicBool::new(false))).await;
+    let canary = upstream(Arc::new(AtomicBool::new(false))).await;
+    let plan = plan_file(&dir, stable, canary);
+    let s = start(&dir, Some(&plan));
+    let admin = s.token.clone().unwrap();
+    let db = dir.join("ramp.db");
+    let ramp = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_ramp"))
+            .args(args)
+            .env("RAMP_SERVER", &s.api)
+            .env_remove("RAMP_TOKEN")
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, bob, _) = ramp(&[
+        "token",
+        "add",
+        "bob",
+        "viewer",
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0);
+    let bob = bob.trim().to_string();
+    let (code, _, err) = ramp(&["token", "add", "bob", "admin", "--db", db.to_str().unwrap()]);
+    assert_eq!(code, 2, "one name, one token: {err}");
+    let file = dir.join("bob.token");
+    std::fs::write(&file, format!("{bob}\n")).unwrap();
+    let file_arg = file.to_str().unwrap();
+    let (code, out, err) = ramp(&["status", "ctl", "--token-file", file_arg]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ctl"), "{out}");
+    let (code, out, _) = ramp(&["token", "list", "--db", db.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let listed: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        listed,
+        vec![vec!["admin", "admin"], vec!["bob", "viewer"]],
+        "{out}"
+    );
+    assert!(
+        !out.contains(&bob) && !out.contains(&admin),
+        "no token is ever listed"
+    );
+    let (code, _, err) = ramp(&["token", "revoke", "bob", "--db", db.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = ramp(&["status", "ctl", "--token-file", file_arg]);
+    assert_eq!(code, 2, "a revoked token is refused at once: {out}{err}");
+    assert!(err.contains("unknown token"), "{err}");
+    let (code, _, err) = ramp(&["token", "revoke", "bob", "--db", db.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no token named"), "{err}");
+    // The admin token still works; a token file that is missing is a clear error.
+    let (code, _, _) = ramp(&["status", "ctl", "--token", &admin]);
+    assert_eq!(code, 0);
+    let (code, _, err) = ramp(&["status", "ctl", "--token-file", "/nonexistent/token"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot read the token file"), "{err}");
+    kill9(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_server_runs_several_rollouts_created_over_the_api() {
     let dir = fresh_dir("ramp-multi");
