@@ -80,6 +80,7 @@ impl From<ControlError> for Problem {
                 p
             }
             ControlError::Invalid(message) => Problem::new(StatusCode::BAD_REQUEST, message),
+            ControlError::NotAllowed(message) => Problem::new(StatusCode::FORBIDDEN, message),
             ControlError::Unavailable(_) => {
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }

@@ -184,7 +184,7 @@ pub(crate) async fn list_rollouts<R: Rollouts>(
         (status = 201, description = "Created and started.", body = v1::RolloutStatus),
         (status = 400, description = "Invalid plan (`errors`, with positions), a plan without `[upstreams]`, or an invalid request (`fields`). Nothing is created.", body = ErrorBody),
         (status = 401, description = "Missing or unknown token.", body = ErrorBody),
-        (status = 403, description = "Only admin tokens may create rollouts.", body = ErrorBody),
+        (status = 403, description = "Only admin tokens may create rollouts; or the plan listens beyond loopback or names an upstream the server does not allow (`ramp serve --allow-listen`, `--allow-upstream`).", body = ErrorBody),
         (status = 409, description = "A rollout by that name exists, or its proxy address is taken.", body = ErrorBody),
         (status = 413, description = "Body over the limit.", body = ErrorBody),
         (status = 415, description = "Unsupported content type.", body = ErrorBody),

@@ -85,6 +85,10 @@ pub enum ControlError {
     /// The request cannot be carried out as given (HTTP 400), e.g. a plan without upstreams.
     #[error("{0}")]
     Invalid(String),
+    /// The server's policy does not allow it (HTTP 403), e.g. a rollout created over the API
+    /// that would listen beyond loopback.
+    #[error("{0}")]
+    NotAllowed(String),
     /// Something broke on our side, e.g. the store (HTTP 503).
     #[error("unavailable: {0}")]
     Unavailable(String),

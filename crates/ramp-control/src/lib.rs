@@ -10,6 +10,7 @@
 //! written, is the core's.
 #![forbid(unsafe_code)]
 
+pub mod allow;
 pub mod clock;
 pub mod controller;
 pub mod log;

@@ -45,6 +45,8 @@ pub struct Defaults {
     pub access_log: bool,
     /// Keep analysis windows in the journal this long (controller time).
     pub window_retention: Millis,
+    /// Where rollouts created over the API may listen and proxy to.
+    pub allow: crate::allow::Allow,
 }
 
 impl Default for Defaults {
@@ -56,6 +58,7 @@ impl Default for Defaults {
             default_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             access_log: false,
             window_retention: 30 * ramp_core::time::DAY,
+            allow: crate::allow::Allow::default(),
         }
     }
 }
@@ -382,6 +385,18 @@ impl Registry {
         file: &str,
         listen: Option<SocketAddr>,
     ) -> Result<v1::RolloutStatus, ControlError> {
+        self.start_checked(plan_toml, file, listen, None).await
+    }
+
+    /// [`Registry::start_new`], first checking the plan against `allow` (a rollout created
+    /// over the API).
+    async fn start_checked(
+        &self,
+        plan_toml: &str,
+        file: &str,
+        listen: Option<SocketAddr>,
+        allow: Option<&crate::allow::Allow>,
+    ) -> Result<v1::RolloutStatus, ControlError> {
         let plan = parse_plan(plan_toml, file).map_err(ControlError::InvalidPlan)?;
         if plan.upstreams.is_none() {
             return Err(ControlError::Invalid(
@@ -399,6 +414,10 @@ impl Registry {
                 self.default_taken.store(false, Ordering::SeqCst);
             }
         };
+        if let Some(Err(why)) = allow.map(|a| a.check(&plan, addr)) {
+            release();
+            return Err(ControlError::NotAllowed(why));
+        }
         let proxy = match self.proxy(&plan, addr, ShareBp::ZERO).await {
             Ok(p) => p,
             Err(e) => {
@@ -609,7 +628,8 @@ impl Rollouts for Registry {
     }
 
     async fn create(&self, plan_toml: &str) -> Result<v1::RolloutStatus, ControlError> {
-        self.start_new(plan_toml, "request body", None).await
+        self.start_checked(plan_toml, "request body", None, Some(&self.defaults.allow))
+            .await
     }
 
     async fn retire(&self, name: &str) -> Result<v1::RolloutStatus, ControlError> {

@@ -29,7 +29,8 @@ use ramp_core::evidence::MetricWindow;
 use ramp_core::time::Millis;
 use ramp_wire::v1;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
@@ -99,6 +100,13 @@ type Job = Box<dyn FnOnce(Result<&mut Connection, StoreError>) -> bool + Send>;
 /// How a thread opens its connection again after losing it.
 type Reopen = Box<dyn Fn() -> Result<Connection, StoreError> + Send>;
 
+/// How a reader thread learns that its writer opened the database again.
+enum Link {
+    None,
+    Sets(Arc<AtomicBool>),
+    Watches(Arc<AtomicBool>),
+}
+
 /// A thread that owns a connection and runs jobs on it, one at a time.
 #[derive(Clone)]
 struct DbThread {
@@ -107,17 +115,23 @@ struct DbThread {
 
 impl DbThread {
     fn spawn(name: &str, conn: Connection) -> Result<Self, StoreError> {
-        Self::spawn_with(name, Ok(conn), None)
+        Self::spawn_with(name, Ok(conn), None, Link::None)
     }
 
     /// A thread whose connection may be missing (the database could not be opened for
     /// writing): each job first tries `reopen`, and fails with its error until it succeeds. A
     /// connection that turns out read-only is dropped and opened again by the next job, so a
     /// store recovers when its disk does, without a restart.
+    ///
+    /// `link` ties a reader to its writer: the writer [`Link::Sets`] the flag when it opens
+    /// the database again, and a reader that [`Link::Watches`] it reopens before its next job
+    /// (a reader on a snapshot, taken while the database could not be written, moves back to
+    /// the database itself).
     fn spawn_with(
         name: &str,
         conn: Result<Connection, StoreError>,
         reopen: Option<Reopen>,
+        link: Link,
     ) -> Result<Self, StoreError> {
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()
@@ -125,10 +139,23 @@ impl DbThread {
             .spawn(move || {
                 let mut conn = conn;
                 for job in queue {
+                    if let Link::Watches(flag) = &link
+                        && let Some(reopen) = &reopen
+                        && flag.load(Ordering::SeqCst)
+                        && let Ok(fresh) = reopen()
+                    {
+                        flag.store(false, Ordering::SeqCst);
+                        conn = Ok(fresh);
+                    }
                     if conn.is_err()
                         && let Some(reopen) = &reopen
                     {
                         conn = reopen();
+                        if conn.is_ok()
+                            && let Link::Sets(flag) = &link
+                        {
+                            flag.store(true, Ordering::SeqCst);
+                        }
                     }
                     let target = match &mut conn {
                         Ok(c) => Ok(c),
@@ -218,12 +245,17 @@ impl SqliteStore {
             Err(e) if !path.exists() => return Err(e),
             w => w,
         };
-        let reader = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        reader.busy_timeout(READ_TIMEOUT)?;
-        reader.pragma_update(None, "mmap_size", 0)?;
+        let mut snapshot = false;
+        let reader = match open_reader(path) {
+            // A writer killed mid-commit left a hot journal, which only a writer may roll back:
+            // while the database cannot be written, read a rolled-back private copy instead
+            // (the last committed state, which is all there is until it can be written).
+            Err(e) if writer.is_err() && needs_rollback(&e) => {
+                snapshot = true;
+                open_snapshot(path)?
+            }
+            r => r?,
+        };
         if writer.is_err() {
             let version = current_version(&reader)?;
             if version != Self::latest_schema_version() {
@@ -241,13 +273,29 @@ impl SqliteStore {
         }
         let pins = Pins::open(path)?;
         let again = path.to_path_buf();
+        let reread = path.to_path_buf();
+        let recovered = Arc::new(AtomicBool::new(false));
         Ok(SqliteStore {
             writer: DbThread::spawn_with(
                 "ramp-store-writer",
                 writer,
                 Some(Box::new(move || open_writer(&again))),
+                if snapshot {
+                    Link::Sets(recovered.clone())
+                } else {
+                    Link::None
+                },
             )?,
-            reader: DbThread::spawn("ramp-store-reader", reader)?,
+            reader: if snapshot {
+                DbThread::spawn_with(
+                    "ramp-store-reader",
+                    Ok(reader),
+                    Some(Box::new(move || open_reader(&reread))),
+                    Link::Watches(recovered),
+                )?
+            } else {
+                DbThread::spawn("ramp-store-reader", reader)?
+            },
             pins: Arc::new(Mutex::new(pins)),
         })
     }
@@ -289,6 +337,68 @@ impl SqliteStore {
     {
         self.writer.run(f).await
     }
+}
+
+/// A read-only connection to the database (never mapped).
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let reader = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    reader.busy_timeout(READ_TIMEOUT)?;
+    reader.pragma_update(None, "mmap_size", 0)?;
+    // Opening is lazy: read once, so that a database that cannot be read fails here.
+    current_version(&reader)?;
+    Ok(reader)
+}
+
+/// Whether opening failed because a hot journal must be rolled back first, which a read-only
+/// connection cannot do (`SQLITE_READONLY_ROLLBACK`).
+fn needs_rollback(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) if f.extended_code == 776)
+}
+
+/// A private copy of the database and its hot journal, rolled back, as a read connection: the
+/// last committed state of a database that cannot be written. The copies are unlinked as soon
+/// as the connection holds them (they carry the journal's notes), so nothing is left behind.
+fn open_snapshot(path: &Path) -> Result<Connection, StoreError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let fail = |what: &str, e: std::io::Error| {
+        StoreError::Open(format!(
+            "{}: cannot take a snapshot to read ({what}): {e}",
+            path.display()
+        ))
+    };
+    let dir = std::env::temp_dir().join(format!(
+        "ramp-snapshot-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(&dir)
+        .map_err(|e| fail("a private directory", e))?;
+    let copy = dir.join("ramp.db");
+    let result = (|| {
+        let mut journal = path.as_os_str().to_owned();
+        journal.push("-journal");
+        std::fs::copy(path, &copy).map_err(|e| fail("the database", e))?;
+        std::fs::copy(PathBuf::from(journal), dir.join("ramp.db-journal"))
+            .map_err(|e| fail("its journal", e))?;
+        let conn = Connection::open(&copy)?;
+        conn.pragma_update(None, "mmap_size", 0)?;
+        conn.busy_timeout(READ_TIMEOUT)?;
+        // The first read rolls the copy back.
+        current_version(&conn)?;
+        Ok(conn)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 /// The write connection: permissions narrowed, a rollback journal, durable commits, the schema

@@ -1667,3 +1667,94 @@ fn a_pinned_share_stands_until_the_journal_moves_past_it() {
     drop(db);
     assert_eq!(Db::open(&path).unwrap().load("r").unwrap().pin, None);
 }
+
+/// Regression (issue 11, found by the real-binary fault test): a writer killed mid-commit
+/// leaves a hot journal, which only a writer may roll back, so an unwritable database with one
+/// could not even be read and `ramp serve` exited. The store reads a rolled-back private copy
+/// (the last committed state) until the database can be written, then the database itself.
+#[test]
+fn an_unwritable_database_with_a_hot_journal_is_read_from_a_rolled_back_copy() {
+    let dir = TempDir::new("hot");
+    let live = dir.file("live.db");
+    let state = State::new(&seed_plan());
+    {
+        let db = Db::open(&live).unwrap();
+        db.create("r", SEED, 1, &state).unwrap();
+        db.append("r", 0, &[signal_event(2, 1)], &state).unwrap();
+    }
+    // A crash image: copy the files while a big transaction has spilled pages into the
+    // database file (a tiny cache forces it) and before it commits.
+    let crashed = dir.file("ramp.db");
+    {
+        let conn = rusqlite::Connection::open(&live).unwrap();
+        conn.pragma_update(None, "journal_mode", "TRUNCATE")
+            .unwrap();
+        conn.pragma_update(None, "cache_size", 1).unwrap();
+        conn.execute_batch(
+            "BEGIN IMMEDIATE; CREATE TABLE filler (x BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
+             INSERT INTO filler SELECT randomblob(4000) FROM n;
+             UPDATE snapshots SET seq = seq;",
+        )
+        .unwrap();
+        std::fs::copy(&live, &crashed).unwrap();
+        std::fs::copy(dir.file("live.db-journal"), dir.file("ramp.db-journal")).unwrap();
+        conn.execute_batch("ROLLBACK").unwrap();
+    }
+    assert!(
+        std::fs::metadata(dir.file("ramp.db-journal"))
+            .unwrap()
+            .len()
+            > 0
+    );
+    let Some(frozen) = Immutable::set(&crashed) else {
+        return;
+    };
+    // Read-only, SQLite cannot use it at all (the failure ramp serve exited with).
+    let ro =
+        rusqlite::Connection::open_with_flags(&crashed, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let err = ro
+        .query_row("SELECT COUNT(*) FROM rollouts", [], |r| r.get::<_, i64>(0))
+        .unwrap_err();
+    assert_eq!(
+        err.sqlite_error().map(|e| e.extended_code),
+        Some(776),
+        "SQLITE_READONLY_ROLLBACK: {err}"
+    );
+    drop(ro);
+    let db = Db::open(&crashed).expect("opens from a rolled-back copy");
+    assert_eq!(
+        db.load("r").unwrap().last_seq,
+        1,
+        "the last committed state"
+    );
+    assert_eq!(db.events("r", 0, 10).unwrap().len(), 1);
+    assert!(!db.rt.block_on(db.store.writable()));
+    let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("ramp-snapshot-{}-", std::process::id()))
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "the copy is not left behind");
+    drop(frozen);
+    // The writer opens the database (rolling its journal back); the reader follows it.
+    assert_eq!(db.append("r", 1, &[signal_event(3, 2)], &state).unwrap(), 2);
+    assert_eq!(
+        db.load("r").unwrap().last_seq,
+        2,
+        "reads see the database again"
+    );
+    let filler: i64 = db.sql(|c| {
+        c.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'filler'",
+            [],
+            |r| r.get(0),
+        )
+    });
+    assert_eq!(filler, 0, "the uncommitted transaction was rolled back");
+}

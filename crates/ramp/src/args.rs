@@ -248,6 +248,14 @@ pub(crate) struct ServeArgs {
     /// Serve /metrics without a token.
     #[arg(long)]
     pub(crate) open_metrics: bool,
+    /// Addresses a rollout created over the API may listen on besides loopback (ADDRESS or
+    /// ADDRESS/PREFIX, repeatable or comma-separated; `0.0.0.0` allows every interface).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) allow_listen: Vec<String>,
+    /// Upstreams a rollout created over the API may proxy to (HOST, *.DOMAIN, ADDRESS/PREFIX,
+    /// each optionally :PORT; repeatable or comma-separated). Without it, any.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) allow_upstream: Vec<String>,
     /// Log every API request (masked path, status, latency, token name; never tokens or
     /// bodies) to stderr.
     #[arg(long)]

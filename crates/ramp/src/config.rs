@@ -113,6 +113,25 @@ pub(crate) fn serve(a: ServeArgs) -> Result<Serve, Invalid> {
     let window_retention = ramp_core::time::parse_duration(&a.window_retention)
         .map_err(|e| Invalid(format!("error: --window-retention: {e}")))?;
     let limits = limits(&a.limits)?;
+    let allow = ramp_control::allow::Allow {
+        listen: a
+            .allow_listen
+            .iter()
+            .map(|s| ramp_control::allow::Net::parse(s.trim()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| Invalid(format!("error: --allow-listen: {e}")))?,
+        upstreams: if a.allow_upstream.is_empty() {
+            None
+        } else {
+            Some(
+                a.allow_upstream
+                    .iter()
+                    .map(|s| ramp_control::allow::HostRule::parse(s.trim()))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| Invalid(format!("error: --allow-upstream: {e}")))?,
+            )
+        },
+    };
     Ok(Serve {
         tokens: tokens_path(&a.db, a.tokens),
         plans: a.plan,
@@ -133,6 +152,7 @@ pub(crate) fn serve(a: ServeArgs) -> Result<Serve, Invalid> {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             access_log: a.access_log,
             window_retention,
+            allow,
         },
     })
 }

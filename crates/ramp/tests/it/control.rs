@@ -44,6 +44,11 @@ pub(crate) fn start(dir: &Path, plan: Option<&Path>) -> Server {
 
 /// `ramp serve` with its clock at `scale` times real time.
 pub(crate) fn start_scaled(dir: &Path, plan: Option<&Path>, scale: u32) -> Server {
+    start_with(dir, plan, scale, &[])
+}
+
+/// `ramp serve` with more arguments.
+pub(crate) fn start_with(dir: &Path, plan: Option<&Path>, scale: u32, extra: &[&str]) -> Server {
     let mut args: Vec<String> = vec![
         "serve".into(),
         "--db".into(),
@@ -59,6 +64,7 @@ pub(crate) fn start_scaled(dir: &Path, plan: Option<&Path>, scale: u32) -> Serve
         args.push("--plan".into());
         args.push(p.display().to_string());
     }
+    args.extend(extra.iter().map(|a| a.to_string()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_ramp"))
         .args(&args)
         .stdout(Stdio::piped())

@@ -94,6 +94,65 @@ async fn creating_a_rollout_is_all_or_nothing() {
     assert_eq!(code, 2, "unknown rollout: {out}");
 }
 
+/// Regression (issue 11): a plan posted over the API could listen on every interface and
+/// proxy to any host. By default it listens on loopback only; `--allow-listen` widens that and
+/// `--allow-upstream` limits where it may proxy; a refusal is 403 and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollouts_created_over_the_api_listen_and_proxy_only_where_allowed() {
+    let dir = fresh_dir("ramp-allow");
+    let stable = upstream(Arc::new(AtomicBool::new(false))).await;
+    let canary = upstream(Arc::new(AtomicBool::new(false))).await;
+    let plan = plan_file(&dir, stable, canary);
+    let toml = "application/toml";
+    let s = start(&dir, Some(&plan));
+    let token = s.token.clone().unwrap();
+    let everywhere = other_plan("wide", stable, canary).replace("127.0.0.1:0", "0.0.0.0:0");
+    let (code, v) = api_post(&s.api, &token, "/v1/rollouts", toml, everywhere.clone()).await;
+    assert_eq!(code, 403, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("--allow-listen"),
+        "{v}"
+    );
+    assert_eq!(rollout_names(&s, &token), vec!["ctl"]);
+    let (code, v) = api_post(
+        &s.api,
+        &token,
+        "/v1/rollouts",
+        toml,
+        other_plan("lo", stable, canary),
+    )
+    .await;
+    assert_eq!(code, 201, "loopback is fine: {v}");
+    kill9(s);
+    // A fresh journal (the tokens file stays).
+    for f in ["ramp.db", "ramp.db-pins", "ramp.db-journal"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+
+    // Widened listeners, narrowed upstreams: the test's upstreams by address and port only.
+    let allowed = format!("{stable},{canary}");
+    let s = crate::control::start_with(
+        &dir,
+        Some(&plan),
+        3600,
+        &["--allow-listen", "0.0.0.0", "--allow-upstream", &allowed],
+    );
+    let (code, v) = api_post(&s.api, &token, "/v1/rollouts", toml, everywhere).await;
+    assert_eq!(code, 201, "{v}");
+    let metadata = other_plan("meta", stable, canary)
+        .replace(&format!("http://{canary}"), "http://169.254.169.254");
+    let (code, v) = api_post(&s.api, &token, "/v1/rollouts", toml, metadata).await;
+    assert_eq!(code, 403, "{v}");
+    let why = v["error"].as_str().unwrap();
+    assert!(
+        why.contains("upstreams.canary") && why.contains("--allow-upstream"),
+        "{why}"
+    );
+    assert_eq!(rollout_names(&s, &token), vec!["ctl", "wide"]);
+    kill9(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `DELETE /v1/rollouts/{name}` (`ramp retire`): only an ended rollout; its proxy stops, its
 /// journal stays readable, and a restart does not bring it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
