@@ -115,6 +115,8 @@ pub(crate) async fn run(
         max_headers: 100,
         write_timeout: Some(limits.write_timeout),
         drain_timeout: limits.drain_timeout,
+        // Control calls must not wait behind connections that say nothing (issue 11).
+        evict_silent: true,
     };
     let make = move |peer| service(app.clone(), log.clone(), peer);
     listen::serve(listener, slots, conn, make, stop).await;

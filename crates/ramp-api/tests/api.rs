@@ -2691,7 +2691,8 @@ async fn slow_and_silent_clients_are_cut_off() {
     server.shutdown().await;
 }
 
-/// Over the connection cap, a new client waits until a slot frees; it is never refused.
+/// Over the connection cap, a new client waits until a slot frees; it is never refused. (The
+/// holder has sent a request: a connection that never did would be closed to make room.)
 #[tokio::test]
 async fn the_connection_cap_holds_new_clients_until_a_slot_frees() {
     let server = Server::limited(ramp_api::ApiLimits {
@@ -2700,9 +2701,14 @@ async fn the_connection_cap_holds_new_clients_until_a_slot_frees() {
         ..Default::default()
     })
     .await;
-    let holder = TcpStream::connect(server.addr).await.unwrap();
-    // Give the server time to accept the holder (it takes the only slot).
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut holder = TcpStream::connect(server.addr).await.unwrap();
+    holder
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 512];
+    let n = holder.read(&mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
     let mut waiting = TcpStream::connect(server.addr).await.unwrap();
     waiting
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -2784,6 +2790,36 @@ async fn a_client_that_never_reads_is_cut_off() {
         .unwrap();
     assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
     writer.abort();
+    server.shutdown().await;
+}
+
+/// Regression (issue 11): 300 idle unauthenticated connections delayed every call by seconds
+/// (they held every slot until their head deadline). A connection that has sent nothing is
+/// closed to make room for one that talks: a control call is answered at once, long before
+/// the idle ones' deadline.
+#[tokio::test]
+async fn silent_connections_make_room_for_a_client_that_talks() {
+    let server = Server::limited(ramp_api::ApiLimits {
+        max_connections: 8,
+        header_read_timeout: Duration::from_secs(60),
+        ..Default::default()
+    })
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..5 {
+        let answered = tokio::time::timeout(
+            Duration::from_secs(30),
+            Req::get("/v1/rollouts").token(VIEWER).send(server.addr),
+        )
+        .await
+        .expect("answered well before the silent connections' 60 s deadline");
+        assert_eq!(answered.status, 200);
+    }
+    drop(idle);
     server.shutdown().await;
 }
 

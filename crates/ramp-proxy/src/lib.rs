@@ -133,6 +133,9 @@ impl Limits {
             max_headers: self.max_headers,
             write_timeout: None,
             drain_timeout: self.drain_timeout,
+            // Users who send their request at once are served ahead of connections that say
+            // nothing, whoever opened those.
+            evict_silent: true,
         }
     }
 }
@@ -428,6 +431,15 @@ fn validate(config: &ProxyConfig) -> Result<(KeySource, Upstream, Upstream), Pro
     Ok((key, stable, canary))
 }
 
+/// Fails with `AddrInUse` if a socket listens on `addr` (with or without SO_REUSEPORT).
+fn probe_free(addr: SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // A connection of an earlier process in TIME_WAIT does not make the address taken.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())
+}
+
 /// A listening socket with SO_REUSEADDR and SO_REUSEPORT, so each worker can have its own.
 fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
@@ -528,6 +540,13 @@ pub async fn start(
         addr: config.listen,
         source,
     };
+    // SO_REUSEPORT lets any socket of this user with the option join the address, another
+    // rollout's proxy (of this server or another) included, and the two would split its
+    // traffic. So first check that nothing listens there: a socket without the option cannot
+    // bind an address another socket listens on.
+    if config.listen.port() != 0 {
+        probe_free(config.listen).map_err(bind_err)?;
+    }
     // One listener per worker on the same address: the kernel spreads connections over them.
     let first = bind_reuseport(config.listen).map_err(bind_err)?;
     let local_addr = first.local_addr().map_err(bind_err)?;

@@ -64,6 +64,63 @@ pub struct ConnLimits {
     pub write_timeout: Option<Duration>,
     /// On stop, how long open requests may take to finish.
     pub drain_timeout: Duration,
+    /// When every slot is taken, close the oldest connection that has not sent a request yet
+    /// to make room for the new one, instead of leaving the new one in the backlog. Idle
+    /// strangers then cannot keep a client that talks at once from being served.
+    pub evict_silent: bool,
+}
+
+/// The connections that have not delivered a request yet, oldest first, each with the way to
+/// close it.
+#[derive(Default)]
+struct Silent {
+    next: std::sync::atomic::AtomicU64,
+    waiting:
+        std::sync::Mutex<std::collections::BTreeMap<u64, (Seen, tokio::sync::oneshot::Sender<()>)>>,
+}
+
+impl Silent {
+    /// Registers a connection; dropping the returned ticket unregisters it.
+    fn enter(self: &Arc<Self>, seen: Seen) -> (SilentTicket, tokio::sync::oneshot::Receiver<()>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Ok(mut w) = self.waiting.lock() {
+            w.insert(id, (seen, tx));
+        }
+        (
+            SilentTicket {
+                silent: self.clone(),
+                id,
+            },
+            rx,
+        )
+    }
+
+    /// Closes the oldest connection still silent; whether there was one.
+    fn evict_oldest(&self) -> bool {
+        let Ok(mut w) = self.waiting.lock() else {
+            return false;
+        };
+        while let Some((_, (seen, tx))) = w.pop_first() {
+            if !seen.0.load(Ordering::Relaxed) && tx.send(()).is_ok() {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+struct SilentTicket {
+    silent: Arc<Silent>,
+    id: u64,
+}
+
+impl Drop for SilentTicket {
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.silent.waiting.lock() {
+            w.remove(&self.id);
+        }
+    }
 }
 
 /// Whether a connection has delivered a request yet (set by the service wrapper).
@@ -143,6 +200,7 @@ pub async fn serve<M, S, B>(
 {
     let builder = builder(&limits);
     let graceful = GracefulShutdown::new();
+    let silent = Arc::new(Silent::default());
     let (hard_stop, hard_stop_rx) = watch::channel(false);
     loop {
         let (stream, peer) = tokio::select! {
@@ -162,16 +220,31 @@ pub async fn serve<M, S, B>(
         // slot cannot be taken *before* accepting: with several `SO_REUSEPORT` listeners
         // sharing the cap, the listener holding the freed slot may not be the one the next
         // client is queued on.)
-        let permit = tokio::select! {
-            biased;
-            _ = stopped(&mut stop) => break,
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
+        let ready = slots.clone().try_acquire_owned();
+        let permit = match ready {
+            Ok(p) => p,
+            Err(_) => {
+                if limits.evict_silent {
+                    silent.evict_oldest();
+                }
+                tokio::select! {
+                    biased;
+                    _ = stopped(&mut stop) => break,
+                    permit = slots.clone().acquire_owned() => match permit {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                }
+            }
         };
         let _ = stream.set_nodelay(true);
         let seen = Seen::default();
+        let (ticket, mut evicted) = if limits.evict_silent {
+            let (t, rx) = silent.enter(seen.clone());
+            (Some(t), Some(rx))
+        } else {
+            (None, None)
+        };
         let service = Noting {
             inner: make(peer),
             seen: seen.clone(),
@@ -186,17 +259,32 @@ pub async fn serve<M, S, B>(
         tokio::spawn(async move {
             let _permit = permit;
             let mut conn = std::pin::pin!(conn);
-            // A connection must deliver its first request in time, whatever the protocol.
+            let closed = async {
+                match evicted.as_mut() {
+                    Some(rx) => {
+                        let _ = rx.await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            // A connection must deliver its first request in time, whatever the protocol; a
+            // silent one may be closed sooner to make room.
             tokio::select! {
                 biased;
                 _ = stopped(&mut hard_stop) => return,
                 _ = &mut conn => return,
+                _ = closed => {
+                    if !seen.0.load(Ordering::Relaxed) {
+                        return;
+                    }
+                }
                 _ = tokio::time::sleep(first_request) => {
                     if !seen.0.load(Ordering::Relaxed) {
                         return;
                     }
                 }
             }
+            drop(ticket);
             tokio::select! {
                 biased;
                 _ = stopped(&mut hard_stop) => {}

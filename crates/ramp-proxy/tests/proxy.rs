@@ -1211,3 +1211,32 @@ fn config_from_the_example_plan() {
     no_upstreams.upstreams = None;
     assert!(ProxyConfig::for_plan(listen, &no_upstreams).is_err());
 }
+
+/// Regression (issue 11, found by schemathesis): with SO_REUSEPORT a second proxy could bind
+/// an address another proxy listened on, and the two split its users. A taken address is a
+/// bind error, whoever holds it; port 0 still picks a free port.
+#[tokio::test]
+async fn an_address_another_proxy_listens_on_is_refused() {
+    let s = setup(0).await;
+    let taken = s.proxy.local_addr;
+    let mut cfg = config(&s.stable.url(), &s.canary.url());
+    cfg.listen = taken;
+    let err = start(cfg, share(5_000), workers()).await.unwrap_err();
+    assert!(
+        matches!(&err, ramp_proxy::ProxyError::Bind { addr, .. } if *addr == taken),
+        "{err}"
+    );
+    // A plain listener holds it too.
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cfg = config(&s.stable.url(), &s.canary.url());
+    cfg.listen = plain.local_addr().unwrap();
+    assert!(start(cfg, share(0), workers()).await.is_err());
+    let other = start(
+        config(&s.stable.url(), &s.canary.url()),
+        share(0),
+        workers(),
+    )
+    .await
+    .unwrap();
+    assert_ne!(other.local_addr, taken);
+}

@@ -85,6 +85,15 @@ async fn creating_a_rollout_is_all_or_nothing() {
         "{v}"
     );
 
+    // Another rollout's proxy address (the proxies bind with SO_REUSEPORT, which would have
+    // let the two split its users): 409 too.
+    let thief = other_plan("thief", stable, canary).replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{}\"", s.proxy),
+    );
+    let (code, v) = api_post(&s.api, &token, "/v1/rollouts", toml, thief).await;
+    assert_eq!(code, 409, "{v}");
+
     assert_eq!(rollout_names(&s, &token), vec!["ctl"]);
     // Nothing was journaled either: a restart knows only `ctl`.
     kill9(s);
