@@ -92,7 +92,6 @@ pub(crate) fn parse(body: Option<Value>) -> Result<Vec<Item>, Problem> {
             "unsupported webhook version: expected \"4\"",
         )),
     }
-    let group_status = object.get("status").and_then(Value::as_str);
     let alerts = match object.get("alerts") {
         Some(Value::Array(a)) => Some(a),
         Some(_) => {
@@ -108,9 +107,7 @@ pub(crate) fn parse(body: Option<Value>) -> Result<Vec<Item>, Problem> {
         }
     };
     match alerts {
-        Some(alerts) if errors.is_empty() => {
-            Ok(alerts.iter().map(|a| alert(a, group_status)).collect())
-        }
+        Some(alerts) if errors.is_empty() => Ok(alerts.iter().map(alert).collect()),
         _ => Err(Problem::fields(errors)),
     }
 }
@@ -126,7 +123,7 @@ fn label<'a>(map: Option<&'a Map<String, Value>>, key: &str) -> Option<&'a str> 
         .filter(|s| !s.is_empty())
 }
 
-fn alert(value: &Value, group_status: Option<&str>) -> Item {
+fn alert(value: &Value) -> Item {
     let Some(alert) = value.as_object() else {
         return Item::Error(AlertErrorItem {
             rollout: None,
@@ -141,12 +138,30 @@ fn alert(value: &Value, group_status: Option<&str>) -> Item {
             error,
         })
     };
+    // A mistyped label must not make a PCI alert vanish as "unlabelled": say so.
+    match alert.get("labels") {
+        None | Some(Value::Null | Value::Object(_)) => {}
+        Some(_) => return fail("labels: must be an object of strings".into()),
+    }
+    for key in ["rollout", "category", "severity"] {
+        if let Some(v) = labels.and_then(|m| m.get(key))
+            && !v.is_string()
+        {
+            let found = match v {
+                Value::Null => "null",
+                Value::Bool(_) => "a boolean",
+                Value::Number(_) => "a number",
+                Value::Array(_) => "an array",
+                Value::Object(_) => "an object",
+                Value::String(_) => "a string",
+            };
+            return fail(format!("labels.{key}: must be a string, found {found}"));
+        }
+    }
     let status = match alert.get("status") {
         Some(Value::String(s)) => s.as_str(),
-        None | Some(Value::Null) => match group_status {
-            Some(s) => s,
-            None => return fail("status: required (firing or resolved)".into()),
-        },
+        // Alertmanager always sends each alert's status; the payload's is only a summary.
+        None | Some(Value::Null) => return fail("status: required (firing or resolved)".into()),
         Some(_) => return fail("status: must be a string (firing or resolved)".into()),
     };
     if status != "firing" {
@@ -267,6 +282,40 @@ mod tests {
         assert_eq!(severity(Some("low")), Severity::Low);
         assert_eq!(severity(None), Severity::High);
         assert_eq!(severity(Some("page")), Severity::High);
+    }
+
+    /// Regression (issue 11, found by schemathesis): a PCI alert whose `rollout` label was a
+    /// number, or whose labels were not an object, was skipped as unlabelled and vanished.
+    #[test]
+    fn mistyped_labels_are_errors_not_skips() {
+        let items = parse(Some(json!({"alerts": [
+            {"status": "firing", "labels": {"rollout": 5, "category": "pci"}},
+            {"status": "firing", "labels": {"rollout": "r", "category": ["pci"]}},
+            {"status": "resolved", "labels": ["rollout", "r"]},
+            {"labels": {"rollout": "r", "category": "pci"}},
+            {"status": "firing", "labels": {"rollout": "r", "category": "pci", "other": 7}},
+        ]})))
+        .unwrap();
+        let errors: Vec<String> = items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Error(e) => Some(e.error.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            errors,
+            vec![
+                "labels.rollout: must be a string, found a number",
+                "labels.category: must be a string, found an array",
+                "labels: must be an object of strings",
+                "status: required (firing or resolved)",
+            ]
+        );
+        assert!(
+            matches!(items[4], Item::Signal { .. }),
+            "other labels may be anything"
+        );
     }
 
     #[test]

@@ -16,7 +16,27 @@ use utoipa::{Modify, OpenApi, ToSchema};
 /// The OpenAPI document of the API (also served at `GET /v1/openapi.json` and committed as
 /// `docs/openapi.json`).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+    let mut doc = ApiDoc::openapi();
+    close_signal_variants(&mut doc);
+    doc
+}
+
+/// The server refuses unknown fields in a signal (`deny_unknown_fields`), which utoipa does not
+/// carry into the variants of an internally tagged enum: close each variant here.
+fn close_signal_variants(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{AdditionalProperties, Schema};
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    if let Some(RefOr::T(Schema::OneOf(one_of))) = components.schemas.get_mut("SignalRequest") {
+        for item in &mut one_of.items {
+            if let RefOr::T(Schema::Object(object)) = item {
+                object.additional_properties =
+                    Some(Box::new(AdditionalProperties::FreeForm(false)));
+            }
+        }
+    }
 }
 
 #[derive(OpenApi)]
@@ -70,6 +90,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         v1::Op,
         v1::CreateRequest,
         v1::ActionRequest,
+        v1::PlainActionRequest,
+        v1::RollbackRequest,
         v1::SignalRequest,
         v1::Severity,
         v1::SignalAccepted,
@@ -122,17 +144,25 @@ impl Modify for BearerAuth {
 #[schema(rename_all = "camelCase")]
 pub(crate) struct AlertmanagerPayload {
     /// "4" (other versions are refused).
+    #[schema(pattern = "^4$")]
     version: Option<String>,
-    group_key: Option<String>,
-    truncated_alerts: Option<u64>,
-    /// firing or resolved.
-    status: Option<String>,
-    receiver: Option<String>,
-    group_labels: Option<BTreeMap<String, String>>,
-    common_labels: Option<BTreeMap<String, String>>,
-    common_annotations: Option<BTreeMap<String, String>>,
+    /// Not read by ramp (any value).
+    group_key: Option<serde_json::Value>,
+    /// Not read by ramp (any value).
+    truncated_alerts: Option<serde_json::Value>,
+    /// Not read by ramp (each alert has its own `status`).
+    status: Option<serde_json::Value>,
+    /// Not read by ramp (any value).
+    receiver: Option<serde_json::Value>,
+    /// Not read by ramp (any value).
+    group_labels: Option<serde_json::Value>,
+    /// Not read by ramp (any value).
+    common_labels: Option<serde_json::Value>,
+    /// Not read by ramp (any value).
+    common_annotations: Option<serde_json::Value>,
+    /// Not read by ramp (any value).
     #[schema(rename = "externalURL")]
-    external_url: Option<String>,
+    external_url: Option<serde_json::Value>,
     /// The alerts.
     alerts: Vec<Alert>,
 }
@@ -141,15 +171,21 @@ pub(crate) struct AlertmanagerPayload {
 #[derive(ToSchema)]
 #[schema(rename_all = "camelCase")]
 pub(crate) struct Alert {
-    /// firing or resolved.
+    /// firing or resolved; anything else is skipped.
     status: String,
-    /// `rollout` and `category` (pci or security) are required for ramp; `severity` for
-    /// security alerts.
-    labels: BTreeMap<String, String>,
-    annotations: Option<BTreeMap<String, String>>,
-    starts_at: Option<String>,
-    ends_at: Option<String>,
+    /// `rollout` and `category` (pci or security) are required for ramp, and `severity` for
+    /// security alerts: those must be strings (an alert with one of another type is listed in
+    /// `errors`); other labels may be anything. An alert without them is skipped.
+    labels: Option<BTreeMap<String, serde_json::Value>>,
+    /// `summary` or `description` becomes the signal's note.
+    annotations: Option<serde_json::Value>,
+    /// With the fingerprint, identifies the alert (a string; otherwise ignored).
+    starts_at: Option<serde_json::Value>,
+    /// Not read by ramp (any value).
+    ends_at: Option<serde_json::Value>,
+    /// Not read by ramp (any value).
     #[schema(rename = "generatorURL")]
-    generator_url: Option<String>,
-    fingerprint: Option<String>,
+    generator_url: Option<serde_json::Value>,
+    /// Identifies the alert (a string of at most 64 characters; otherwise the labels do).
+    fingerprint: Option<serde_json::Value>,
 }

@@ -234,7 +234,7 @@ pub(crate) async fn get_rollout<R: Rollouts>(
     security(("bearer" = [])),
     params(
         ("name" = String, Path, description = "The rollout's name."),
-        ("after" = Option<u64>, Query, description = "Entries after this position (default 0: from the start)."),
+        ("after" = Option<u64>, Query, description = "Entries after this position (default 0: from the start).", minimum = 0, maximum = 9223372036854775807_i64),
         ("limit" = Option<u32>, Query, description = "At most this many entries (1 to 1000, default 100).", minimum = 1, maximum = 1000),
     ),
     responses(
@@ -309,7 +309,7 @@ async fn action<R: Rollouts>(
     post, path = "/v1/rollouts/{name}/pause", tag = "actions",
     security(("bearer" = [])),
     params(("name" = String, Path, description = "The rollout's name.")),
-    request_body(content = Option<v1::ActionRequest>, description = "Optional: `reason`."),
+    request_body(content = Option<v1::PlainActionRequest>, description = "Optional: `reason`."),
     responses(
         (status = 200, description = "Paused: the new status.", body = v1::RolloutStatus),
         (status = 400, description = "Invalid body.", body = ErrorBody),
@@ -335,7 +335,7 @@ pub(crate) async fn pause<R: Rollouts>(
     post, path = "/v1/rollouts/{name}/resume", tag = "actions",
     security(("bearer" = [])),
     params(("name" = String, Path, description = "The rollout's name.")),
-    request_body(content = Option<v1::ActionRequest>, description = "Optional; no fields needed."),
+    request_body(content = Option<v1::PlainActionRequest>, description = "Optional; no fields needed."),
     responses(
         (status = 200, description = "Resumed: the new status.", body = v1::RolloutStatus),
         (status = 400, description = "Invalid body.", body = ErrorBody),
@@ -361,7 +361,7 @@ pub(crate) async fn resume<R: Rollouts>(
     post, path = "/v1/rollouts/{name}/approve", tag = "actions",
     security(("bearer" = [])),
     params(("name" = String, Path, description = "The rollout's name.")),
-    request_body(content = Option<v1::ActionRequest>, description = "Optional; no fields needed."),
+    request_body(content = Option<v1::PlainActionRequest>, description = "Optional; no fields needed."),
     responses(
         (status = 200, description = "Approved: the new status.", body = v1::RolloutStatus),
         (status = 400, description = "Invalid body.", body = ErrorBody),
@@ -416,7 +416,7 @@ pub(crate) async fn promote<R: Rollouts>(
     post, path = "/v1/rollouts/{name}/rollback", tag = "actions",
     security(("bearer" = [])),
     params(("name" = String, Path, description = "The rollout's name.")),
-    request_body(content = v1::ActionRequest, description = "`reason` is required."),
+    request_body(content = v1::RollbackRequest, description = "`reason` is required."),
     responses(
         (status = 200, description = "Rolled back: the new status.", body = v1::RolloutStatus),
         (status = 400, description = "Invalid body, e.g. no reason.", body = ErrorBody),

@@ -398,11 +398,12 @@ pub(crate) fn page(pairs: &[(String, String)]) -> Result<(u64, usize), Problem> 
     let mut limit = DEFAULT_LIMIT;
     for (key, value) in pairs {
         match key.as_str() {
+            // Journal positions are int64 in the journal and the document.
             "after" => match value.trim().parse::<u64>() {
-                Ok(n) => after = n,
-                Err(_) => errors.push(field_error(
+                Ok(n) if i64::try_from(n).is_ok() => after = n,
+                _ => errors.push(field_error(
                     "after",
-                    "must be a whole number (a journal position, 0 for the start)",
+                    "must be a whole number from 0 to 9223372036854775807 (a journal position, 0 for the start)",
                 )),
             },
             "limit" => match value.trim().parse::<usize>() {

@@ -1174,6 +1174,7 @@ impl Notice {
 /// A plan as JSON (the body of `POST /v1/rollouts` may also be the plan's TOML itself, as
 /// `application/toml` or `text/plain`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     /// The plan file's text (TOML), validated exactly as `ramp plan check` does.
     pub plan: String,
@@ -1183,48 +1184,76 @@ pub struct CreateRequest {
 /// needs a `reason`. The caller's token name is journaled as `by`. Resume and approve journal
 /// no reason.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ActionRequest {
     /// Why (required for rollback and for a forced promotion; at most 4096 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 4096)]
     pub reason: Option<String>,
     /// Promote even though the gates have not passed (journaled as forced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force: Option<bool>,
 }
 
+/// Optional body of pause, resume and approve (`force` is refused: only promote can be
+/// forced).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlainActionRequest {
+    /// Why (journaled for pause; at most 4096 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 4096)]
+    pub reason: Option<String>,
+}
+
+/// Body of a rollback: why, which is journaled and sent with the critical notice.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// Why (not blank; at most 4096 characters).
+    #[schema(min_length = 1, max_length = 4096, pattern = r"\S")]
+    pub reason: String,
+}
+
 /// A signal to record. Notes are at most 4096 characters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SignalRequest {
     /// A PCI compliance alert.
     PciAlert {
-        /// Free text.
+        /// Free text (at most 4096 characters).
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(max_length = 4096)]
         note: Option<String>,
         /// The sender's identity for this signal (1 to 200 characters). A signal whose id was
         /// already counted for the rollout is acknowledged with `duplicate: true` and not
         /// counted again, so a sender may safely retry.
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(min_length = 1, max_length = 200)]
         id: Option<String>,
     },
     /// A security alert.
     SecurityAlert {
         /// How severe.
         severity: Severity,
-        /// Free text.
+        /// Free text (at most 4096 characters).
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(max_length = 4096)]
         note: Option<String>,
         /// The sender's identity for this signal (see `pci_alert`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(min_length = 1, max_length = 200)]
         id: Option<String>,
     },
     /// A bug report.
     BugReport {
-        /// Free text.
+        /// Free text (at most 4096 characters).
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(max_length = 4096)]
         note: Option<String>,
         /// The sender's identity for this signal (see `pci_alert`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(min_length = 1, max_length = 200)]
         id: Option<String>,
     },
     /// User feedback.
@@ -1232,11 +1261,13 @@ pub enum SignalRequest {
         /// From 0 (unhappy) to 1 (happy); 0.75 and above counts as positive.
         #[schema(minimum = 0.0, maximum = 1.0)]
         score: f64,
-        /// Free text.
+        /// Free text (at most 4096 characters).
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(max_length = 4096)]
         note: Option<String>,
         /// The sender's identity for this signal (see `pci_alert`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(min_length = 1, max_length = 200)]
         id: Option<String>,
     },
 }
