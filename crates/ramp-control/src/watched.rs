@@ -22,6 +22,27 @@ pub struct JournalWatch {
     /// ms since the Unix epoch; 0 until a write succeeds.
     last_write_at: AtomicU64,
     failing: Mutex<Option<(u64, String)>>,
+    /// Writes under way: an id each, and when it started (ms since the Unix epoch).
+    pending: Mutex<std::collections::BTreeMap<u64, u64>>,
+    next: AtomicU64,
+}
+
+/// A write that has waited this long for the disk makes the journal count as failing (a
+/// frozen or dying disk answers nothing, so no error would ever say so).
+pub const STALLED_AFTER: Millis = 2_000;
+
+/// Removes a write from the pending ones when it ends, or when its caller gives up on it.
+struct Pending<'a> {
+    watch: &'a JournalWatch,
+    id: u64,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.watch.pending.lock() {
+            p.remove(&self.id);
+        }
+    }
 }
 
 impl JournalWatch {
@@ -32,8 +53,44 @@ impl JournalWatch {
             write_errors: self.write_errors.load(Ordering::Relaxed),
             read_errors: self.read_errors.load(Ordering::Relaxed),
             last_write_at: (last > 0).then_some(last),
-            failing: self.failing.lock().map(|f| f.clone()).unwrap_or_default(),
+            failing: self
+                .failing
+                .lock()
+                .map(|f| f.clone())
+                .unwrap_or_default()
+                .or_else(|| self.stalled(unix_now())),
         }
+    }
+
+    /// Since when, and how long, the oldest write under way has waited, once that is over
+    /// [`STALLED_AFTER`].
+    fn stalled(&self, now: u64) -> Option<(u64, String)> {
+        let oldest = *self.pending.lock().ok()?.values().min()?;
+        let waited = now.saturating_sub(oldest);
+        (waited >= STALLED_AFTER).then(|| {
+            (
+                oldest,
+                format!(
+                    "a journal write has waited {:.1} s for the disk (frozen or very slow storage)",
+                    waited as f64 / 1000.0
+                ),
+            )
+        })
+    }
+
+    /// Runs a write, counted as under way until it ends.
+    async fn writing<T>(
+        &self,
+        write: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(id, unix_now());
+        }
+        let guard = Pending { watch: self, id };
+        let r = write.await;
+        drop(guard);
+        self.wrote(r)
     }
 
     fn wrote<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
@@ -89,11 +146,11 @@ pub fn watch(store: Arc<dyn Store>) -> (Arc<dyn Store>, Arc<JournalWatch>) {
 
 impl Store for Watched {
     fn create(&self, r: NewRollout) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(async move { self.watch.wrote(self.inner.create(r).await) })
+        Box::pin(async move { self.watch.writing(self.inner.create(r)).await })
     }
     fn append(&self, n: &str, at: u64, step: Append) -> BoxFuture<'_, Result<u64, StoreError>> {
         let n = n.to_string();
-        Box::pin(async move { self.watch.wrote(self.inner.append(&n, at, step).await) })
+        Box::pin(async move { self.watch.writing(self.inner.append(&n, at, step)).await })
     }
     fn load_all(
         &self,
@@ -124,7 +181,7 @@ impl Store for Watched {
     }
     fn prune_windows(&self, n: &str, b: Millis) -> BoxFuture<'_, Result<u64, StoreError>> {
         let n = n.to_string();
-        Box::pin(async move { self.watch.wrote(self.inner.prune_windows(&n, b).await) })
+        Box::pin(async move { self.watch.writing(self.inner.prune_windows(&n, b)).await })
     }
     fn pin_share(&self, n: &str, pin: SharePin) -> BoxFuture<'_, Result<(), StoreError>> {
         // A pin is written *because* the journal failed: its success says nothing about the
@@ -140,17 +197,17 @@ impl Store for Watched {
     }
     fn set_listen(&self, n: &str, l: &str) -> BoxFuture<'_, Result<(), StoreError>> {
         let (n, l) = (n.to_string(), l.to_string());
-        Box::pin(async move { self.watch.wrote(self.inner.set_listen(&n, &l).await) })
+        Box::pin(async move { self.watch.writing(self.inner.set_listen(&n, &l)).await })
     }
     fn retire(&self, n: &str, at: Millis) -> BoxFuture<'_, Result<(), StoreError>> {
         let n = n.to_string();
-        Box::pin(async move { self.watch.wrote(self.inner.retire(&n, at).await) })
+        Box::pin(async move { self.watch.writing(self.inner.retire(&n, at)).await })
     }
     fn undelivered(&self, l: usize) -> BoxFuture<'_, Result<Vec<OutboxEntry>, StoreError>> {
         Box::pin(async move { self.watch.read(self.inner.undelivered(l).await) })
     }
     fn delivered(&self, ids: Vec<u64>, at: Millis) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move { self.watch.wrote(self.inner.delivered(ids, at).await) })
+        Box::pin(async move { self.watch.writing(self.inner.delivered(ids, at)).await })
     }
     fn notices(
         &self,
@@ -196,5 +253,41 @@ mod tests {
         assert_eq!(h.failing, None, "a write succeeded");
         assert!(h.last_write_at.is_some());
         assert_eq!(h.write_errors, 2, "the count stays");
+    }
+
+    /// Regression (issue 11, seen with `fsfreeze`): on a frozen disk a write neither succeeds
+    /// nor fails, so `/readyz` said ready for the whole freeze. A write that has waited over
+    /// [`STALLED_AFTER`] counts as failing, and stops counting when it ends.
+    #[tokio::test]
+    async fn a_write_that_waits_too_long_counts_as_failing() {
+        let watch = JournalWatch::default();
+        assert_eq!(watch.stalled(10_000), None);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let write = watch.writing(async move {
+            let _ = rx.await;
+            Ok(())
+        });
+        let mut write = Box::pin(write);
+        assert!(futures_poll_once(&mut write).await.is_none(), "under way");
+        let started = *watch.pending.lock().unwrap().values().next().unwrap();
+        assert_eq!(watch.stalled(started + STALLED_AFTER - 1), None);
+        let (since, why) = watch.stalled(started + STALLED_AFTER + 500).unwrap();
+        assert_eq!(since, started);
+        assert!(why.contains("2.5 s") && why.contains("frozen"), "{why}");
+        tx.send(()).unwrap();
+        write.await.unwrap();
+        assert_eq!(watch.stalled(started + 60_000), None, "it ended");
+        assert!(watch.health().last_write_at.is_some());
+    }
+
+    /// Polls `f` once.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut *f).poll(cx) {
+                std::task::Poll::Ready(v) => Some(v),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
     }
 }
