@@ -449,7 +449,7 @@ pub(crate) async fn rollback<R: Rollouts>(
         (status = 401, description = "Missing or unknown token.", body = ErrorBody),
         (status = 403, description = "Needs ingest or admin.", body = ErrorBody),
         (status = 404, description = "No rollout by that name.", body = ErrorBody),
-        (status = 409, description = "The rollout takes no more signals.", body = ErrorBody),
+        (status = 409, description = "The rollout was retired: it takes no more signals. (A rollout that completed or rolled back still journals signals, with 202, and counts them toward nothing.)", body = ErrorBody),
         (status = 413, description = "Body over the limit.", body = ErrorBody),
         (status = 415, description = "Body is not JSON.", body = ErrorBody),
         (status = 503, description = "The store is unavailable: not recorded, retry.", body = ErrorBody),
