@@ -6,8 +6,8 @@
 # Usage: bash .ci/schemathesis.sh RAMP_BINARY SCHEMATHESIS_BINARY
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ramp=$1
-st=$2
+ramp=$(realpath "$1")
+st=$(realpath "$2")
 work=$(mktemp -d)
 pids=()
 cleanup() {
