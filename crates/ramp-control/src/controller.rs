@@ -279,6 +279,15 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
                 return self.state;
             }
             if let Some(p) = pin {
+                // The restart moved the journal past the pin: pin again after it, so that a
+                // crash before the rollback below is journaled still resumes at the pin.
+                let again = SharePin {
+                    after_seq: self.seq,
+                    ..p.clone()
+                };
+                if let Err(e) = self.store.pin_share(&self.name, again).await {
+                    tracing::error!(rollout = %self.name, error = %e, "cannot pin the lowered share again");
+                }
                 let reason = format!(
                     "recovered after a restart: the share was lowered to {} before ramp \
                      stopped, and the journal could not take it then ({})",
@@ -374,8 +383,15 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
             };
             if !waiting {
                 waiting = true;
-                tracing::error!(rollout = %self.name, "cannot resume until the journal can be written; all traffic goes to stable meanwhile: {why}");
-                self.apply_share(ShareBp::ZERO).await;
+                // A settled rollout (completed, rolled back, holding) decides nothing more: it
+                // keeps the share it settled at. One that runs must decide nothing unrecorded,
+                // so its users wait on stable.
+                if self.state.status.is_settled() {
+                    tracing::error!(rollout = %self.name, "the journal cannot take the restart; the rollout has settled and keeps its share: {why}");
+                } else {
+                    tracing::error!(rollout = %self.name, "cannot resume until the journal can be written; all traffic goes to stable meanwhile: {why}");
+                    self.apply_share(ShareBp::ZERO).await;
+                }
             }
             self.publish();
             let refusal = || {
@@ -459,9 +475,11 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
         from: String,
     ) -> Result<Recorded, ControlError> {
         let signal = crate::scrub::signal(signal);
+        // The key is matched as sent (masking could make two keys one) and journaled scrubbed.
         let input = Input::SignalFrom {
             from: crate::scrub::text(&from),
-            key: key.map(|k| crate::scrub::text(&k)),
+            shown_key: key.as_ref().map(|k| crate::scrub::text(k)),
+            key,
             signal,
         };
         let (commit, fx) = self.step(input, None).await;

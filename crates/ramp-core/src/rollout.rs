@@ -486,8 +486,11 @@ pub enum Input {
     SignalFrom {
         /// Who sent it, in words (`token pagerduty`, `alertmanager via token am`).
         from: String,
-        /// Identifies the signal at its source, for a sender that may deliver it again.
+        /// Identifies the signal at its source, for a sender that may deliver it again: matched
+        /// exactly as sent.
         key: Option<String>,
+        /// The key as the journal shows it (the shell masks card numbers in it); `key` if absent.
+        shown_key: Option<String>,
         /// The signal.
         signal: Signal,
     },
@@ -1075,16 +1078,18 @@ impl Machine<'_> {
             }
             Input::Tick => self.after_time_passed(),
             Input::Signal(sig) => self.signal(sig, None, None),
-            Input::SignalOnce { key, signal } => self.signal_once(key, signal, None),
+            Input::SignalOnce { key, signal } => self.signal_once(key, None, signal, None),
             Input::SignalFrom {
                 from,
                 key: Some(key),
+                shown_key,
                 signal,
-            } => self.signal_once(key, signal, Some(from)),
+            } => self.signal_once(key, shown_key, signal, Some(from)),
             Input::SignalFrom {
                 from,
                 key: None,
                 signal,
+                ..
             } => self.signal(signal, Some(from), None),
             Input::Command(cmd) => self.command(cmd),
             Input::Restarted | Input::ShareApplied(_) => unreachable!("handled above"),
@@ -1451,8 +1456,15 @@ impl Machine<'_> {
         self.rollback(StopReason::Trigger { trigger, evidence });
     }
 
-    fn signal_once(&mut self, key: String, sig: Signal, from: Option<String>) {
+    fn signal_once(
+        &mut self,
+        key: String,
+        shown_key: Option<String>,
+        sig: Signal,
+        from: Option<String>,
+    ) {
         let digest = Sha256::digest(key.as_bytes());
+        let key = shown_key.unwrap_or(key);
         let hash: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
         // Either memory may hold it (states journaled before the split kept every kind in
         // the alerts' one).

@@ -470,3 +470,66 @@ async fn a_rollback_made_with_the_disk_full_survives_a_crash() {
     assert!(reason.contains("recovered after a restart"), "{reason}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Regression (found in review): a restart onto a journal that cannot be written sent every
+/// user to stable, also for a rollout that had completed at 100% (whose stable may be gone). A
+/// settled rollout decides nothing more: it keeps the share it settled at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_rollout_keeps_its_share_when_its_restart_cannot_be_journaled() {
+    let dir = ramp_harness::fresh_dir("settled-restart");
+    let path = dir.join("ramp.db");
+    let stable_hits = Arc::new(AtomicU64::new(0));
+    let stable = upstream(Arc::new(AtomicBool::new(false)), stable_hits.clone()).await;
+    let canary = upstream(
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    )
+    .await;
+    let plan = plan_text(stable, canary);
+    let registry_over = |store: Arc<dyn Store>| {
+        Registry::new(
+            store,
+            Arc::new(Workers::new(1).unwrap()),
+            Defaults {
+                time_scale: 3600.0,
+                default_listen: "127.0.0.1:0".parse().unwrap(),
+                ..Defaults::default()
+            },
+            log::silent(),
+            Arc::new(tokio::sync::Notify::new()),
+        )
+    };
+    {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
+        let registry = registry_over(store);
+        registry.start_new(&plan, "flaky.toml", None).await.unwrap();
+        for _ in 0..2 {
+            let promote = ramp_core::rollout::Command::Promote {
+                by: "ops".into(),
+                force: true,
+                reason: "vendor deadline".into(),
+            };
+            registry.command("flaky", promote).await.unwrap();
+        }
+        until(&registry, "completed", |s| {
+            s.status == v1::Status::Completed
+        })
+        .await;
+        registry.shutdown().await;
+    }
+    let store = Arc::new(FlakyStore::new(SqliteStore::open(&path).unwrap()));
+    store.set_broken(true);
+    let registry = registry_over(store.clone());
+    let resumed = registry.resume_all().await.unwrap();
+    let proxy = resumed[0].outcome.as_ref().unwrap().listen.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = stable_hits.load(Ordering::SeqCst);
+    traffic(proxy, 100).await;
+    assert_eq!(
+        stable_hits.load(Ordering::SeqCst),
+        before,
+        "every user stays on the version the rollout completed with"
+    );
+    registry.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -377,6 +377,7 @@ fn the_sender_and_key_of_each_signal_are_journaled() {
     let from = |who: &str, key: Option<&str>| Input::SignalFrom {
         from: who.into(),
         key: key.map(Into::into),
+        shown_key: None,
         signal: Signal::PciAlert { note: "pan".into() },
     };
     let journaled = |fx: &[Effect]| -> Vec<EventKind> {
@@ -419,6 +420,30 @@ fn the_sender_and_key_of_each_signal_are_journaled() {
         EventKind::SignalReceived { from: Some(f), key: None, .. } if f == "token pagerduty"
     ));
     assert_eq!(d.state().status, Status::RolledBack, "the second PCI alert");
+}
+
+/// Regression (found in review): keys were matched after masking, so two ids that mask alike
+/// (card-number-like digit runs with the same length and last four) were one signal and the
+/// second alert was dropped as a repeat. Keys are matched as sent and journaled as shown.
+#[test]
+fn keys_are_matched_as_sent_and_journaled_as_shown() {
+    let mut d = Driver::new(triggers_only(SEED));
+    d.now += HOUR;
+    let alert = |key: &str| Input::SignalFrom {
+        from: "token am".into(),
+        key: Some(key.into()),
+        shown_key: Some("id ************1111".into()),
+        signal: Signal::PciAlert { note: "pan".into() },
+    };
+    let fx = d.input(alert("id 4111111111111111"));
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Journal(ev) if matches!(&ev.kind, EventKind::SignalReceived { key: Some(k), .. } if k == "id ************1111")
+    )));
+    // Another id that masks the same way is another alert: the second PCI alert rolls back.
+    d.input(alert("id 5500000000001111"));
+    assert_eq!(d.state().totals.signals.pci_alerts, 2);
+    assert_eq!(d.state().status, Status::RolledBack);
 }
 
 /// Regression (issue 11): one memory for every kind, so 4,096 keyed feedback signals pushed
