@@ -39,6 +39,21 @@ triggers = ["pci_alerts >= 2", "security_alerts[critical] >= 1"]
     )
 }
 
+/// A registry over `store` at ×3600, its proxies on free ports.
+fn registry_over(store: Arc<dyn Store>) -> Arc<Registry> {
+    Registry::new(
+        store,
+        Arc::new(Workers::new(1).unwrap()),
+        Defaults {
+            time_scale: 3600.0,
+            default_listen: "127.0.0.1:0".parse().unwrap(),
+            ..Defaults::default()
+        },
+        log::silent(),
+        Arc::new(tokio::sync::Notify::new()),
+    )
+}
+
 async fn signal(registry: &Registry, signal: Signal) -> Result<u64, String> {
     registry
         .signal("flaky", signal, None, "test".into())
@@ -401,19 +416,6 @@ async fn a_rollback_made_with_the_disk_full_survives_a_crash() {
     .await;
     let canary = upstream(Arc::new(AtomicBool::new(false)), canary_hits.clone()).await;
     let plan = plan_text(stable, canary);
-    let registry_over = |store: Arc<dyn Store>| {
-        Registry::new(
-            store,
-            Arc::new(Workers::new(1).unwrap()),
-            Defaults {
-                time_scale: 3600.0,
-                default_listen: "127.0.0.1:0".parse().unwrap(),
-                ..Defaults::default()
-            },
-            log::silent(),
-            Arc::new(tokio::sync::Notify::new()),
-        )
-    };
     {
         let store = Arc::new(FlakyStore::new(SqliteStore::open(&path).unwrap()));
         let registry = registry_over(store.clone());
@@ -486,19 +488,6 @@ async fn a_settled_rollout_keeps_its_share_when_its_restart_cannot_be_journaled(
     )
     .await;
     let plan = plan_text(stable, canary);
-    let registry_over = |store: Arc<dyn Store>| {
-        Registry::new(
-            store,
-            Arc::new(Workers::new(1).unwrap()),
-            Defaults {
-                time_scale: 3600.0,
-                default_listen: "127.0.0.1:0".parse().unwrap(),
-                ..Defaults::default()
-            },
-            log::silent(),
-            Arc::new(tokio::sync::Notify::new()),
-        )
-    };
     {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
         let registry = registry_over(store);
