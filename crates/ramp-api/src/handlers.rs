@@ -32,6 +32,7 @@ pub(crate) struct Inner<R> {
     body_timeout: std::time::Duration,
     registry: Registry,
     alerts: Arc<metrics::AlertCounts>,
+    certificates: Arc<ramp_proxy::tls::Certificates>,
     openapi: Bytes,
 }
 
@@ -61,8 +62,14 @@ pub(crate) fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> (Route
         body_limit: config.body_limit,
         alert_body_limit: config.alert_body_limit,
         body_timeout: config.limits.body_read_timeout,
-        registry: metrics::registry(source, journal, Arc::clone(&alerts)),
+        registry: metrics::registry(
+            source,
+            journal,
+            Arc::clone(&alerts),
+            Arc::clone(&config.certificates),
+        ),
         alerts,
+        certificates: config.certificates,
         openapi,
     });
     let router = Router::new()
@@ -82,6 +89,7 @@ pub(crate) fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> (Route
         .route("/v1/rollouts/{name}/rollback", post(rollback::<R>))
         .route("/v1/rollouts/{name}/signals", post(post_signal::<R>))
         .route("/v1/alertmanager", post(alertmanager::<R>))
+        .route("/v1/certificates", get(list_certificates::<R>))
         .route("/v1/openapi.json", get(openapi_json::<R>))
         .route("/metrics", get(metrics::<R>))
         .route("/healthz", get(healthz))
@@ -162,6 +170,49 @@ pub(crate) async fn list_rollouts<R: Rollouts>(
 ) -> Result<Response, Problem> {
     s.authorize(&headers, Access::Read)?;
     Ok(json_status(StatusCode::OK, &s.rollouts.list()))
+}
+
+/// Every certificate the server uses: the API's and each rollout's listener, client CAs,
+/// upstream CAs and client certificates, with subject, issuer, validity and fingerprint.
+#[utoipa::path(
+    get, path = "/v1/certificates", tag = "operations",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The certificates in use.", body = v1::CertificateList),
+        (status = 401, description = "Missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "The token's role may not read (ingest).", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_certificates<R: Rollouts>(
+    State(s): St<R>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    s.authorize(&headers, Access::Read)?;
+    let certificates = s
+        .certificates
+        .list()
+        .into_iter()
+        .map(|c| v1::Certificate {
+            days_to_expiry: ramp_proxy::tls::days_to_expiry(&c),
+            owner: c.owner,
+            role: c.role,
+            path: c.path,
+            subject: c.subject,
+            issuer: c.issuer,
+            serial: c.serial,
+            not_before: c.not_before,
+            not_after: c.not_after,
+            sha256: c.sha256,
+        })
+        .collect();
+    Ok(json_status(
+        StatusCode::OK,
+        &v1::CertificateList {
+            certificates,
+            reloads: s.certificates.reloads(),
+            reload_failures: s.certificates.reload_failures(),
+        },
+    ))
 }
 
 /// Creates and starts a rollout from a plan.

@@ -74,6 +74,10 @@ pub struct ApiConfig {
     pub limits: ApiLimits,
     /// Write one line per request to stderr (masked path, status, latency, token name).
     pub request_log: bool,
+    /// TLS on the API's listener; `None`: cleartext.
+    pub tls: Option<Arc<ramp_proxy::tls::ServerTls>>,
+    /// Every certificate the server uses (`GET /v1/certificates`, `/metrics`).
+    pub certificates: Arc<ramp_proxy::tls::Certificates>,
 }
 
 impl Default for ApiConfig {
@@ -85,6 +89,8 @@ impl Default for ApiConfig {
             alert_body_limit: DEFAULT_ALERT_BODY_LIMIT,
             limits: ApiLimits::default(),
             request_log: false,
+            tls: None,
+            certificates: Arc::default(),
         }
     }
 }
@@ -105,7 +111,8 @@ pub async fn serve<R: Rollouts>(
 ) {
     let limits = config.limits.clone();
     let request_log = config.request_log;
+    let tls = config.tls.clone();
     let (app, tokens) = handlers::router(rollouts, config);
     let log = request_log.then(|| Arc::new(server::RequestLog::new(tokens)));
-    server::run(listener, app, limits, log, stop).await
+    server::run(listener, app, limits, tls, log, stop).await
 }

@@ -208,16 +208,66 @@ impl Collector for ServerCollector {
     }
 }
 
-/// A registry with the rollout, journal and server collectors.
+/// Exports the certificates in use: days to expiry, and reloads.
+#[derive(Debug)]
+struct CertificateCollector {
+    certificates: Arc<ramp_proxy::tls::Certificates>,
+}
+
+impl Collector for CertificateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let list = self.certificates.list();
+        if !list.is_empty() {
+            let mut metric = encoder.encode_descriptor(
+                "ramp_certificate_days_to_expiry",
+                "Days until each certificate in use expires (negative once it has), by owner, role, file and serial.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for c in &list {
+                let labels: Labels = vec![
+                    ("owner", escape(&c.owner)),
+                    ("role", escape(&c.role)),
+                    ("path", escape(&c.path)),
+                    ("serial", escape(&c.serial)),
+                ];
+                metric
+                    .encode_family(&labels)?
+                    .encode_gauge(&ramp_proxy::tls::days_to_expiry(c))?;
+            }
+        }
+        for (name, help, n) in [
+            (
+                "ramp_certificate_reloads",
+                "Sets of TLS material replaced since start (a file changed, or SIGHUP).",
+                self.certificates.reloads(),
+            ),
+            (
+                "ramp_certificate_reload_failures",
+                "TLS reloads that failed since start (the old material stayed in use).",
+                self.certificates.reload_failures(),
+            ),
+        ] {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+        Ok(())
+    }
+}
+
+/// A registry with the rollout, journal, server and certificate collectors.
 pub(crate) fn registry(
     source: Source,
     journal: JournalSource,
     alerts: Arc<AlertCounts>,
+    certificates: Arc<ramp_proxy::tls::Certificates>,
 ) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(RolloutCollector { source }));
     registry.register_collector(Box::new(JournalCollector { source: journal }));
     registry.register_collector(Box::new(ServerCollector { alerts }));
+    registry.register_collector(Box::new(CertificateCollector { certificates }));
     registry
 }
 

@@ -104,6 +104,7 @@ pub(crate) async fn run(
     listener: TcpListener,
     app: axum::Router,
     limits: ApiLimits,
+    tls: Option<Arc<ramp_proxy::tls::ServerTls>>,
     log: Option<Arc<RequestLog>>,
     stop: watch::Receiver<bool>,
 ) {
@@ -118,8 +119,8 @@ pub(crate) async fn run(
         // Control calls must not wait behind connections that say nothing (issue 11).
         evict_silent: true,
     };
-    let make = move |peer| service(app.clone(), log.clone(), peer);
-    listen::serve(listener, slots, conn, make, stop).await;
+    let make = move |info: listen::ConnInfo| service(app.clone(), log.clone(), info.peer);
+    listen::serve(listener, slots, conn, tls, make, stop).await;
 }
 
 /// The router as a hyper service, with the request log around it when there is one.

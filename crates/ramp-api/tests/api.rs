@@ -85,6 +85,7 @@ fn status(name: &str, state: v1::Status) -> RolloutStatus {
         name: name.into(),
         started_at: Some(T0),
         listen: "127.0.0.1:8080".into(),
+        tls: false,
         now: T0 + 60_000,
         origin: T0,
         status: state,
@@ -2436,6 +2437,7 @@ async fn served_openapi_document_is_the_generated_one() {
         ("post", "/v1/rollouts/{name}/rollback"),
         ("post", "/v1/rollouts/{name}/signals"),
         ("post", "/v1/alertmanager"),
+        ("get", "/v1/certificates"),
         ("get", "/metrics"),
         ("get", "/healthz"),
         ("get", "/readyz"),
@@ -2446,7 +2448,7 @@ async fn served_openapi_document_is_the_generated_one() {
             "{method} {path} undocumented"
         );
     }
-    assert_eq!(paths.len(), 14);
+    assert_eq!(paths.len(), 15);
     server.shutdown().await;
 }
 

@@ -47,6 +47,8 @@ pub struct Defaults {
     pub window_retention: Millis,
     /// Where rollouts created over the API may listen and proxy to.
     pub allow: crate::allow::Allow,
+    /// Every certificate in use (each rollout's proxy adds its own).
+    pub certificates: Arc<ramp_proxy::tls::Certificates>,
 }
 
 impl Default for Defaults {
@@ -59,6 +61,7 @@ impl Default for Defaults {
             access_log: false,
             window_retention: 30 * ramp_core::time::DAY,
             allow: crate::allow::Allow::default(),
+            certificates: ramp_proxy::tls::Certificates::new(),
         }
     }
 }
@@ -327,6 +330,7 @@ impl Registry {
         let mut config = ProxyConfig::for_plan(listen, plan)?;
         config.limits = self.defaults.limits.clone();
         config.variant_header = self.defaults.variant_header;
+        config.certificates = self.defaults.certificates.clone();
         config.access_log = self
             .defaults
             .access_log

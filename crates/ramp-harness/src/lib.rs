@@ -1,6 +1,8 @@
 //! Helpers shared by ramp's tests: tiny upstreams on 127.0.0.1, fresh temporary directories,
 //! test traffic, and doubles of the controller's ports and of the store ([`doubles`]).
 
+pub mod pki;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -10,6 +12,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::net::TcpListener;
+
+/// The proxy worker pool the tests of one binary share (two event-loop threads).
+pub fn proxy_workers() -> &'static ramp_proxy::Workers {
+    static WORKERS: std::sync::OnceLock<ramp_proxy::Workers> = std::sync::OnceLock::new();
+    WORKERS.get_or_init(|| ramp_proxy::Workers::new(2).expect("proxy workers"))
+}
+
+/// Runs a test body with an upper bound on its duration (60 s).
+pub async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(60), f)
+        .await
+        .expect("test took longer than 60 s")
+}
 
 /// A tiny upstream on 127.0.0.1: 200 normally, 500 while `fail` is set; counts requests.
 pub async fn upstream(fail: Arc<AtomicBool>, hits: Arc<AtomicU64>) -> SocketAddr {

@@ -3,21 +3,22 @@
 
 use super::recorder::user_hash;
 use super::{KeySource, Shared};
+use crate::body::{Outcome, Tracked, Upload, UploadState};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use ramp_core::cohort::Variant;
 use ramp_core::evidence::class::Answer;
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The body sent to clients: the upstream's, streamed, or a short one the proxy made.
-pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub(crate) type ProxyBody = Either<Tracked, Full<Bytes>>;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -46,10 +47,13 @@ pub(crate) struct ConnCtx {
     client_ip: String,
     /// The `for=` node of `forwarded` (IPv6 quoted in brackets).
     forwarded_for: String,
+    /// Whether the client connection is TLS (`x-forwarded-proto: https`).
+    tls: bool,
 }
 
 impl ConnCtx {
-    pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, info: crate::listen::ConnInfo) -> Self {
+        let peer = info.peer;
         // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d; use the IPv4 form.
         let ip = match peer.ip() {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
@@ -64,6 +68,7 @@ impl ConnCtx {
             shared,
             client_ip,
             forwarded_for,
+            tls: info.tls,
         }
     }
 }
@@ -233,13 +238,14 @@ fn forwarding_headers(ctx: &ConnCtx, headers: &mut HeaderMap, host: Option<Heade
             HeaderValue::from_str(&ctx.client_ip).unwrap_or(HeaderValue::from_static("unknown")),
         ),
     };
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    let proto = if ctx.tls { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
 
     let mut forwarded = joined(headers, &header::FORWARDED, ", ");
     if !forwarded.is_empty() {
         forwarded.push_str(", ");
     }
-    let _ = write!(forwarded, "for={};proto=http", ctx.forwarded_for);
+    let _ = write!(forwarded, "for={};proto={proto}", ctx.forwarded_for);
     headers.remove(&X_FORWARDED_HOST);
     if let Some(host) = host {
         if let Ok(text) = host.to_str() {
@@ -253,44 +259,112 @@ fn forwarding_headers(ctx: &ConnCtx, headers: &mut HeaderMap, host: Option<Heade
     }
 }
 
-/// A routed request that has not been recorded yet. It is recorded exactly once: by
-/// [`InFlight::finish`] with its outcome, or, when the client goes away first and hyper drops
-/// the request's future, on drop as status 499 (counted as a request, neither error nor
-/// success) with the latency until then.
-struct InFlight<'a> {
-    ctx: &'a ConnCtx,
-    variant: Variant,
-    user: Option<u64>,
+/// A routed request that has no outcome yet. Until the response head it is recorded on drop
+/// (hyper drops the request's future when the client goes away first) as status 499 — a
+/// request, neither error nor success — with the latency until then; after the head its
+/// [`Outcome`] moves into the response body, which records it when it ends.
+struct Pending {
+    outcome: Option<Outcome>,
     received: Instant,
-    log_target: Option<(Method, String)>,
-    done: bool,
 }
 
-impl InFlight<'_> {
-    fn finish(&mut self, answer: Answer) {
-        let status = answer.status();
-        self.done = true;
-        let latency = self.received.elapsed();
-        let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        let shared = &*self.ctx.shared;
-        shared
-            .recorder
-            .record(self.variant, answer, latency_us, self.user);
-        if let (Some(log), Some((method, target))) = (&shared.log, &self.log_target) {
-            log.log(method, target, status, self.variant.as_str(), latency);
-        }
+impl Pending {
+    fn take(&mut self) -> Outcome {
+        let mut o = self.outcome.take().expect("taken once");
+        o.latency = self.received.elapsed();
+        o
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for Pending {
     fn drop(&mut self) {
-        if !self.done {
-            self.finish(Answer::ClientClosed);
+        if self.outcome.is_some() {
+            self.take().finish(Answer::ClientClosed);
         }
     }
 }
 
-/// Handles one client request. Never fails: upstream trouble becomes a 502 or a 504.
+/// Why a request is refused before it is routed (RFC 9112 and RFC 9110 framing and `Host`
+/// rules; what nginx refuses too). Never forwarded.
+fn malformed(req: &Request<Incoming>, key: &KeySource) -> Option<&'static str> {
+    let h = req.headers();
+    let te = h.get_all(header::TRANSFER_ENCODING);
+    if te.iter().next().is_some() {
+        if h.contains_key(header::CONTENT_LENGTH) {
+            return Some("both content-length and transfer-encoding\n");
+        }
+        let chunked = te
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter(|t| trim_ows(t).eq_ignore_ascii_case(b"chunked"))
+            .count();
+        if chunked > 1 {
+            return Some("chunked applied twice\n");
+        }
+    }
+    let mut hosts = h.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Some("more than one host header\n");
+    }
+    match host {
+        Some(v) if !valid_host(v.as_bytes()) => return Some("invalid host header\n"),
+        None if req.version() == Version::HTTP_11 => return Some("no host header\n"),
+        _ => {}
+    }
+    // The authority form (`host:port`) is for CONNECT only; it has no path to forward.
+    if req.uri().path_and_query().is_none() && req.uri().authority().is_some() {
+        return Some("bad request target\n");
+    }
+    if let KeySource::Header(name) = key
+        && h.get_all(name).iter().nth(1).is_some()
+    {
+        // The first would route while the backend sees both: refuse rather than guess.
+        return Some("the cohort header appears more than once\n");
+    }
+    None
+}
+
+/// Whether a `Host` value is `host[:port]`: a registered name, an IPv4 address or a
+/// bracketed IPv6 address, with an optional numeric port (RFC 9110 7.2, RFC 3986 3.2.2).
+fn valid_host(v: &[u8]) -> bool {
+    if v.is_empty() {
+        return false;
+    }
+    let (host, port) = if v[0] == b'[' {
+        let Some(end) = v.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inside = &v[1..end];
+        if inside.is_empty()
+            || !inside
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || b":.".contains(b))
+        {
+            return false;
+        }
+        match &v[end + 1..] {
+            [] => (&v[..0], None),
+            [b':', port @ ..] => (&v[..0], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match v.iter().rposition(|&b| b == b':') {
+            Some(i) => (&v[..i], Some(&v[i + 1..])),
+            None => (v, None),
+        }
+    };
+    let host_ok = v[0] == b'[' || {
+        !host.is_empty()
+            && host
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b))
+    };
+    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    host_ok && port_ok
+}
+
+/// Handles one client request. Never fails: upstream trouble becomes a 502, 503 or 504.
 pub(crate) async fn handle(
     ctx: &ConnCtx,
     req: Request<Incoming>,
@@ -298,7 +372,7 @@ pub(crate) async fn handle(
     // Measures the request's latency: evidence, read on the monotonic clock.
     #[allow(clippy::disallowed_methods)]
     let received = Instant::now();
-    let shared = &*ctx.shared;
+    let shared = &ctx.shared;
     // Only kept when there is a log to write.
     let log_target = shared.log.as_ref().map(|_| {
         (
@@ -326,6 +400,9 @@ pub(crate) async fn handle(
     if req.method() == Method::CONNECT {
         return refuse(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n");
     }
+    if let Some(why) = malformed(&req, &shared.key) {
+        return refuse(StatusCode::BAD_REQUEST, why);
+    }
 
     // Route.
     let (variant, user) = match cohort_key(ctx, req.headers()) {
@@ -348,31 +425,70 @@ pub(crate) async fn handle(
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     forwarding_headers(ctx, &mut parts.headers, host, h2);
-    let upstream_request = Request::from_parts(parts, body);
+    let limits = &shared.limits;
+    let upload = (!body.is_end_stream()).then(|| Arc::new(UploadState::default()));
+    let upstream_request = Request::from_parts(
+        parts,
+        Upload::new(body, upload.clone(), limits.client_body_timeout),
+    );
 
-    let mut in_flight = InFlight {
-        ctx,
-        variant,
-        user,
+    let mut pending = Pending {
+        outcome: Some(Outcome {
+            shared: shared.clone(),
+            variant,
+            user,
+            latency: Duration::ZERO,
+            log_target,
+            permit: None,
+        }),
         received,
-        log_target,
-        done: false,
     };
-    let result = tokio::time::timeout(
-        shared.limits.response_timeout,
-        shared.client.request(upstream_request),
+    // The variant's bulkhead: a slot, or a short wait in its queue, or 503 for this variant.
+    let Some(permit) = shared.bulkhead(variant).enter().await else {
+        pending.take().finish(Answer::Overloaded);
+        return Ok(with_variant(
+            shared,
+            variant,
+            local_response(StatusCode::SERVICE_UNAVAILABLE, "upstream overloaded\n"),
+        ));
+    };
+    if let Some(o) = pending.outcome.as_mut() {
+        o.permit = Some(permit);
+    }
+
+    let result = response_within(
+        shared.client(variant).request(upstream_request),
+        upload.as_deref(),
+        limits.response_timeout,
     )
     .await;
-    let (outcome, mut response) = match result {
-        Ok(Ok(response)) => {
+    let (answer, response) = match result {
+        Ok(Ok(mut response)) => {
             let status = response.status().as_u16();
-            let mut response = response.map(Either::Left);
-            strip_hop_by_hop(response.headers_mut());
-            (Answer::Status(status), response)
+            let headers = response.headers_mut();
+            // A length beside chunked framing would cut the body short on the way out.
+            if headers.contains_key(header::TRANSFER_ENCODING) {
+                headers.remove(header::CONTENT_LENGTH);
+            }
+            strip_hop_by_hop(headers);
+            let outcome = pending.take();
+            let response = response.map(|body| {
+                Either::Left(Tracked::new(
+                    body,
+                    status,
+                    outcome,
+                    limits.upstream_body_timeout,
+                ))
+            });
+            return Ok(with_variant(shared, variant, response));
         }
         Ok(Err(e)) if e.is_connect() => (
             Answer::ConnectFailed,
             local_response(StatusCode::BAD_GATEWAY, "upstream unreachable\n"),
+        ),
+        Ok(Err(_)) if upload.as_ref().is_some_and(|u| u.stalled()) => (
+            Answer::ClientFailed,
+            local_response(StatusCode::REQUEST_TIMEOUT, "request body timed out\n"),
         ),
         Ok(Err(e)) if client_body_failed(&e) => (
             Answer::ClientFailed,
@@ -382,19 +498,54 @@ pub(crate) async fn handle(
             Answer::UpstreamFailed,
             local_response(StatusCode::BAD_GATEWAY, "upstream failed\n"),
         ),
-        Err(_) => (
+        Err(()) => (
             Answer::TimedOut,
             local_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
         ),
     };
-    in_flight.finish(outcome);
+    pending.take().finish(answer);
+    Ok(with_variant(shared, variant, response))
+}
+
+fn with_variant(
+    shared: &Shared,
+    variant: Variant,
+    mut response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
     if shared.variant_header {
         response.headers_mut().insert(
             X_RAMP_VARIANT.clone(),
             HeaderValue::from_static(variant.as_str()),
         );
     }
-    Ok(response)
+    response
+}
+
+/// Waits for the upstream's response head for at most `timeout` after the upload ended (an
+/// upload in progress never counts against the upstream: it has its own idle timeout).
+// A request's own timeout, not a decision: measured on the runtime's monotonic clock.
+#[allow(clippy::disallowed_methods)]
+async fn response_within<F: std::future::Future>(
+    call: F,
+    upload: Option<&UploadState>,
+    timeout: Duration,
+) -> Result<F::Output, ()> {
+    let mut call = std::pin::pin!(call);
+    let Some(upload) = upload else {
+        return tokio::time::timeout(timeout, call).await.map_err(|_| ());
+    };
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, &mut call).await {
+            Ok(out) => return Ok(out),
+            Err(_) => match upload.ended() {
+                Some(ended) if ended.elapsed() >= timeout => return Err(()),
+                Some(ended) => deadline = tokio::time::Instant::from_std(ended + timeout),
+                // Still uploading: the clock has not started.
+                None => deadline = tokio::time::Instant::now() + timeout,
+            },
+        }
+    }
 }
 
 /// Whether an upstream call failed because the client's own request body failed (the client

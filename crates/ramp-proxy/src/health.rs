@@ -24,7 +24,6 @@ use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::Request;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ramp_core::cohort::Variant;
 use serde::{Deserialize, Serialize};
@@ -134,14 +133,15 @@ impl HealthState {
 
 /// A client for probes: no pooling, so every probe opens a fresh connection and a closed port
 /// shows as down at once.
-fn probe_client(timeout: Duration) -> UpstreamClient<Empty<Bytes>> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(timeout));
+fn probe_client(
+    upstream: &Upstream,
+    tls: Option<&crate::tls::UpstreamTls>,
+    timeout: Duration,
+) -> UpstreamClient<Empty<Bytes>> {
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .pool_timer(TokioTimer::new())
-        .build(connector)
+        .build(crate::connector(upstream, tls, timeout))
 }
 
 /// One probe of `url`.
@@ -173,7 +173,7 @@ async fn probe(
 /// Probes one upstream every `interval` until `stop` fires (or its sender is dropped).
 pub(crate) async fn run(
     variant: Variant,
-    upstream: Upstream,
+    (upstream, tls): (Upstream, Option<Arc<crate::tls::UpstreamTls>>),
     path: String,
     interval: Duration,
     state: Arc<HealthState>,
@@ -182,7 +182,7 @@ pub(crate) async fn run(
 ) {
     let interval = interval.max(MIN_INTERVAL);
     let timeout = interval.min(MAX_PROBE_TIMEOUT);
-    let client = probe_client(timeout);
+    let client = probe_client(&upstream, tls.as_deref(), timeout);
     let url = match upstream.uri_for(&path) {
         Some(url) => url,
         None => return,

@@ -14,34 +14,48 @@
 //!
 //! # Protocol
 //!
-//! * Clients: HTTP/1.1 (keep-alive) and HTTP/2 over cleartext with prior knowledge (h2c),
-//!   detected per connection. Upgrades (WebSocket, `Upgrade: h2c`) are not supported: `upgrade`
-//!   is a hop-by-hop header and is removed.
-//! * Upstreams: HTTP/1.1 over pooled keep-alive connections (`http://host:port[/prefix]`; the
-//!   request's path and query are appended to the prefix).
+//! * Clients: HTTP/1.1 (keep-alive) and HTTP/2 — over cleartext with prior knowledge (h2c),
+//!   detected per connection, or over TLS ([`tls`]: TLS 1.2 and 1.3 only, ALPN `h2` and
+//!   `http/1.1`, optional client certificates). Upgrades (WebSocket, `Upgrade: h2c`) are not
+//!   supported: `upgrade` is a hop-by-hop header and is removed.
+//! * Upstreams: HTTP/1.1 over pooled keep-alive connections, one pool per variant and worker,
+//!   to `http://host:port[/prefix]` or `https://host:port[/prefix]` (verified against the
+//!   system's roots or the plan's CA file, SNI, optional client certificate: [`tls`]); the
+//!   request's path and query are appended to the prefix. A certificate that does not verify
+//!   fails the connection (502, a connect failure of that variant).
+//! * Strictness (RFC 9112, RFC 9110): requests with `chunked` applied twice, without `Host`
+//!   (HTTP/1.1), with more than one `Host` or an invalid one, with an authority-form target,
+//!   or with the cohort header more than once are answered 400 and never forwarded. A request
+//!   with both `content-length` and `transfer-encoding` is read as chunked with the length
+//!   dropped and its connection closed after the answer (hyper's parser; RFC 9112 6.3). An
+//!   upstream response with both loses its `content-length`, so the body is never cut short.
 //! * Headers: hop-by-hop headers (`connection` and the headers it names, `keep-alive`,
 //!   `proxy-connection`, `te`, `trailer`, `transfer-encoding`, `upgrade`,
 //!   `proxy-authenticate`, `proxy-authorization`) are removed both ways. Upstream requests get
-//!   `x-forwarded-for` (the client address appended to any existing list), `x-forwarded-proto:
-//!   http`, `x-forwarded-host` (the client's `Host`, replacing any sent by the client) and
-//!   `forwarded: for=..;proto=http;host=..` (appended to any existing list). `Host` becomes the
-//!   upstream's own authority, like nginx's default. Responses can carry `x-ramp-variant:
+//!   `x-forwarded-for` (the client address appended to any existing list), `x-forwarded-proto`
+//!   (`https` when the client spoke TLS to the proxy, else `http`), `x-forwarded-host` (the
+//!   client's `Host`, replacing any sent by the client) and `forwarded:
+//!   for=..;proto=..;host=..` (appended to any existing list). `Host` becomes the upstream's
+//!   own authority, like nginx's default. Responses can carry `x-ramp-variant:
 //!   stable|canary` ([`ProxyConfig::variant_header`]).
 //!
 //! # What is recorded
 //!
-//! Per variant: every forwarded request; errors (5xx answers, upstream connect failures — the
-//! client gets 502 —, broken upstream connections — 502 — and upstream timeouts — 504);
-//! successes (2xx, 3xx); rate-limit hits (429); auth failures (401, 403); other statuses count
-//! only as requests. Latency runs from the request received to the response head returned.
-//! Distinct users are the cohort keys (XXH3-64) in a HyperLogLog. A client that aborts its
-//! upload is answered 400 and counted as a request only; a client that goes away before the
-//! upstream answers is recorded (and logged) as status 499 — a request, neither error nor
-//! success — with the latency it waited, so impatient users still show in the latency
-//! counters. (Over HTTP/1 hyper may notice a vanished client only when the response is
-//! written; the request then counts with the upstream's status.) Requests refused before routing (431,
-//! unsupported `CONNECT`) are not recorded. Canary health probes that find it down are recorded
-//! as errors (see [`health`]).
+//! A request is recorded once, when its response **ends**, by the core's table
+//! ([`ramp_core::evidence::class`]). Per variant: every forwarded request; errors (5xx
+//! answers, upstream connect failures — the client gets 502 —, broken upstream connections —
+//! 502 —, upstream timeouts — 504 —, a response body that the upstream resets or lets stall
+//! after its head, whatever its status, and requests the variant's bulkhead refused — 503);
+//! successes (2xx, 3xx that reached their last byte); rate-limit hits (429); auth failures
+//! (401, 403); other statuses count only as requests. Latency runs from the request received
+//! to the response head (the first byte; the body's own pace is bounded by
+//! `upstream_body_timeout`). Distinct users are the cohort keys (XXH3-64) in a HyperLogLog.
+//! What the client does is never the upstream's fault: a client that aborts or stalls its
+//! upload is answered 400 or 408 and counted as a request only; a client that goes away
+//! before the end is recorded (and logged) as status 499 — a request, neither error nor
+//! success — with the latency it waited (a 5xx head stays an error). Requests refused before
+//! routing (400, 431, unsupported `CONNECT`) are not recorded. Canary health probes that find
+//! it down are recorded as errors (see [`health`]).
 //!
 //! # Limits ([`Limits`])
 //!
@@ -50,10 +64,20 @@
 //!   `SETTINGS_MAX_HEADER_LIST_SIZE` and the same check).
 //! * `header_read_timeout`: an HTTP/1 request head must arrive completely within it (the clock
 //!   starts when the proxy starts waiting for a head, so it is also the keep-alive idle
-//!   timeout); a new connection of either protocol must deliver its first request within it.
-//!   Slow clients are disconnected without an answer.
-//! * `connect_timeout` to an upstream → 502; `response_timeout` (from sending the request,
-//!   upload included, to the response head) → 504.
+//!   timeout); a new connection of either protocol must deliver its first request (its TLS
+//!   handshake included) within it. Slow clients are disconnected without an answer.
+//! * Every other wait is bounded too: `connect_timeout` to an upstream (TLS handshake
+//!   included) → 502; `response_timeout`, from the end of the upload to the response head →
+//!   504 (an upload in progress never counts against the upstream); `upstream_body_timeout`
+//!   between two pieces of the response body → the response is cut off, an error of that
+//!   variant; `client_body_timeout` between two pieces of the request body → 408, not the
+//!   upstream's error; `client_write_timeout` for a client that stops reading → the
+//!   connection closes.
+//! * **Bulkheads**: each variant has at most `variant_max_in_flight` requests toward its
+//!   upstream and `variant_max_queued` more waiting (at most `variant_queue_timeout`) for a
+//!   slot; beyond that 503, counted as that variant's error. A canary that hangs fills its
+//!   own bulkhead and its users get fast 503s; stable users never wait behind it
+//!   ([`ProxyHandle::bulkheads`]).
 //! * `max_connections` client connections served at once, by one semaphore shared by all
 //!   workers: a worker that accepts a connection over the limit holds it, unserved, and accepts
 //!   nothing more until a slot frees, so further connections wait in the kernel's listen
@@ -72,12 +96,15 @@
 //! tasks, not threads.
 
 mod access_log;
+mod body;
+mod bulkhead;
 mod forward;
 pub mod health;
 pub mod listen;
 pub mod pan;
 mod recorder;
 mod routing;
+pub mod tls;
 
 pub use access_log::AccessLog;
 pub use health::{BackendHealth, HealthSnapshot, HealthState};
@@ -88,11 +115,12 @@ pub use routing::Routing;
 use hyper::Uri;
 use hyper::header::HeaderName;
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ramp_core::cohort::{ShareBp, Variant};
-use ramp_core::plan::{Cohort, CohortKey, Plan, UnkeyedRoute, Upstreams};
+use ramp_core::plan::{Cohort, CohortKey, ListenerTls, Plan, UnkeyedRoute, Upstreams};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -115,8 +143,21 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Time allowed to connect to an upstream. Default 2 s.
     pub connect_timeout: Duration,
-    /// Time allowed from sending a request upstream to its response head. Default 30 s.
+    /// Time allowed from the end of the upload to the upstream's response head. Default 30 s.
     pub response_timeout: Duration,
+    /// Longest pause between two pieces of an upstream's response body. Default 30 s.
+    pub upstream_body_timeout: Duration,
+    /// Longest pause between two pieces of a client's request body. Default 30 s.
+    pub client_body_timeout: Duration,
+    /// Longest a write to a client may stay blocked (a client that stopped reading). Default
+    /// 30 s.
+    pub client_write_timeout: Duration,
+    /// Requests in flight toward one variant's upstream at most. Default 1,024.
+    pub variant_max_in_flight: usize,
+    /// Requests waiting for one of those slots at most (more: 503). Default 1,024.
+    pub variant_max_queued: usize,
+    /// Longest wait for a slot (then 503). Default 1 s.
+    pub variant_queue_timeout: Duration,
     /// Most client connections open at once. Default 10,000.
     pub max_connections: usize,
     /// How long shutdown waits for in-flight requests. Default 10 s.
@@ -131,7 +172,7 @@ impl Limits {
             header_read_timeout: self.header_read_timeout,
             max_header_bytes: self.max_header_bytes,
             max_headers: self.max_headers,
-            write_timeout: None,
+            write_timeout: Some(self.client_write_timeout),
             drain_timeout: self.drain_timeout,
             // Users who send their request at once are served ahead of connections that say
             // nothing, whoever opened those.
@@ -148,6 +189,12 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(30),
+            upstream_body_timeout: Duration::from_secs(30),
+            client_body_timeout: Duration::from_secs(30),
+            client_write_timeout: Duration::from_secs(30),
+            variant_max_in_flight: 1_024,
+            variant_max_queued: 1_024,
+            variant_queue_timeout: Duration::from_secs(1),
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(10),
         }
@@ -171,6 +218,12 @@ pub struct ProxyConfig {
     pub variant_header: bool,
     /// Where to write the access log, if anywhere.
     pub access_log: Option<AccessLog>,
+    /// TLS on the listener (the plan's `[proxy.tls]`); `None`: cleartext.
+    pub listen_tls: Option<ListenerTls>,
+    /// Where the certificates in use are listed (and reloaded from).
+    pub certificates: Arc<tls::Certificates>,
+    /// Who the certificates belong to in that list (`rollout NAME`).
+    pub owner: String,
 }
 
 impl ProxyConfig {
@@ -185,6 +238,9 @@ impl ProxyConfig {
             limits: Limits::default(),
             variant_header: false,
             access_log: None,
+            listen_tls: plan.listen_tls.clone(),
+            certificates: tls::Certificates::new(),
+            owner: format!("rollout {}", plan.name),
         })
     }
 }
@@ -203,8 +259,8 @@ pub enum ProxyError {
     /// The plan has no `[upstreams]`.
     #[error("the plan has no [upstreams] table: the proxy needs stable and canary URLs")]
     NoUpstreams,
-    /// An upstream URL is not `http://host[:port][/prefix]`.
-    #[error("{which} upstream {url:?}: {reason} (expected http://host:port)")]
+    /// An upstream URL is not `http[s]://host[:port][/prefix]`.
+    #[error("{which} upstream {url:?}: {reason} (expected http://host:port or https://host:port)")]
     BadUpstream {
         /// `stable` or `canary`.
         which: &'static str,
@@ -240,14 +296,18 @@ pub enum ProxyError {
     /// The worker pool has shut down.
     #[error("the proxy workers have stopped")]
     WorkersStopped,
+    /// TLS material could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
-/// The upstream HTTP client type.
-pub(crate) type UpstreamClient<B> = Client<HttpConnector, B>;
+/// The upstream HTTP client type: HTTP, or HTTPS through rustls.
+pub(crate) type UpstreamClient<B> = Client<HttpsConnector<HttpConnector>, B>;
 
 /// A parsed upstream base URL.
 #[derive(Clone, Debug)]
 pub(crate) struct Upstream {
+    scheme: Scheme,
     authority: Authority,
     /// Path prefix without a trailing slash (often empty).
     prefix: String,
@@ -261,11 +321,12 @@ impl Upstream {
             reason: reason.to_owned(),
         };
         let uri: Uri = url.parse().map_err(|e| bad(&format!("{e}")))?;
-        match uri.scheme_str() {
-            Some("http") => {}
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::HTTP,
+            Some("https") => Scheme::HTTPS,
             Some(other) => return Err(bad(&format!("scheme {other:?} is not supported"))),
             None => return Err(bad("no scheme")),
-        }
+        };
         let authority = uri.authority().cloned().ok_or_else(|| bad("no host"))?;
         if authority.host().is_empty() {
             return Err(bad("no host"));
@@ -277,13 +338,22 @@ impl Upstream {
             return Err(bad("a query is not allowed"));
         }
         let prefix = uri.path().trim_end_matches('/').to_owned();
-        Ok(Upstream { authority, prefix })
+        Ok(Upstream {
+            scheme,
+            authority,
+            prefix,
+        })
+    }
+
+    /// Whether this upstream is reached over TLS.
+    pub(crate) fn is_https(&self) -> bool {
+        self.scheme == Scheme::HTTPS
     }
 
     /// The upstream URI for a request's path and query.
     fn uri(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, hyper::http::Error> {
         let builder = Uri::builder()
-            .scheme(Scheme::HTTP)
+            .scheme(self.scheme.clone())
             .authority(self.authority.clone());
         if self.prefix.is_empty() {
             match path_and_query {
@@ -318,7 +388,10 @@ pub(crate) enum KeySource {
 pub(crate) struct Shared {
     pub(crate) routing: Arc<Routing>,
     pub(crate) recorder: Arc<Recorder>,
-    pub(crate) client: UpstreamClient<hyper::body::Incoming>,
+    pub(crate) stable_client: UpstreamClient<body::Upload>,
+    pub(crate) canary_client: UpstreamClient<body::Upload>,
+    pub(crate) stable_bulkhead: Arc<bulkhead::Bulkhead>,
+    pub(crate) canary_bulkhead: Arc<bulkhead::Bulkhead>,
     pub(crate) stable: Upstream,
     pub(crate) canary: Upstream,
     pub(crate) key: KeySource,
@@ -333,6 +406,20 @@ impl Shared {
         match variant {
             Variant::Stable => &self.stable,
             Variant::Canary => &self.canary,
+        }
+    }
+
+    pub(crate) fn client(&self, variant: Variant) -> &UpstreamClient<body::Upload> {
+        match variant {
+            Variant::Stable => &self.stable_client,
+            Variant::Canary => &self.canary_client,
+        }
+    }
+
+    pub(crate) fn bulkhead(&self, variant: Variant) -> &bulkhead::Bulkhead {
+        match variant {
+            Variant::Stable => &self.stable_bulkhead,
+            Variant::Canary => &self.canary_bulkhead,
         }
     }
 }
@@ -353,6 +440,14 @@ pub struct ProxyHandle {
     health_tasks: Vec<JoinHandle<()>>,
     log: Option<access_log::LogCloser>,
     log_dropped: Arc<AtomicU64>,
+    held: Box<Held>,
+}
+
+/// What a proxy holds besides its tasks.
+struct Held {
+    bulkheads: [Arc<bulkhead::Bulkhead>; 2],
+    /// The TLS material in use: listed in the inventory and reloaded while the proxy runs.
+    _tls: [Option<Arc<dyn std::any::Any + Send + Sync>>; 3],
 }
 
 impl std::fmt::Debug for ProxyHandle {
@@ -365,6 +460,13 @@ impl std::fmt::Debug for ProxyHandle {
 }
 
 impl ProxyHandle {
+    /// Requests in flight toward each variant's upstream now, and requests its bulkhead
+    /// refused (503) since start: `[(stable in flight, refused), (canary in flight, refused)]`.
+    pub fn bulkheads(&self) -> [(usize, u64); 2] {
+        let [s, c] = &self.held.bulkheads;
+        [(s.in_flight(), s.rejected()), (c.in_flight(), c.rejected())]
+    }
+
     /// Access-log lines dropped because the writer could not keep up.
     pub fn access_log_dropped(&self) -> u64 {
         self.log_dropped.load(Ordering::Relaxed)
@@ -394,6 +496,11 @@ fn validate(config: &ProxyConfig) -> Result<(KeySource, Upstream, Upstream), Pro
     }
     if limits.max_connections > Semaphore::MAX_PERMITS {
         return Err(ProxyError::BadLimit("max_connections is too large"));
+    }
+    if limits.variant_max_in_flight == 0 || limits.variant_max_in_flight > Semaphore::MAX_PERMITS {
+        return Err(ProxyError::BadLimit(
+            "variant_max_in_flight must be between 1 and 2^61",
+        ));
     }
     if limits.max_headers == 0 {
         return Err(ProxyError::BadLimit("max_headers must be at least 1"));
@@ -453,15 +560,121 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// The connector for one upstream: TCP with `connect_timeout` (the TLS handshake included),
+/// then TLS when the upstream is `https://`, verified by `tls`.
+pub(crate) fn connector(
+    upstream: &Upstream,
+    tls: Option<&tls::UpstreamTls>,
+    connect_timeout: Duration,
+) -> HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.enforce_http(false);
+    match (upstream.is_https(), tls) {
+        (true, Some(tls)) => {
+            let builder = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.client_config())
+                .https_only();
+            let builder = match tls.server_name() {
+                Some(name) => builder.with_server_name_resolver(
+                    hyper_rustls::FixedServerNameResolver::new(name.clone()),
+                ),
+                None => builder,
+            };
+            builder.enable_http1().wrap_connector(http)
+        }
+        // A cleartext upstream: the TLS configuration is never used (only `http://` URIs are
+        // sent through this connector, and `https_or_http` would refuse nothing else).
+        _ => hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(
+                rustls::ClientConfig::builder_with_provider(tls::provider())
+                    .with_safe_default_protocol_versions()
+                    .map(|b| {
+                        b.with_root_certificates(rustls::RootCertStore::empty())
+                            .with_no_client_auth()
+                    })
+                    .unwrap_or_else(|_| unreachable_config()),
+            )
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http),
+    }
+}
+
+/// ring supports the safe default versions; this is never reached.
+fn unreachable_config() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+}
+
 /// The upstream client for proxied requests: pooled keep-alive HTTP/1.1 connections.
-fn upstream_client(limits: &Limits) -> UpstreamClient<hyper::body::Incoming> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(limits.connect_timeout));
+fn upstream_client(
+    upstream: &Upstream,
+    tls: Option<&tls::UpstreamTls>,
+    limits: &Limits,
+) -> UpstreamClient<body::Upload> {
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector)
+        .build(connector(upstream, tls, limits.connect_timeout))
+}
+
+/// Loads the TLS material a proxy needs: its listener's and its `https://` upstreams'.
+#[allow(clippy::type_complexity)]
+fn load_tls(
+    config: &ProxyConfig,
+    stable: &Upstream,
+    canary: &Upstream,
+) -> Result<
+    (
+        Option<Arc<tls::ServerTls>>,
+        Option<Arc<tls::UpstreamTls>>,
+        Option<Arc<tls::UpstreamTls>>,
+    ),
+    ProxyError,
+> {
+    let listener = match &config.listen_tls {
+        Some(t) => Some(tls::ServerTls::load(
+            tls::ListenerTlsFiles {
+                cert: t.cert.clone().into(),
+                key: t.key.clone().into(),
+                client_ca: t.client_ca.clone().map(Into::into),
+                client_auth: if t.client_cert_required {
+                    tls::ClientAuth::Required
+                } else {
+                    tls::ClientAuth::Optional
+                },
+            },
+            tls::Alpn::H2AndHttp1,
+            &config.owner,
+            &config.certificates,
+        )?),
+        None => None,
+    };
+    let upstream_tls = |which: &'static str,
+                        upstream: &Upstream,
+                        t: &ramp_core::plan::UpstreamTls|
+     -> Result<Option<Arc<tls::UpstreamTls>>, ProxyError> {
+        if !upstream.is_https() {
+            return Ok(None);
+        }
+        Ok(Some(tls::UpstreamTls::load(
+            tls::UpstreamTlsFiles {
+                ca_file: t.ca_file.clone().map(Into::into),
+                client_cert: t.client_cert.clone().map(Into::into),
+                client_key: t.client_key.clone().map(Into::into),
+                server_name: t.server_name.clone(),
+            },
+            which,
+            &config.owner,
+            &config.certificates,
+        )?))
+    };
+    let s = upstream_tls("stable", stable, &config.upstreams.stable_tls)?;
+    let c = upstream_tls("canary", canary, &config.upstreams.canary_tls)?;
+    Ok((listener, s, c))
 }
 
 /// The event-loop threads every proxy of a server runs on (see the module docs). Dropping the
@@ -536,6 +749,7 @@ pub async fn start(
     workers: &Workers,
 ) -> Result<ProxyHandle, ProxyError> {
     let (key, stable, canary) = validate(&config)?;
+    let (listener_tls, stable_tls, canary_tls) = load_tls(&config, &stable, &canary)?;
     let bind_err = |source| ProxyError::Bind {
         addr: config.listen,
         source,
@@ -571,10 +785,13 @@ pub async fn start(
     let mut health_tasks = Vec::new();
     if let Some(path) = &config.upstreams.health_path {
         let interval = Duration::from_millis(config.upstreams.health_interval);
-        for (variant, upstream) in [(Variant::Stable, &stable), (Variant::Canary, &canary)] {
+        for (variant, upstream, tls) in [
+            (Variant::Stable, &stable, &stable_tls),
+            (Variant::Canary, &canary, &canary_tls),
+        ] {
             health_tasks.push(tokio::spawn(health::run(
                 variant,
-                upstream.clone(),
+                (upstream.clone(), tls.clone()),
                 path.clone(),
                 interval,
                 health.clone(),
@@ -585,12 +802,23 @@ pub async fn start(
     }
 
     let slots = Arc::new(Semaphore::new(config.limits.max_connections));
+    let bulkhead = || {
+        Arc::new(bulkhead::Bulkhead::new(
+            config.limits.variant_max_in_flight,
+            config.limits.variant_max_queued,
+            config.limits.variant_queue_timeout,
+        ))
+    };
+    let (stable_bulkhead, canary_bulkhead) = (bulkhead(), bulkhead());
     let mut accept_loops = Vec::with_capacity(workers.len());
     for (std_listener, handle) in listeners.into_iter().zip(&workers.handles) {
         let shared = Arc::new(Shared {
             routing: routing.clone(),
             recorder: recorder.clone(),
-            client: upstream_client(&config.limits),
+            stable_client: upstream_client(&stable, stable_tls.as_deref(), &config.limits),
+            canary_client: upstream_client(&canary, canary_tls.as_deref(), &config.limits),
+            stable_bulkhead: stable_bulkhead.clone(),
+            canary_bulkhead: canary_bulkhead.clone(),
             stable: stable.clone(),
             canary: canary.clone(),
             key: key.clone(),
@@ -606,15 +834,16 @@ pub async fn start(
         let limits = config.limits.connections();
         let slots = slots.clone();
         let stop_rx = stop_rx.clone();
+        let tls = listener_tls.clone();
         let task = handle.spawn(async move {
-            let make = move |peer| {
-                let ctx = Arc::new(forward::ConnCtx::new(shared.clone(), peer));
+            let make = move |info: listen::ConnInfo| {
+                let ctx = Arc::new(forward::ConnCtx::new(shared.clone(), info));
                 hyper::service::service_fn(move |req| {
                     let ctx = ctx.clone();
                     async move { forward::handle(&ctx, req).await }
                 })
             };
-            listen::serve(listener, slots, limits, make, stop_rx).await;
+            listen::serve(listener, slots, limits, tls, make, stop_rx).await;
         });
         accept_loops.push(task);
     }
@@ -629,5 +858,13 @@ pub async fn start(
         health_tasks,
         log: log_closer,
         log_dropped,
+        held: Box::new(Held {
+            bulkheads: [stable_bulkhead, canary_bulkhead],
+            _tls: [
+                listener_tls.map(|t| t as Arc<dyn std::any::Any + Send + Sync>),
+                stable_tls.map(|t| t as Arc<dyn std::any::Any + Send + Sync>),
+                canary_tls.map(|t| t as Arc<dyn std::any::Any + Send + Sync>),
+            ],
+        }),
     })
 }

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
@@ -180,17 +180,93 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Serves connections accepted on `listener` with the service `make(peer)` builds for each,
-/// until `stop` turns true; then drains (see the module docs). `slots` caps the connections
-/// open at once; several listeners may share one.
+/// What the service of a connection knows about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// A client connection: plain TCP or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Serves connections accepted on `listener` with the service `make` builds for each, over
+/// TLS when `tls` is set, until `stop` turns true; then drains (see the module docs). `slots`
+/// caps the connections open at once; several listeners may share one. A TLS handshake must
+/// finish within the first-request deadline and happens on the connection's own task, so a
+/// slow one never delays accepting others.
 pub async fn serve<M, S, B>(
     listener: TcpListener,
     slots: Arc<Semaphore>,
     limits: ConnLimits,
-    mut make: M,
+    tls: Option<Arc<crate::tls::ServerTls>>,
+    make: M,
     mut stop: watch::Receiver<bool>,
 ) where
-    M: FnMut(SocketAddr) -> S,
+    M: Fn(ConnInfo) -> S + Send + Sync + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
@@ -198,7 +274,8 @@ pub async fn serve<M, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    let builder = builder(&limits);
+    let builder = Arc::new(builder(&limits));
+    let make = Arc::new(make);
     let graceful = GracefulShutdown::new();
     let silent = Arc::new(Silent::default());
     let (hard_stop, hard_stop_rx) = watch::channel(false);
@@ -245,40 +322,64 @@ pub async fn serve<M, S, B>(
         } else {
             (None, None)
         };
-        let service = Noting {
-            inner: make(peer),
-            seen: seen.clone(),
-        };
-        let stream = WriteDeadline::new(stream, limits.write_timeout);
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
+        let watcher = graceful.watcher();
         let mut hard_stop = hard_stop_rx.clone();
         let first_request = limits.header_read_timeout;
+        let write_timeout = limits.write_timeout;
+        let builder = builder.clone();
+        let make = make.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let mut conn = std::pin::pin!(conn);
-            let closed = async {
+            let mut closed = std::pin::pin!(async {
                 match evicted.as_mut() {
                     Some(rx) => {
                         let _ = rx.await;
                     }
                     None => std::future::pending::<()>().await,
                 }
+            });
+            // A connection must deliver its first request in time, whatever the protocol,
+            // its TLS handshake included; a silent one may be closed sooner to make room.
+            let mut deadline = std::pin::pin!(tokio::time::sleep(first_request));
+            let io = match acceptor {
+                None => Stream::Plain(stream),
+                Some(acceptor) => tokio::select! {
+                    biased;
+                    _ = stopped(&mut hard_stop) => return,
+                    _ = &mut closed => return,
+                    _ = &mut deadline => return,
+                    done = acceptor.accept(stream) => match done {
+                        Ok(s) => Stream::Tls(Box::new(s)),
+                        // A failed handshake (an old protocol version, an unknown CA, not
+                        // TLS at all) closes the connection; rustls has sent its alert.
+                        Err(_) => return,
+                    },
+                },
             };
-            // A connection must deliver its first request in time, whatever the protocol; a
-            // silent one may be closed sooner to make room.
+            let info = ConnInfo {
+                peer,
+                tls: matches!(io, Stream::Tls(_)),
+            };
+            let service = Noting {
+                inner: make(info),
+                seen: seen.clone(),
+            };
+            let io = WriteDeadline::new(io, write_timeout);
+            let conn = builder
+                .serve_connection(TokioIo::new(io), service)
+                .into_owned();
+            let mut conn = std::pin::pin!(watcher.watch(conn));
             tokio::select! {
                 biased;
                 _ = stopped(&mut hard_stop) => return,
                 _ = &mut conn => return,
-                _ = closed => {
+                _ = &mut closed => {
                     if !seen.0.load(Ordering::Relaxed) {
                         return;
                     }
                 }
-                _ = tokio::time::sleep(first_request) => {
+                _ = &mut deadline => {
                     if !seen.0.load(Ordering::Relaxed) {
                         return;
                     }

@@ -15,7 +15,6 @@ use ramp_proxy::{
     AccessLog, BackendHealth, Limits, ProxyConfig, ProxyHandle, Workers, start, user_hash,
 };
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,8 +28,7 @@ use tokio::sync::{Notify, mpsc};
 /// The proxies' event-loop threads, shared by every test (as a server shares them by all its
 /// rollouts).
 fn workers() -> &'static Workers {
-    static WORKERS: std::sync::OnceLock<Workers> = std::sync::OnceLock::new();
-    WORKERS.get_or_init(|| Workers::new(2).expect("proxy workers"))
+    ramp_harness::proxy_workers()
 }
 
 const SALT: &str = "proxy-test-salt";
@@ -39,12 +37,7 @@ const BIG: usize = 64 * 1024 * 1024;
 
 type TestBody = BoxBody<Bytes, Infallible>;
 
-/// Runs a test body with an upper bound on its duration.
-async fn bounded<T>(f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(60), f)
-        .await
-        .expect("test took longer than 60 s")
-}
+use ramp_harness::bounded;
 
 fn share(bp: u16) -> ShareBp {
     ShareBp::new(bp).unwrap()
@@ -229,6 +222,8 @@ fn config(stable: &str, canary: &str) -> ProxyConfig {
             canary: canary.to_owned(),
             health_path: None,
             health_interval: 1_000,
+            stable_tls: Default::default(),
+            canary_tls: Default::default(),
         },
         cohort: Cohort {
             key: CohortKey::Header("x-user-id".into()),
@@ -244,6 +239,9 @@ fn config(stable: &str, canary: &str) -> ProxyConfig {
         },
         variant_header: true,
         access_log: None,
+        listen_tls: None,
+        certificates: ramp_proxy::tls::Certificates::new(),
+        owner: "rollout test".into(),
     }
 }
 
@@ -1163,7 +1161,7 @@ async fn bad_configuration_is_refused() {
     bounded(async {
         let ok = "http://127.0.0.1:1";
         for (stable, canary) in [
-            ("https://127.0.0.1:1", ok),
+            ("ftp://127.0.0.1:1", ok),
             (ok, "127.0.0.1:1"),
             (ok, "http://"),
             ("not a url", ok),

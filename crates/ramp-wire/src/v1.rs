@@ -315,6 +315,9 @@ pub struct RolloutStatus {
     pub started_at: Option<u64>,
     /// Where the rollout's proxy listens.
     pub listen: String,
+    /// Whether the proxy's listener speaks TLS (`https://`).
+    #[serde(default)]
+    pub tls: bool,
     /// Controller time now (ms since the Unix epoch).
     pub now: u64,
     /// Controller time when this server started serving the rollout.
@@ -1340,4 +1343,43 @@ mod tests {
             }
         }
     }
+}
+
+// ---- certificates -----------------------------------------------------------------------
+
+/// One certificate the server uses (PCI DSS 4.0 requirement 4.2.1.1's inventory).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Certificate {
+    /// Who uses it: `api`, or `rollout NAME`.
+    pub owner: String,
+    /// What for: `listener`, `listener client CA`, `stable upstream CA`, `canary client
+    /// certificate`, …
+    pub role: String,
+    /// The file it was loaded from.
+    pub path: String,
+    /// Subject (RFC 4514).
+    pub subject: String,
+    /// Issuer (RFC 4514).
+    pub issuer: String,
+    /// Serial number, hex.
+    pub serial: String,
+    /// Start of validity, Unix seconds.
+    pub not_before: i64,
+    /// End of validity, Unix seconds.
+    pub not_after: i64,
+    /// Days left until `not_after` (negative once expired), when the list was made.
+    pub days_to_expiry: f64,
+    /// SHA-256 of the DER encoding, hex.
+    pub sha256: String,
+}
+
+/// Every certificate in use, and how reloading has gone since the server started.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CertificateList {
+    /// The certificates, by owner and role.
+    pub certificates: Vec<Certificate>,
+    /// Sets of TLS material replaced since start (a file changed, or SIGHUP).
+    pub reloads: u64,
+    /// Reloads that failed (the old material stayed in use).
+    pub reload_failures: u64,
 }

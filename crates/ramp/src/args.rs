@@ -38,7 +38,7 @@ pub(crate) enum Command {
         seed: Option<u64>,
     },
     /// Run rollouts on real traffic: proxy, controller, journal and the HTTP API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show rollouts (all, or one) from a running server.
     Status {
         /// The rollout (default: all).
@@ -134,6 +134,10 @@ pub(crate) struct ServerArgs {
     /// A file holding the bearer token (its first line; the file should be 0600).
     #[arg(long, env = "RAMP_TOKEN_FILE")]
     pub(crate) token_file: Option<PathBuf>,
+    /// For an https:// server: CA certificates (PEM) its certificate must chain to (default:
+    /// the system's roots).
+    #[arg(long, env = "RAMP_CA_FILE")]
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 /// An operator action on a rollout.
@@ -166,9 +170,28 @@ pub(crate) struct LimitArgs {
     /// Time to connect to an upstream (then 502).
     #[arg(long, default_value = "2s")]
     pub(crate) connect_timeout: String,
-    /// Time to wait for an upstream's response head (then 504).
+    /// Time to wait for an upstream's response head after the upload ended (then 504).
     #[arg(long, default_value = "30s")]
     pub(crate) response_timeout: String,
+    /// Longest pause inside an upstream's response body (then the response is cut off and
+    /// counts as that upstream's error).
+    #[arg(long, default_value = "30s")]
+    pub(crate) upstream_body_timeout: String,
+    /// Longest pause inside a client's request body (then 408; not the upstream's error).
+    #[arg(long, default_value = "30s")]
+    pub(crate) client_body_timeout: String,
+    /// Longest a write to a client may stay blocked (a client that stopped reading).
+    #[arg(long, default_value = "30s")]
+    pub(crate) client_write_timeout: String,
+    /// Requests in flight toward one variant's upstream at most (its bulkhead).
+    #[arg(long, default_value_t = 1_024)]
+    pub(crate) variant_max_in_flight: usize,
+    /// Requests waiting for a slot of that bulkhead at most (more: 503 for that variant).
+    #[arg(long, default_value_t = 1_024)]
+    pub(crate) variant_max_queued: usize,
+    /// Longest a request waits for a slot of its variant's bulkhead (then 503).
+    #[arg(long, default_value = "1s")]
+    pub(crate) variant_queue_timeout: String,
     /// Most concurrent client connections.
     #[arg(long, default_value_t = 10_000)]
     pub(crate) max_connections: usize,
@@ -245,6 +268,16 @@ pub(crate) struct ServeArgs {
     /// Where the control API listens.
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub(crate) api: std::net::SocketAddr,
+    /// Serve the API over TLS with this certificate chain (PEM; needs --api-tls-key).
+    /// Reloaded when the file changes or on SIGHUP.
+    #[arg(long, requires = "api_tls_key")]
+    pub(crate) api_tls_cert: Option<PathBuf>,
+    /// The API certificate's private key (PEM).
+    #[arg(long, requires = "api_tls_cert")]
+    pub(crate) api_tls_key: Option<PathBuf>,
+    /// Require API clients to present a certificate that chains to these CAs (PEM).
+    #[arg(long, requires = "api_tls_cert")]
+    pub(crate) api_client_ca: Option<PathBuf>,
     /// Serve /metrics without a token.
     #[arg(long)]
     pub(crate) open_metrics: bool,

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -15,7 +16,7 @@ use serde::de::DeserializeOwned;
 pub(crate) struct Client {
     base: String,
     token: Option<String>,
-    http: HttpClient<HttpConnector, Full<Bytes>>,
+    http: HttpClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 /// What went wrong talking to the API.
@@ -24,6 +25,9 @@ pub(crate) enum ClientError {
     /// The server URL is not usable.
     #[error("bad server URL {0:?}: use e.g. http://127.0.0.1:7070")]
     BadUrl(String),
+    /// The CA file could not be used.
+    #[error("--ca-file: {0}")]
+    Tls(String),
     /// Could not reach the server.
     #[error("cannot reach {0}: {1}")]
     Unreachable(String, String),
@@ -44,7 +48,7 @@ impl ClientError {
     /// Exit code: 2 for our mistakes (bad input, unknown rollout, auth), 1 otherwise.
     pub(crate) fn exit_code(&self) -> u8 {
         match self {
-            ClientError::BadUrl(_) => 2,
+            ClientError::BadUrl(_) | ClientError::Tls(_) => 2,
             ClientError::Api { status, .. }
                 if status.is_client_error() && *status != StatusCode::CONFLICT =>
             {
@@ -71,12 +75,43 @@ fn segment(s: &str) -> String {
 
 impl Client {
     /// A client for `server` (e.g. `http://127.0.0.1:7070`).
-    pub(crate) fn new(server: &str, token: Option<String>) -> Result<Self, ClientError> {
+    /// For `https://`, the server's certificate must chain to `ca_file` (or the system's
+    /// roots).
+    pub(crate) fn new(
+        server: &str,
+        token: Option<String>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, ClientError> {
         let base = server.trim_end_matches('/').to_string();
-        if !base.starts_with("http://") || base.parse::<hyper::Uri>().is_err() {
+        let https = base.starts_with("https://");
+        if !(https || base.starts_with("http://")) || base.parse::<hyper::Uri>().is_err() {
             return Err(ClientError::BadUrl(server.to_string()));
         }
-        let http = HttpClient::builder(TokioExecutor::new()).build_http();
+        let tls = ramp_proxy::tls::UpstreamTls::load(
+            ramp_proxy::tls::UpstreamTlsFiles {
+                ca_file: ca_file.map(Into::into),
+                ..Default::default()
+            },
+            "api",
+            "client",
+            &ramp_proxy::tls::Certificates::new(),
+        );
+        let config = match tls {
+            Ok(t) => t.client_config(),
+            Err(e) if https => return Err(ClientError::Tls(e.to_string())),
+            // Plain http needs no roots; an unusable store must not stop it.
+            Err(_) => rustls::ClientConfig::builder_with_provider(ramp_proxy::tls::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| ClientError::Tls(e.to_string()))?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let http = HttpClient::builder(TokioExecutor::new()).build(connector);
         Ok(Client { base, token, http })
     }
 

@@ -26,6 +26,8 @@ pub(crate) struct Serve {
     pub(crate) tokens: PathBuf,
     /// Where the API listens.
     pub(crate) api: SocketAddr,
+    /// TLS on the API listener.
+    pub(crate) api_tls: Option<ramp_proxy::tls::ListenerTlsFiles>,
     /// `/metrics` without a token.
     pub(crate) open_metrics: bool,
     /// The API request log.
@@ -77,6 +79,12 @@ fn limits(a: &LimitArgs) -> Result<Limits, Invalid> {
         header_read_timeout: duration_arg("header-read-timeout", &a.header_read_timeout)?,
         connect_timeout: duration_arg("connect-timeout", &a.connect_timeout)?,
         response_timeout: duration_arg("response-timeout", &a.response_timeout)?,
+        upstream_body_timeout: duration_arg("upstream-body-timeout", &a.upstream_body_timeout)?,
+        client_body_timeout: duration_arg("client-body-timeout", &a.client_body_timeout)?,
+        client_write_timeout: duration_arg("client-write-timeout", &a.client_write_timeout)?,
+        variant_max_in_flight: a.variant_max_in_flight,
+        variant_max_queued: a.variant_max_queued,
+        variant_queue_timeout: duration_arg("variant-queue-timeout", &a.variant_queue_timeout)?,
         max_connections: a.max_connections,
         drain_timeout: duration_arg("drain-timeout", &a.drain_timeout)?,
     };
@@ -86,6 +94,10 @@ fn limits(a: &LimitArgs) -> Result<Limits, Invalid> {
             "--max-connections must be at least 1",
         ),
         (limits.max_headers >= 1, "--max-headers must be at least 1"),
+        (
+            (1..=1 << 30).contains(&limits.variant_max_in_flight),
+            "--variant-max-in-flight must be at least 1",
+        ),
         (
             limits.max_header_bytes >= 1,
             "--max-header-bytes must be at least 1",
@@ -138,6 +150,15 @@ pub(crate) fn serve(a: ServeArgs) -> Result<Serve, Invalid> {
         listen: a.listen,
         db: a.db,
         api: a.api,
+        api_tls: match (a.api_tls_cert, a.api_tls_key) {
+            (Some(cert), Some(key)) => Some(ramp_proxy::tls::ListenerTlsFiles {
+                cert,
+                key,
+                client_ca: a.api_client_ca,
+                client_auth: ramp_proxy::tls::ClientAuth::Required,
+            }),
+            _ => None,
+        },
         open_metrics: a.open_metrics,
         api_log: a.api_log,
         api_max_connections: a.api_max_connections.max(1),
@@ -153,6 +174,7 @@ pub(crate) fn serve(a: ServeArgs) -> Result<Serve, Invalid> {
             access_log: a.access_log,
             window_retention,
             allow,
+            certificates: ramp_proxy::tls::Certificates::new(),
         },
     })
 }

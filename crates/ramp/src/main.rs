@@ -105,7 +105,7 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), Invalid>> {
             Ok(Ok(()))
         }
         Command::Serve(a) => {
-            let cfg = valid!(config::serve(a));
+            let cfg = valid!(config::serve(*a));
             serve::run(cfg, json_log)
         }
         Command::Status {
@@ -339,7 +339,7 @@ where
         },
         (token, None) => token.clone(),
     };
-    let client = match client::Client::new(&server.server, token) {
+    let client = match client::Client::new(&server.server, token, server.ca_file.as_deref()) {
         Ok(c) => c,
         Err(e) => return Ok(Err(Invalid(format!("error: {e}")))),
     };

@@ -33,6 +33,57 @@ async fn shutdown_signal() {
     }
 }
 
+/// How often certificate files are checked for changes.
+const CERTIFICATE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reloads TLS material whose files changed (checked every two seconds) and all of it on
+/// SIGHUP; says what was reloaded and what failed (the old material stays in use then).
+async fn reload_certificates(certificates: Arc<ramp_proxy::tls::Certificates>) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(CERTIFICATE_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let forced = match hup.as_mut() {
+            Some(h) => tokio::select! {
+                _ = h.recv() => true,
+                _ = tick.tick() => false,
+            },
+            None => {
+                tick.tick().await;
+                false
+            }
+        };
+        #[cfg(not(unix))]
+        let forced = {
+            tick.tick().await;
+            false
+        };
+        let c = certificates.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            if forced {
+                c.reload_all()
+            } else {
+                c.reload_changed()
+            }
+        })
+        .await
+        .unwrap_or_default();
+        if report.reloaded > 0 || forced {
+            tracing::info!(
+                reloaded = report.reloaded,
+                failed = report.failed.len(),
+                "TLS certificates reloaded{}",
+                if forced { " (SIGHUP)" } else { "" }
+            );
+        }
+        for e in report.failed {
+            tracing::error!("TLS reload failed, the previous certificate stays in use: {e}");
+        }
+    }
+}
+
 /// Runs `ramp serve`.
 pub(crate) fn run(cfg: Serve, json_log: bool) -> anyhow::Result<Result<(), Invalid>> {
     let mut plans = Vec::new();
@@ -99,7 +150,26 @@ pub(crate) fn run(cfg: Serve, json_log: bool) -> anyhow::Result<Result<(), Inval
         .context("starting the async runtime")?;
     let db = cfg.db.display().to_string();
     let time_scale = cfg.defaults.time_scale;
+    let certificates = cfg.defaults.certificates.clone();
+    let api_scheme = if cfg.api_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let api_tls = match &cfg.api_tls {
+        Some(files) => match ramp_proxy::tls::ServerTls::load(
+            files.clone(),
+            ramp_proxy::tls::Alpn::Http1,
+            "api",
+            &certificates,
+        ) {
+            Ok(t) => Some(t),
+            Err(e) => return Ok(Err(Invalid(format!("error: --api-tls-cert: {e}")))),
+        },
+        None => None,
+    };
     rt.block_on(async move {
+        tokio::spawn(reload_certificates(certificates.clone()));
         let api = tokio::net::TcpListener::bind(cfg.api)
             .await
             .with_context(|| format!("binding the API on {}", cfg.api))?;
@@ -120,6 +190,8 @@ pub(crate) fn run(cfg: Serve, json_log: bool) -> anyhow::Result<Result<(), Inval
                     max_connections: cfg.api_max_connections,
                     ..Default::default()
                 },
+                tls: api_tls,
+                certificates,
                 ..Default::default()
             },
             plans,
@@ -158,11 +230,13 @@ pub(crate) fn run(cfg: Serve, json_log: bool) -> anyhow::Result<Result<(), Inval
             Lifecycle::Serving { api, rollouts } => {
                 for r in rollouts.iter().filter(|r| !r.retired && r.status != ramp_wire::v1::Status::Unavailable) {
                     render::line(&format!(
-                        "ramp serve: rollout {} proxy listening on http://{} (time scale ×{time_scale})",
-                        r.name, r.listen
+                        "ramp serve: rollout {} proxy listening on {}://{} (time scale ×{time_scale})",
+                        r.name,
+                        if r.tls { "https" } else { "http" },
+                        r.listen
                     ));
                 }
-                render::line(&format!("ramp serve: API on http://{api}"));
+                render::line(&format!("ramp serve: API on {api_scheme}://{api}"));
             }
             Lifecycle::Stopped(rollouts) => {
                 for r in rollouts {

@@ -14,13 +14,18 @@
 //! | upstream refused or unreachable (client gets 502) | [`Class::Error`] |
 //! | upstream broke the connection (502) | [`Class::Error`] |
 //! | upstream did not answer in time (504) | [`Class::Error`] |
+//! | upstream's response body broke or stalled after its head (any status) | [`Class::Error`] |
+//! | the variant's bulkhead was full: too many requests waiting on it (503) | [`Class::Error`] |
 //! | the client went away first (logged as 499) | [`Class::Neither`] |
-//! | the client's own request failed (aborted upload, bad body: 400) | [`Class::Neither`] |
+//! | the client's own request failed (aborted or stalled upload, bad body: 400/408) | [`Class::Neither`] |
 //! | 1xx and anything else | [`Class::Neither`] |
 //!
 //! Every classified request counts as a request; the class says which counter it adds to
-//! besides. An upstream is blamed only for what it did: a client that leaves or breaks its own
-//! request never counts against the variant it was routed to.
+//! besides. A request is classified when its response *ends*: a 200 whose body the upstream
+//! resets half-way is an error, not a success. An upstream is blamed only for what it did: a
+//! client that leaves, uploads too slowly or breaks its own request never counts against the
+//! variant it was routed to; an upstream that refuses, times out, resets, stalls or answers
+//! 5xx always does.
 
 use serde::{Deserialize, Serialize};
 
@@ -39,8 +44,14 @@ pub enum Answer {
     /// The client went away before the answer was ready (logged as 499).
     ClientClosed,
     /// The client's own request failed: it aborted its upload or sent a malformed body (the
-    /// client got a 400).
+    /// client got a 400), or its upload stalled (408).
     ClientFailed,
+    /// The upstream sent this status, then its body broke (reset, closed early, malformed) or
+    /// stalled past the body timeout; the client's response was cut off.
+    Truncated(u16),
+    /// The variant already had as many requests in flight and waiting as its bulkhead allows
+    /// (the client got a 503 without the upstream being asked).
+    Overloaded,
 }
 
 impl Answer {
@@ -52,6 +63,8 @@ impl Answer {
             Answer::TimedOut => 504,
             Answer::ClientClosed => 499,
             Answer::ClientFailed => 400,
+            Answer::Truncated(s) => s,
+            Answer::Overloaded => 503,
         }
     }
 }
@@ -84,7 +97,11 @@ pub fn classify(answer: Answer) -> Class {
         Answer::Status(400..=499) => Class::ClientError,
         Answer::Status(500..=599) => Class::Error,
         Answer::Status(_) => Class::Neither,
-        Answer::ConnectFailed | Answer::UpstreamFailed | Answer::TimedOut => Class::Error,
+        Answer::ConnectFailed
+        | Answer::UpstreamFailed
+        | Answer::TimedOut
+        | Answer::Truncated(_)
+        | Answer::Overloaded => Class::Error,
         Answer::ClientClosed | Answer::ClientFailed => Class::Neither,
     }
 }
@@ -116,6 +133,9 @@ mod tests {
             (Answer::TimedOut, Class::Error),
             (Answer::ClientClosed, Class::Neither),
             (Answer::ClientFailed, Class::Neither),
+            (Answer::Truncated(200), Class::Error),
+            (Answer::Truncated(404), Class::Error),
+            (Answer::Overloaded, Class::Error),
         ];
         for (answer, class) in cases {
             assert_eq!(classify(answer), class, "{answer:?}");
@@ -130,5 +150,7 @@ mod tests {
         assert_eq!(Answer::ClientClosed.status(), 499);
         assert_eq!(Answer::ClientFailed.status(), 400);
         assert_eq!(Answer::Status(201).status(), 201);
+        assert_eq!(Answer::Truncated(200).status(), 200);
+        assert_eq!(Answer::Overloaded.status(), 503);
     }
 }

@@ -29,6 +29,9 @@ pub struct Plan {
     pub upstreams: Option<Upstreams>,
     /// Where this rollout's proxy listens (`[proxy] listen`); `None`: the server decides.
     pub listen: Option<std::net::SocketAddr>,
+    /// TLS on the proxy listener (`[proxy.tls]`); `None`: cleartext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_tls: Option<ListenerTls>,
     /// How evidence is weighed.
     pub analysis: Analysis,
     /// Reference values that criteria can name as `baseline`.
@@ -92,6 +95,58 @@ pub struct Upstreams {
     pub health_path: Option<String>,
     /// How often the health checks run (real time, also under `--time-scale`).
     pub health_interval: Millis,
+    /// TLS toward the stable upstream (`[upstreams.tls]` merged with `[upstreams.tls.stable]`).
+    #[serde(default, skip_serializing_if = "UpstreamTls::is_unset")]
+    pub stable_tls: UpstreamTls,
+    /// TLS toward the canary upstream (`[upstreams.tls]` merged with `[upstreams.tls.canary]`).
+    #[serde(default, skip_serializing_if = "UpstreamTls::is_unset")]
+    pub canary_tls: UpstreamTls,
+}
+
+/// How the proxy verifies an `https://` upstream and authenticates to it. File paths are
+/// read by the server (relative ones from its working directory).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamTls {
+    /// CA certificates (PEM) the upstream's certificate must chain to; unset: the system's
+    /// roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// A client certificate (PEM) presented to the upstream (mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// The client certificate's private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+    /// The name verified in the upstream's certificate and sent as SNI, instead of the URL's
+    /// host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+}
+
+impl UpstreamTls {
+    /// Whether nothing is set (the defaults: system roots, no client certificate).
+    pub fn is_unset(&self) -> bool {
+        *self == UpstreamTls::default()
+    }
+}
+
+/// TLS on the rollout's proxy listener (`[proxy.tls]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerTls {
+    /// The certificate chain (PEM), leaf first.
+    pub cert: String,
+    /// Its private key (PEM).
+    pub key: String,
+    /// CA certificates (PEM) client certificates must chain to; unset: none asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<String>,
+    /// With `client_ca`: whether every client must present a certificate (default) or may.
+    #[serde(default = "yes")]
+    pub client_cert_required: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What happens when a phase's deadline passes with its gates still inconclusive, or when a

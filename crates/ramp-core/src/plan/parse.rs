@@ -333,7 +333,8 @@ fn build(cx: &mut Ctx, root: &Table, root_span: Range<usize>) -> Option<Plan> {
         description,
         cohort: cohort?,
         upstreams,
-        listen: listen.flatten(),
+        listen: listen.as_ref().and_then(|l| l.0),
+        listen_tls: listen.and_then(|l| l.1),
         analysis: analysis?,
         baseline: baseline?,
         phases: phases?,
@@ -449,7 +450,7 @@ fn build_upstreams(cx: &mut Ctx, v: &Val) -> Option<Upstreams> {
     check_keys(
         cx,
         t,
-        &["stable", "canary", "health_path", "health_interval"],
+        &["stable", "canary", "health_path", "health_interval", "tls"],
         "[upstreams]",
     );
     let mut one = |key: &str| -> Option<String> {
@@ -463,7 +464,7 @@ fn build_upstreams(cx: &mut Ctx, v: &Val) -> Option<Upstreams> {
             Err(why) => {
                 cx.err(
                     u.span().start + 1,
-                    format!("upstreams.{key} must be an http:// URL (http://host[:port][/prefix]), found {s:?}: {why}"),
+                    format!("upstreams.{key} must be an http:// or https:// URL (http[s]://host[:port][/prefix]), found {s:?}: {why}"),
                     Some("e.g. \"http://127.0.0.1:8081\"".into()),
                 );
                 None
@@ -513,6 +514,10 @@ fn build_upstreams(cx: &mut Ctx, v: &Val) -> Option<Upstreams> {
         },
         None => 5 * SECOND,
     };
+    let (stable_tls, canary_tls) = match get(t, "tls") {
+        Some(v) => build_upstream_tls(cx, v, stable.as_deref(), canary.as_deref())?,
+        None => Default::default(),
+    };
     if !ok {
         return None;
     }
@@ -521,7 +526,87 @@ fn build_upstreams(cx: &mut Ctx, v: &Val) -> Option<Upstreams> {
         canary: canary?,
         health_path,
         health_interval,
+        stable_tls,
+        canary_tls,
     })
+}
+
+const UPSTREAM_TLS_KEYS: [&str; 4] = ["ca_file", "client_cert", "client_key", "server_name"];
+
+/// Reads the four `[upstreams.tls]` keys of one table into `into` (a key set there wins).
+fn upstream_tls_keys(cx: &mut Ctx, t: &Table, what: &str, into: &mut UpstreamTls) -> bool {
+    let mut ok = true;
+    for key in UPSTREAM_TLS_KEYS {
+        let Some(v) = get(t, key) else { continue };
+        let Some(s) = string(cx, v, &format!("{what}.{key}")) else {
+            ok = false;
+            continue;
+        };
+        if s.trim().is_empty() {
+            cx.err(v.span().start + 1, format!("{what}.{key} is empty"), None);
+            ok = false;
+            continue;
+        }
+        let slot = match key {
+            "ca_file" => &mut into.ca_file,
+            "client_cert" => &mut into.client_cert,
+            "client_key" => &mut into.client_key,
+            _ => &mut into.server_name,
+        };
+        *slot = Some(s.to_string());
+    }
+    ok
+}
+
+/// `[upstreams.tls]` (for both) with `[upstreams.tls.stable]` / `[upstreams.tls.canary]`
+/// overriding it key by key.
+fn build_upstream_tls(
+    cx: &mut Ctx,
+    v: &Val,
+    stable: Option<&str>,
+    canary: Option<&str>,
+) -> Option<(UpstreamTls, UpstreamTls)> {
+    let t = table(cx, v, "upstreams.tls")?;
+    let mut known = UPSTREAM_TLS_KEYS.to_vec();
+    known.extend(["stable", "canary"]);
+    check_keys(cx, t, &known, "[upstreams.tls]");
+    let mut common = UpstreamTls::default();
+    let mut ok = upstream_tls_keys(cx, t, "upstreams.tls", &mut common);
+    let mut out = [common.clone(), common];
+    for (i, (which, url)) in [("stable", stable), ("canary", canary)]
+        .into_iter()
+        .enumerate()
+    {
+        if let Some(sub) = get(t, which) {
+            let what = format!("upstreams.tls.{which}");
+            match table(cx, sub, &what) {
+                Some(st) => {
+                    check_keys(cx, st, &UPSTREAM_TLS_KEYS, &format!("[{what}]"));
+                    ok &= upstream_tls_keys(cx, st, &what, &mut out[i]);
+                }
+                None => ok = false,
+            }
+        }
+        let tls = &out[i];
+        if tls.client_cert.is_some() != tls.client_key.is_some() {
+            cx.err(
+                v.span().start,
+                format!("the {which} upstream's TLS has only one of client_cert and client_key: set both or neither"),
+                None,
+            );
+            ok = false;
+        }
+        if !tls.is_unset() && url.is_some_and(|u| u.starts_with("http://")) {
+            cx.err(
+                v.span().start,
+                format!("[upstreams.tls] applies to the {which} upstream, which is http://: use https:// or drop the TLS settings"),
+                None,
+            );
+            ok = false;
+        }
+    }
+    let [s, c] = out;
+    ok.then_some((s, c))
 }
 
 /// Whether `s` is an HTTP token (RFC 9110 5.6.2): what a header name may be.
@@ -541,10 +626,13 @@ fn is_cookie_name(s: &str) -> bool {
 /// Checks the shape the proxy can forward to: `http://host[:port][/prefix]`, with a host, a
 /// port in range, no user info, query or fragment, and a path of visible ASCII.
 pub(crate) fn check_upstream_url(s: &str) -> Result<(), String> {
-    let Some(rest) = s.strip_prefix("http://") else {
+    let Some(rest) = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+    else {
         return Err(match s.split_once("://") {
             Some((scheme, _)) => format!("scheme {scheme:?} is not supported"),
-            None => "no http:// scheme".into(),
+            None => "no http:// or https:// scheme".into(),
         });
     };
     let (authority, path) = match rest.find('/') {
@@ -598,15 +686,22 @@ pub(crate) fn check_upstream_url(s: &str) -> Result<(), String> {
 }
 
 /// `[proxy] listen = "127.0.0.1:8080"`. `Some(None)` when the table has no `listen`.
-fn build_proxy(cx: &mut Ctx, v: &Val) -> Option<Option<std::net::SocketAddr>> {
+fn build_proxy(
+    cx: &mut Ctx,
+    v: &Val,
+) -> Option<(Option<std::net::SocketAddr>, Option<ListenerTls>)> {
     let t = table(cx, v, "proxy")?;
-    check_keys(cx, t, &["listen"], "[proxy]");
+    check_keys(cx, t, &["listen", "tls"], "[proxy]");
+    let tls = match get(t, "tls") {
+        Some(tv) => Some(build_listener_tls(cx, tv)?),
+        None => None,
+    };
     let Some(l) = get(t, "listen") else {
-        return Some(None);
+        return Some((None, tls));
     };
     let s = string(cx, l, "proxy.listen")?;
     match s.parse::<std::net::SocketAddr>() {
-        Ok(a) => Some(Some(a)),
+        Ok(a) => Some((Some(a), tls)),
         Err(_) => {
             cx.err(
                 l.span().start + 1,
@@ -616,6 +711,55 @@ fn build_proxy(cx: &mut Ctx, v: &Val) -> Option<Option<std::net::SocketAddr>> {
             None
         }
     }
+}
+
+/// `[proxy.tls] cert = "…", key = "…", client_ca = "…", client_cert_required = true`.
+fn build_listener_tls(cx: &mut Ctx, v: &Val) -> Option<ListenerTls> {
+    let t = table(cx, v, "proxy.tls")?;
+    check_keys(
+        cx,
+        t,
+        &["cert", "key", "client_ca", "client_cert_required"],
+        "[proxy.tls]",
+    );
+    let mut file = |key: &str, required: bool| -> Result<Option<String>, ()> {
+        match get(t, key) {
+            Some(f) => match string(cx, f, &format!("proxy.tls.{key}")) {
+                Some(s) if !s.trim().is_empty() => Ok(Some(s.to_string())),
+                Some(_) => {
+                    cx.err(
+                        f.span().start + 1,
+                        format!("proxy.tls.{key} is empty"),
+                        None,
+                    );
+                    Err(())
+                }
+                None => Err(()),
+            },
+            None if required => {
+                cx.err(
+                    v.span().start,
+                    format!("[proxy.tls] needs `{key}` (a PEM file)"),
+                    None,
+                );
+                Err(())
+            }
+            None => Ok(None),
+        }
+    };
+    let cert = file("cert", true);
+    let key = file("key", true);
+    let client_ca = file("client_ca", false);
+    let required = match get(t, "client_cert_required") {
+        Some(b) => boolean(cx, b, "proxy.tls.client_cert_required"),
+        None => Some(true),
+    };
+    Some(ListenerTls {
+        cert: cert.ok()??,
+        key: key.ok()??,
+        client_ca: client_ca.ok()?,
+        client_cert_required: required?,
+    })
 }
 
 fn build_analysis(cx: &mut Ctx, v: Option<&Val>) -> Option<Analysis> {

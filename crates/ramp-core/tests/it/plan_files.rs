@@ -186,7 +186,7 @@ fn structural_errors_are_reported() {
         ),
         (
             "name = \"x\"\n[upstreams]\nstable = \"127.0.0.1:80\"\ncanary = \"http://127.0.0.1:81\"\n[[phase]]\nname = \"a\"\ntraffic = \"5%\"\nduration = \"1h\"",
-            "http:// URL",
+            "http:// or https:// URL",
         ),
         ("name = \"x\" [", "invalid TOML"),
         (
@@ -251,8 +251,8 @@ fn cohort_names_and_upstream_urls_are_checked_at_parse_time() {
         ),
         (
             "canary = \"http://127.0.0.1:8082\"",
-            "canary = \"https://pay.example.com\"",
-            "scheme \"https\"",
+            "canary = \"ftp://pay.example.com\"",
+            "scheme \"ftp\"",
         ),
         (
             "canary = \"http://127.0.0.1:8082\"",
@@ -278,10 +278,71 @@ fn cohort_names_and_upstream_urls_are_checked_at_parse_time() {
         "http://[::1]:8081",
         "http://payments.internal",
         "http://payments.internal:8080/api/v2/",
+        "https://payments.example.com",
+        "https://[::1]:8443/v2",
     ] {
         let src = SEED.replace("http://127.0.0.1:8081", good);
         assert!(parse_plan(&src, "p.toml").is_ok(), "{good}");
     }
+}
+
+/// `[proxy.tls]` and `[upstreams.tls]` (with per-upstream overrides), and the mistakes in them
+/// reported with their positions.
+#[test]
+fn tls_settings_for_the_listener_and_the_upstreams() {
+    let https = SEED
+        .replace("http://127.0.0.1:8081", "https://pay.example.com")
+        .replace("http://127.0.0.1:8082", "https://pay-v2.example.com");
+    let with = |extra: &str| format!("{https}\n{extra}");
+    let plan = parse_plan(
+        &with(
+            "[proxy]\nlisten = \"127.0.0.1:8443\"\n[proxy.tls]\ncert = \"/etc/ramp/proxy.pem\"\nkey = \"/etc/ramp/proxy.key\"\nclient_ca = \"/etc/ramp/clients.pem\"\nclient_cert_required = false\n\
+             [upstreams.tls]\nca_file = \"/etc/ramp/ca.pem\"\n[upstreams.tls.canary]\nclient_cert = \"c.pem\"\nclient_key = \"c.key\"\nserver_name = \"pay-v2.internal\"\n",
+        ),
+        "p.toml",
+    )
+    .unwrap();
+    let tls = plan.listen_tls.unwrap();
+    assert_eq!(tls.cert, "/etc/ramp/proxy.pem");
+    assert_eq!(tls.client_ca.as_deref(), Some("/etc/ramp/clients.pem"));
+    assert!(!tls.client_cert_required);
+    let u = plan.upstreams.unwrap();
+    assert_eq!(u.stable_tls.ca_file.as_deref(), Some("/etc/ramp/ca.pem"));
+    assert_eq!(u.stable_tls.client_cert, None);
+    assert_eq!(u.canary_tls.ca_file.as_deref(), Some("/etc/ramp/ca.pem"));
+    assert_eq!(u.canary_tls.client_cert.as_deref(), Some("c.pem"));
+    assert_eq!(u.canary_tls.server_name.as_deref(), Some("pay-v2.internal"));
+    // Plain https upstreams need no TLS table (the system's roots).
+    assert!(parse_plan(&https, "p.toml").is_ok());
+
+    for (extra, says) in [
+        ("[proxy.tls]\ncert = \"a.pem\"\n", "needs `key`"),
+        (
+            "[proxy.tls]\ncert = \"a.pem\"\nkey = \"\"\n",
+            "proxy.tls.key is empty",
+        ),
+        (
+            "[proxy.tls]\ncert = \"a\"\nkey = \"b\"\nclient = \"c\"\n",
+            "unknown key `client`",
+        ),
+        ("[upstreams.tls]\nca = \"x\"\n", "unknown key `ca`"),
+        (
+            "[upstreams.tls]\nclient_cert = \"c.pem\"\n",
+            "only one of client_cert and client_key",
+        ),
+        ("[upstreams.tls.stable]\nca_file = 3\n", "must be a string"),
+    ] {
+        let err = parse_plan(&with(extra), "p.toml").unwrap_err().to_string();
+        assert!(err.contains(says), "{extra}: {err}");
+    }
+    // TLS settings for an http:// upstream are a mistake, not silently ignored.
+    let err = parse_plan(
+        &format!("{SEED}\n[upstreams.tls]\nca_file = \"x.pem\"\n"),
+        "p.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("which is http://"), "{err}");
 }
 
 /// Regression (issue 11): `.` and `..` were accepted as rollout names (they name files and URL

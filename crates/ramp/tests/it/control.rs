@@ -94,7 +94,11 @@ pub(crate) fn start_with(dir: &Path, plan: Option<&Path>, scale: u32, extra: &[&
         if line.contains("created an admin token") {
             expect_token = true;
         }
-        if let Some(rest) = line.split("proxy listening on http://").nth(1) {
+        if let Some(rest) = line
+            .split("proxy listening on http://")
+            .nth(1)
+            .or_else(|| line.split("proxy listening on https://").nth(1))
+        {
             proxy = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
         }
         if let Some(rest) = line.split("API on ").nth(1) {

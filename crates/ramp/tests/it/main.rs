@@ -7,3 +7,4 @@ mod demo;
 mod faults;
 mod fixes;
 mod serve;
+mod tls;
