@@ -98,6 +98,7 @@
 mod access_log;
 mod body;
 mod bulkhead;
+pub mod client_addr;
 mod forward;
 pub mod health;
 pub mod listen;
