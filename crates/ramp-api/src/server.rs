@@ -118,6 +118,7 @@ pub(crate) async fn run(
         drain_timeout: limits.drain_timeout,
         // Control calls must not wait behind connections that say nothing (issue 11).
         evict_silent: true,
+        proxy_protocol: None,
     };
     let make = move |info: listen::ConnInfo| service(app.clone(), log.clone(), info.peer);
     listen::serve(listener, slots, conn, tls, make, stop).await;

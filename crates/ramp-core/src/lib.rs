@@ -7,6 +7,7 @@
 
 pub mod cohort;
 pub mod evidence;
+pub mod net;
 pub mod plan;
 pub mod report;
 pub mod rollout;

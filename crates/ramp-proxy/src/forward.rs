@@ -49,6 +49,8 @@ pub(crate) struct ConnCtx {
     forwarded_for: String,
     /// Whether the client connection is TLS (`x-forwarded-proto: https`).
     tls: bool,
+    /// The connection's peer (after any PROXY protocol header).
+    peer_ip: IpAddr,
 }
 
 impl ConnCtx {
@@ -69,6 +71,7 @@ impl ConnCtx {
             client_ip,
             forwarded_for,
             tls: info.tls,
+            peer_ip: ip,
         }
     }
 }
@@ -133,19 +136,20 @@ pub(crate) fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a 
     None
 }
 
-/// The request's cohort key, if any.
-fn cohort_key<'a>(ctx: &'a ConnCtx, headers: &'a HeaderMap) -> Option<&'a [u8]> {
+/// The request's cohort key, if any. `client_ip` is the client's address as text (the peer,
+/// or whom a trusted proxy forwarded for).
+fn cohort_key<'a>(ctx: &ConnCtx, headers: &'a HeaderMap, client_ip: &'a str) -> Option<&'a [u8]> {
     let found = match &ctx.shared.key {
         KeySource::Header(name) => headers
             .get(name)
             .map(HeaderValue::as_bytes)
             .filter(|v| !v.is_empty()),
         KeySource::Cookie(name) => find_cookie(headers, name),
-        KeySource::ClientIp => Some(ctx.client_ip.as_bytes()),
+        KeySource::ClientIp => Some(client_ip.as_bytes()),
     };
     match found {
         Some(key) => Some(key),
-        None if ctx.shared.unkeyed_by_ip => Some(ctx.client_ip.as_bytes()),
+        None if ctx.shared.unkeyed_by_ip => Some(client_ip.as_bytes()),
         None => None,
     }
 }
@@ -215,8 +219,15 @@ fn header_value(s: String) -> Option<HeaderValue> {
 }
 
 /// Rewrites request headers for the upstream (see the module docs of `proxy`). `host` is the
-/// client's `Host` (or HTTP/2 `:authority`).
-fn forwarding_headers(ctx: &ConnCtx, headers: &mut HeaderMap, host: Option<HeaderValue>, h2: bool) {
+/// client's `Host` (or HTTP/2 `:authority`); `trusted_proto` the scheme a trusted proxy said
+/// the client used.
+fn forwarding_headers(
+    ctx: &ConnCtx,
+    headers: &mut HeaderMap,
+    host: Option<HeaderValue>,
+    h2: bool,
+    trusted_proto: Option<crate::client_addr::Proto>,
+) {
     strip_hop_by_hop(headers);
     headers.remove(header::HOST);
     if h2 && headers.get_all(header::COOKIE).iter().nth(1).is_some() {
@@ -238,8 +249,14 @@ fn forwarding_headers(ctx: &ConnCtx, headers: &mut HeaderMap, host: Option<Heade
             HeaderValue::from_str(&ctx.client_ip).unwrap_or(HeaderValue::from_static("unknown")),
         ),
     };
+    // This hop's scheme goes into `forwarded`; `x-forwarded-proto` carries the client's
+    // original scheme, which a trusted proxy in front may know better (a TLS terminator).
     let proto = if ctx.tls { "https" } else { "http" };
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    let original = trusted_proto.map_or(proto, crate::client_addr::Proto::as_str);
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(original),
+    );
 
     let mut forwarded = joined(headers, &header::FORWARDED, ", ");
     if !forwarded.is_empty() {
@@ -404,8 +421,14 @@ pub(crate) async fn handle(
         return refuse(StatusCode::BAD_REQUEST, why);
     }
 
+    // Who the client is: the peer, or whom a trusted proxy says it forwards for.
+    let resolved = (!shared.trusted.is_empty())
+        .then(|| crate::client_addr::client_ip(ctx.peer_ip, req.headers(), &shared.trusted));
+    let vouched_ip = resolved.filter(|r| r.vouched).map(|r| r.ip.to_string());
+    let client_ip = vouched_ip.as_deref().unwrap_or(&ctx.client_ip);
+
     // Route.
-    let (variant, user) = match cohort_key(ctx, req.headers()) {
+    let (variant, user) = match cohort_key(ctx, req.headers(), client_ip) {
         Some(key) => (shared.routing.route(key), Some(user_hash(key))),
         None => (Variant::Stable, None),
     };
@@ -424,7 +447,13 @@ pub(crate) async fn handle(
     });
     parts.uri = uri;
     parts.version = Version::HTTP_11;
-    forwarding_headers(ctx, &mut parts.headers, host, h2);
+    forwarding_headers(
+        ctx,
+        &mut parts.headers,
+        host,
+        h2,
+        resolved.and_then(|r| r.proto),
+    );
     let limits = &shared.limits;
     let upload = (!body.is_end_stream()).then(|| Arc::new(UploadState::default()));
     let upstream_request = Request::from_parts(

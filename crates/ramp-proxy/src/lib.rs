@@ -35,7 +35,14 @@
 //!   `x-forwarded-for` (the client address appended to any existing list), `x-forwarded-proto`
 //!   (`https` when the client spoke TLS to the proxy, else `http`), `x-forwarded-host` (the
 //!   client's `Host`, replacing any sent by the client) and `forwarded:
-//!   for=..;proto=..;host=..` (appended to any existing list). `Host` becomes the upstream's
+//!   for=..;proto=..;host=..` (appended to any existing list). Behind a load balancer,
+//!   `trusted_proxies` ([`client_addr`]) names the peers whose `Forwarded` /
+//!   `X-Forwarded-For` are believed: the client is then the first untrusted address from the
+//!   right (for the `client_ip` cohort key and `unkeyed = "client_ip"`), and their
+//!   `X-Forwarded-Proto` is passed on instead of this hop's scheme; from anyone else these
+//!   headers are ignored. With `proxy_protocol` every connection must start with a PROXY
+//!   protocol v1 or v2 header (from a trusted proxy, when any are named), whose source address
+//!   is the connection's client. `Host` becomes the upstream's
 //!   own authority, like nginx's default. Responses can carry `x-ramp-variant:
 //!   stable|canary` ([`ProxyConfig::variant_header`]).
 //!
@@ -178,6 +185,7 @@ impl Limits {
             // Users who send their request at once are served ahead of connections that say
             // nothing, whoever opened those.
             evict_silent: true,
+            proxy_protocol: None,
         }
     }
 }
@@ -225,6 +233,10 @@ pub struct ProxyConfig {
     pub certificates: Arc<tls::Certificates>,
     /// Who the certificates belong to in that list (`rollout NAME`).
     pub owner: String,
+    /// Peers whose forwarding headers (and PROXY headers) are believed.
+    pub trusted_proxies: client_addr::TrustedProxies,
+    /// Every connection starts with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 impl ProxyConfig {
@@ -242,6 +254,9 @@ impl ProxyConfig {
             listen_tls: plan.listen_tls.clone(),
             certificates: tls::Certificates::new(),
             owner: format!("rollout {}", plan.name),
+            trusted_proxies: client_addr::TrustedProxies::parse(&plan.trusted_proxies)
+                .map_err(ProxyError::TrustedProxy)?,
+            proxy_protocol: plan.proxy_protocol,
         })
     }
 }
@@ -297,6 +312,9 @@ pub enum ProxyError {
     /// The worker pool has shut down.
     #[error("the proxy workers have stopped")]
     WorkersStopped,
+    /// A trusted-proxy entry is not a network.
+    #[error("trusted_proxies: {0}")]
+    TrustedProxy(client_addr::CidrError),
     /// TLS material could not be loaded.
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
@@ -397,6 +415,8 @@ pub(crate) struct Shared {
     pub(crate) canary: Upstream,
     pub(crate) key: KeySource,
     pub(crate) unkeyed_by_ip: bool,
+    /// Peers whose forwarding headers are believed (empty: nobody's).
+    pub(crate) trusted: client_addr::TrustedProxies,
     pub(crate) limits: Limits,
     pub(crate) variant_header: bool,
     pub(crate) log: Option<access_log::LogSender>,
@@ -824,6 +844,7 @@ pub async fn start(
             canary: canary.clone(),
             key: key.clone(),
             unkeyed_by_ip: config.cohort.unkeyed == UnkeyedRoute::ClientIp,
+            trusted: config.trusted_proxies.clone(),
             limits: config.limits.clone(),
             variant_header: config.variant_header,
             log: log.clone(),
@@ -832,7 +853,10 @@ pub async fn start(
             let _context = handle.enter();
             TcpListener::from_std(std_listener).map_err(bind_err)?
         };
-        let limits = config.limits.connections();
+        let mut limits = config.limits.connections();
+        if config.proxy_protocol {
+            limits.proxy_protocol = Some(Arc::new(config.trusted_proxies.clone()));
+        }
         let slots = slots.clone();
         let stop_rx = stop_rx.clone();
         let tls = listener_tls.clone();

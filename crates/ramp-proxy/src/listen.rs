@@ -68,6 +68,11 @@ pub struct ConnLimits {
     /// to make room for the new one, instead of leaving the new one in the backlog. Idle
     /// strangers then cannot keep a client that talks at once from being served.
     pub evict_silent: bool,
+    /// Every connection starts with a PROXY protocol (v1 or v2) header, read (within the
+    /// first-request deadline) before anything else, TLS included; its source address is the
+    /// connection's client. Only peers in the list may send one (an empty list: any peer);
+    /// a connection without a valid header, or from another peer, is closed.
+    pub proxy_protocol: Option<Arc<crate::client_addr::TrustedProxies>>,
 }
 
 /// The connections that have not delivered a request yet, oldest first, each with the way to
@@ -323,6 +328,7 @@ pub async fn serve<M, S, B>(
             (None, None)
         };
         let acceptor = tls.as_ref().map(|t| t.acceptor());
+        let proxy_protocol = limits.proxy_protocol.clone();
         let watcher = graceful.watcher();
         let mut hard_stop = hard_stop_rx.clone();
         let first_request = limits.header_read_timeout;
@@ -342,6 +348,24 @@ pub async fn serve<M, S, B>(
             // A connection must deliver its first request in time, whatever the protocol,
             // its TLS handshake included; a silent one may be closed sooner to make room.
             let mut deadline = std::pin::pin!(tokio::time::sleep(first_request));
+            let mut stream = stream;
+            let mut peer = peer;
+            if let Some(allowed) = proxy_protocol {
+                if !allowed.is_empty() && !allowed.contains(peer.ip()) {
+                    return;
+                }
+                let header = tokio::select! {
+                    biased;
+                    _ = stopped(&mut hard_stop) => return,
+                    _ = &mut closed => return,
+                    _ = &mut deadline => return,
+                    h = crate::client_addr::read_proxy_header(&mut stream) => h,
+                };
+                match header {
+                    Ok(h) => peer = h.source_or(peer),
+                    Err(_) => return,
+                }
+            }
             let io = match acceptor {
                 None => Stream::Plain(stream),
                 Some(acceptor) => tokio::select! {

@@ -153,6 +153,8 @@ fn config(stable: SocketAddr, canary: SocketAddr, limits: Limits) -> ProxyConfig
         listen_tls: None,
         certificates: Certificates::new(),
         owner: "rollout isolation".into(),
+        trusted_proxies: Default::default(),
+        proxy_protocol: false,
     }
 }
 

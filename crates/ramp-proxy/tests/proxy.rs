@@ -242,6 +242,8 @@ fn config(stable: &str, canary: &str) -> ProxyConfig {
         listen_tls: None,
         certificates: ramp_proxy::tls::Certificates::new(),
         owner: "rollout test".into(),
+        trusted_proxies: Default::default(),
+        proxy_protocol: false,
     }
 }
 

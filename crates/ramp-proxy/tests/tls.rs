@@ -104,6 +104,8 @@ fn config(stable: String, canary: String) -> ProxyConfig {
         listen_tls: None,
         certificates: Certificates::new(),
         owner: "rollout tls-test".into(),
+        trusted_proxies: Default::default(),
+        proxy_protocol: false,
     }
 }
 

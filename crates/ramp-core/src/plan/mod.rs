@@ -32,6 +32,14 @@ pub struct Plan {
     /// TLS on the proxy listener (`[proxy.tls]`); `None`: cleartext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen_tls: Option<ListenerTls>,
+    /// Networks whose `Forwarded` / `X-Forwarded-For` / `X-Forwarded-Proto` the proxy
+    /// believes (`[proxy] trusted_proxies`, each checked as a [`crate::net::Cidr`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
+    /// Every connection to the proxy starts with a PROXY protocol (v1 or v2) header
+    /// (`[proxy] proxy_protocol`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy_protocol: bool,
     /// How evidence is weighed.
     pub analysis: Analysis,
     /// Reference values that criteria can name as `baseline`.

@@ -305,7 +305,10 @@ fn build(cx: &mut Ctx, root: &Table, root_span: Range<usize>) -> Option<Plan> {
         get(root, "description").and_then(|v| string(cx, v, "description").map(String::from));
     let cohort = build_cohort(cx, get(root, "cohort"), name.as_deref().unwrap_or(""));
     let upstreams = get(root, "upstreams").and_then(|v| build_upstreams(cx, v));
-    let listen = get(root, "proxy").and_then(|v| build_proxy(cx, v));
+    let proxy = match get(root, "proxy") {
+        Some(v) => build_proxy(cx, v),
+        None => Some(ProxyTable::default()),
+    };
     let analysis = build_analysis(cx, get(root, "analysis"));
     let baseline = build_baseline(cx, get(root, "baseline"));
     let margin = analysis.as_ref().map(|a| a.stable_margin).unwrap_or(0.001);
@@ -333,8 +336,13 @@ fn build(cx: &mut Ctx, root: &Table, root_span: Range<usize>) -> Option<Plan> {
         description,
         cohort: cohort?,
         upstreams,
-        listen: listen.as_ref().and_then(|l| l.0),
-        listen_tls: listen.and_then(|l| l.1),
+        listen: proxy.as_ref().and_then(|p| p.listen),
+        listen_tls: proxy.as_ref().and_then(|p| p.tls.clone()),
+        trusted_proxies: proxy
+            .as_ref()
+            .map(|p| p.trusted.clone())
+            .unwrap_or_default(),
+        proxy_protocol: proxy.as_ref().is_some_and(|p| p.proxy_protocol),
         analysis: analysis?,
         baseline: baseline?,
         phases: phases?,
@@ -686,31 +694,84 @@ pub(crate) fn check_upstream_url(s: &str) -> Result<(), String> {
 }
 
 /// `[proxy] listen = "127.0.0.1:8080"`. `Some(None)` when the table has no `listen`.
-fn build_proxy(
-    cx: &mut Ctx,
-    v: &Val,
-) -> Option<(Option<std::net::SocketAddr>, Option<ListenerTls>)> {
+/// `[proxy]`: where it listens, its TLS, whom it believes, and the PROXY protocol.
+#[derive(Default)]
+struct ProxyTable {
+    listen: Option<std::net::SocketAddr>,
+    tls: Option<ListenerTls>,
+    trusted: Vec<String>,
+    proxy_protocol: bool,
+}
+
+fn build_proxy(cx: &mut Ctx, v: &Val) -> Option<ProxyTable> {
     let t = table(cx, v, "proxy")?;
-    check_keys(cx, t, &["listen", "tls"], "[proxy]");
-    let tls = match get(t, "tls") {
-        Some(tv) => Some(build_listener_tls(cx, tv)?),
-        None => None,
-    };
-    let Some(l) = get(t, "listen") else {
-        return Some((None, tls));
-    };
-    let s = string(cx, l, "proxy.listen")?;
-    match s.parse::<std::net::SocketAddr>() {
-        Ok(a) => Some((Some(a), tls)),
-        Err(_) => {
-            cx.err(
-                l.span().start + 1,
-                format!("proxy.listen must be an address with a port, found {s:?}"),
-                Some("e.g. \"127.0.0.1:8080\"".into()),
-            );
-            None
+    check_keys(
+        cx,
+        t,
+        &["listen", "tls", "trusted_proxies", "proxy_protocol"],
+        "[proxy]",
+    );
+    let mut out = ProxyTable::default();
+    let mut ok = true;
+    if let Some(tv) = get(t, "tls") {
+        out.tls = build_listener_tls(cx, tv);
+        ok &= out.tls.is_some();
+    }
+    if let Some(tp) = get(t, "trusted_proxies") {
+        match tp.get_ref() {
+            DeValue::Array(items) => {
+                for item in items {
+                    let Some(s) = string(cx, item, "proxy.trusted_proxies[]") else {
+                        ok = false;
+                        continue;
+                    };
+                    match s.parse::<crate::net::Cidr>() {
+                        Ok(c) => out.trusted.push(c.to_string()),
+                        Err(e) => {
+                            cx.err(
+                                item.span().start + 1,
+                                format!("proxy.trusted_proxies: {e}"),
+                                Some("an address or address/prefix, e.g. \"10.0.0.0/8\"".into()),
+                            );
+                            ok = false;
+                        }
+                    }
+                }
+            }
+            other => {
+                cx.err(
+                    tp.span().start,
+                    format!(
+                        "proxy.trusted_proxies must be a list of networks, found {}",
+                        other.type_str()
+                    ),
+                    None,
+                );
+                ok = false;
+            }
         }
     }
+    if let Some(pp) = get(t, "proxy_protocol") {
+        match boolean(cx, pp, "proxy.proxy_protocol") {
+            Some(b) => out.proxy_protocol = b,
+            None => ok = false,
+        }
+    }
+    if let Some(l) = get(t, "listen") {
+        let s = string(cx, l, "proxy.listen")?;
+        match s.parse::<std::net::SocketAddr>() {
+            Ok(a) => out.listen = Some(a),
+            Err(_) => {
+                cx.err(
+                    l.span().start + 1,
+                    format!("proxy.listen must be an address with a port, found {s:?}"),
+                    Some("e.g. \"127.0.0.1:8080\"".into()),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
 }
 
 /// `[proxy.tls] cert = "…", key = "…", client_ca = "…", client_cert_required = true`.

@@ -335,6 +335,32 @@ fn tls_settings_for_the_listener_and_the_upstreams() {
         let err = parse_plan(&with(extra), "p.toml").unwrap_err().to_string();
         assert!(err.contains(says), "{extra}: {err}");
     }
+    // Trusted proxies and the PROXY protocol.
+    let plan = parse_plan(
+        &with("[proxy]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nproxy_protocol = true\n"),
+        "p.toml",
+    )
+    .unwrap();
+    assert_eq!(plan.trusted_proxies, ["10.0.0.0/8", "::1/128"]);
+    assert!(plan.proxy_protocol);
+    for (extra, says) in [
+        (
+            "[proxy]\ntrusted_proxies = [\"10.0.0.1/8\"]\n",
+            "10.0.0.0/8",
+        ),
+        (
+            "[proxy]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+            "prefix longer than 32",
+        ),
+        (
+            "[proxy]\ntrusted_proxies = \"10.0.0.0/8\"\n",
+            "must be a list",
+        ),
+        ("[proxy]\nproxy_protocol = \"yes\"\n", "true or false"),
+    ] {
+        let err = parse_plan(&with(extra), "p.toml").unwrap_err().to_string();
+        assert!(err.contains(says), "{extra}: {err}");
+    }
     // TLS settings for an http:// upstream are a mistake, not silently ignored.
     let err = parse_plan(
         &format!("{SEED}\n[upstreams.tls]\nca_file = \"x.pem\"\n"),
