@@ -384,7 +384,7 @@ fn valid_host(v: &[u8]) -> bool {
 /// Handles one client request. Never fails: upstream trouble becomes a 502, 503 or 504.
 pub(crate) async fn handle(
     ctx: &ConnCtx,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     // Measures the request's latency: evidence, read on the monotonic clock.
     #[allow(clippy::disallowed_methods)]
@@ -434,6 +434,10 @@ pub(crate) async fn handle(
     };
 
     // Build the upstream request.
+    // An HTTP/1.1 upgrade (WebSocket): the handshake goes to the routed variant with its
+    // `upgrade` and `connection: upgrade`; on 101 both sides become one tunnel, sticky to that
+    // variant, counted once (at the handshake).
+    let upgrade = upgrade_request(&req).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
     let Ok(uri) = shared.upstream(variant).uri(parts.uri.path_and_query()) else {
         return refuse(StatusCode::BAD_REQUEST, "bad request target\n");
@@ -454,6 +458,12 @@ pub(crate) async fn handle(
         h2,
         resolved.and_then(|r| r.proto),
     );
+    if let Some((protocol, _)) = &upgrade {
+        parts.headers.insert(header::UPGRADE, protocol.clone());
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     let limits = &shared.limits;
     let upload = (!body.is_end_stream()).then(|| Arc::new(UploadState::default()));
     let upstream_request = Request::from_parts(
@@ -494,6 +504,15 @@ pub(crate) async fn handle(
     let (answer, response) = match result {
         Ok(Ok(mut response)) => {
             let status = response.status().as_u16();
+            if let Some((_, client_side)) = upgrade
+                && response.status() == StatusCode::SWITCHING_PROTOCOLS
+            {
+                return Ok(with_variant(
+                    shared,
+                    variant,
+                    tunnel(response, client_side, pending.take()),
+                ));
+            }
             let headers = response.headers_mut();
             // A length beside chunked framing would cut the body short on the way out.
             if headers.contains_key(header::TRANSFER_ENCODING) {
@@ -534,6 +553,44 @@ pub(crate) async fn handle(
     };
     pending.take().finish(answer);
     Ok(with_variant(shared, variant, response))
+}
+
+/// The protocol a request asks to upgrade to, when it is an HTTP/1.1 upgrade request
+/// (`upgrade` named by `connection`).
+fn upgrade_request(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let protocol = req.headers().get(header::UPGRADE)?;
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| trim_ows(t).eq_ignore_ascii_case(b"upgrade"));
+    asks.then(|| protocol.clone())
+}
+
+/// Answers the client's upgrade with the upstream's 101 and joins the two upgraded
+/// connections; the request is recorded now, as the 101 it is.
+fn tunnel(
+    mut upstream: Response<Incoming>,
+    client_side: hyper::upgrade::OnUpgrade,
+    outcome: Outcome,
+) -> Response<ProxyBody> {
+    let upstream_side = hyper::upgrade::on(&mut upstream);
+    let (parts, _) = upstream.into_parts();
+    outcome.finish(Answer::Status(101));
+    tokio::spawn(async move {
+        let (Ok(client), Ok(upstream)) = (client_side.await, upstream_side.await) else {
+            return;
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    });
+    // `upgrade` and `connection` stay: they are the answer to the client's handshake.
+    Response::from_parts(parts, Either::Right(Full::new(Bytes::new())))
 }
 
 fn with_variant(

@@ -16,8 +16,10 @@
 //!
 //! * Clients: HTTP/1.1 (keep-alive) and HTTP/2 — over cleartext with prior knowledge (h2c),
 //!   detected per connection, or over TLS ([`tls`]: TLS 1.2 and 1.3 only, ALPN `h2` and
-//!   `http/1.1`, optional client certificates). Upgrades (WebSocket, `Upgrade: h2c`) are not
-//!   supported: `upgrade` is a hop-by-hop header and is removed.
+//!   `http/1.1`, optional client certificates). HTTP/1.1 upgrades (WebSocket) are proxied:
+//!   the handshake goes to the routed variant, and on its 101 the two connections become one
+//!   tunnel that stays with that variant whatever the share does later; the request counts
+//!   once, as a success, at the handshake. (WebSocket over HTTP/2, RFC 8441, is not.)
 //! * Upstreams: HTTP/1.1 over pooled keep-alive connections, one pool per variant and worker,
 //!   to `http://host:port[/prefix]` or `https://host:port[/prefix]` (verified against the
 //!   system's roots or the plan's CA file, SNI, optional client certificate: [`tls`]); the

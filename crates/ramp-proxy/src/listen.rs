@@ -391,7 +391,7 @@ pub async fn serve<M, S, B>(
             };
             let io = WriteDeadline::new(io, write_timeout);
             let conn = builder
-                .serve_connection(TokioIo::new(io), service)
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
                 .into_owned();
             let mut conn = std::pin::pin!(watcher.watch(conn));
             tokio::select! {

@@ -6,7 +6,7 @@
 //!
 //! | answer | class |
 //! | --- | --- |
-//! | 2xx, 3xx | [`Class::Success`] |
+//! | 2xx, 3xx, 101 (an upgrade accepted: WebSocket) | [`Class::Success`] |
 //! | 429 | [`Class::RateLimited`] |
 //! | 401, 403 | [`Class::AuthFailure`] |
 //! | any other 4xx | [`Class::ClientError`] |
@@ -91,7 +91,7 @@ pub enum Class {
 #[inline]
 pub fn classify(answer: Answer) -> Class {
     match answer {
-        Answer::Status(200..=399) => Class::Success,
+        Answer::Status(200..=399 | 101) => Class::Success,
         Answer::Status(429) => Class::RateLimited,
         Answer::Status(401 | 403) => Class::AuthFailure,
         Answer::Status(400..=499) => Class::ClientError,
@@ -127,6 +127,7 @@ mod tests {
             (Answer::Status(503), Class::Error),
             (Answer::Status(599), Class::Error),
             (Answer::Status(100), Class::Neither),
+            (Answer::Status(101), Class::Success),
             (Answer::Status(600), Class::Neither),
             (Answer::ConnectFailed, Class::Error),
             (Answer::UpstreamFailed, Class::Error),

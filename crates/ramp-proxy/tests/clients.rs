@@ -1,6 +1,6 @@
-//! Who the client is, through the real proxy on 127.0.0.1: forwarding headers believed only
-//! from trusted proxies, the original scheme kept from a trusted TLS terminator, and the
-//! PROXY protocol (v1 and v2) on the listener.
+//! Who the client is and what it speaks, through the real proxy on 127.0.0.1: forwarding
+//! headers believed only from trusted proxies, the original scheme kept from a trusted TLS
+//! terminator, the PROXY protocol (v1 and v2) on the listener, and WebSocket upgrades.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -197,6 +197,128 @@ async fn the_proxy_protocol_gives_the_client_address_behind_a_tcp_load_balancer(
         // With trusted proxies, only they may send PROXY headers.
         let p = proxy(&["10.0.0.0/8"], true, share).await;
         assert_eq!(get(p.local_addr, line.as_bytes(), "").await, "");
+        p.shutdown().await;
+    })
+    .await;
+}
+
+/// An upstream that accepts a WebSocket handshake and echoes each (small, masked) text frame
+/// back unmasked.
+async fn websocket_echo(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+                    let upgraded = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let Ok(up) = upgraded.await else { return };
+                        let mut io = TokioIo::new(up);
+                        loop {
+                            let mut head = [0u8; 2];
+                            if io.read_exact(&mut head).await.is_err() {
+                                return;
+                            }
+                            let len = usize::from(head[1] & 0x7f);
+                            let mut mask = [0u8; 4];
+                            io.read_exact(&mut mask).await.unwrap();
+                            let mut payload = vec![0u8; len];
+                            io.read_exact(&mut payload).await.unwrap();
+                            for (i, b) in payload.iter_mut().enumerate() {
+                                *b ^= mask[i % 4];
+                            }
+                            let mut frame = vec![head[0], len as u8];
+                            frame.extend_from_slice(&payload);
+                            io.write_all(&frame).await.unwrap();
+                        }
+                    });
+                    let r = http::Response::builder()
+                        .status(101)
+                        .header("upgrade", "websocket")
+                        .header("connection", "upgrade")
+                        .header("sec-websocket-accept", "test")
+                        .header("x-upstream", name)
+                        .body(Full::new(Bytes::new()))
+                        .unwrap();
+                    async move { Ok::<_, std::convert::Infallible>(r) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_is_proxied_to_the_variant_chosen_at_the_handshake_and_counted_once() {
+    bounded(async {
+        let (stable, canary) = (websocket_echo("stable").await, websocket_echo("canary").await);
+        let cfg = ProxyConfig {
+            upstreams: Upstreams {
+                stable: format!("http://{stable}"),
+                canary: format!("http://{canary}"),
+                health_path: None,
+                health_interval: 1_000,
+                stable_tls: UpstreamTls::default(),
+                canary_tls: UpstreamTls::default(),
+            },
+            cohort: Cohort {
+                key: CohortKey::Header("x-user-id".into()),
+                salt: SALT.into(),
+                formula: 1,
+                unkeyed: UnkeyedRoute::Stable,
+            },
+            variant_header: true,
+            ..ProxyConfig::for_plan(
+                "127.0.0.1:0".parse().unwrap(),
+                &ramp_core::plan::parse_plan(
+                    "name = \"ws\"\n[upstreams]\nstable = \"http://127.0.0.1:1\"\ncanary = \"http://127.0.0.1:2\"\n[[phase]]\nname = \"a\"\ntraffic = \"5%\"\nduration = \"1h\"\n",
+                    "ws.toml",
+                )
+                .unwrap(),
+            )
+            .unwrap()
+        };
+        // Everyone on the canary.
+        let p = start(cfg, ShareBp::new(10_000).unwrap(), ramp_harness::proxy_workers())
+            .await
+            .unwrap();
+        let mut s = TcpStream::connect(p.local_addr).await.unwrap();
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nhost: x\r\nx-user-id: u1\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert_eq!(header(&head, "upgrade"), "websocket", "{head}");
+        assert_eq!(header(&head, "x-upstream"), "canary", "{head}");
+        // Frames both ways, several times, on the one tunnel; the share moving to 0 does not
+        // move an open WebSocket.
+        p.routing.set_share(ShareBp::ZERO);
+        for word in [&b"hello"[..], b"payments", b"bye"] {
+            let mask = [1u8, 2, 3, 4];
+            let mut frame = vec![0x81, 0x80 | word.len() as u8];
+            frame.extend_from_slice(&mask);
+            frame.extend(word.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            s.write_all(&frame).await.unwrap();
+            let mut echo = vec![0u8; 2 + word.len()];
+            s.read_exact(&mut echo).await.unwrap();
+            assert_eq!(&echo[2..], word);
+        }
+        let w = p.recorder.take_window();
+        assert_eq!((w.canary.requests, w.canary.successes, w.canary.errors), (1, 1, 0));
+        assert_eq!(w.stable.requests, 0);
         p.shutdown().await;
     })
     .await;
