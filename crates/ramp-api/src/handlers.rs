@@ -67,6 +67,7 @@ pub(crate) fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> (Route
             journal,
             Arc::clone(&alerts),
             Arc::clone(&config.certificates),
+            Arc::clone(&config.access_log_dropped),
         ),
         alerts,
         certificates: config.certificates,

@@ -78,6 +78,8 @@ pub struct ApiConfig {
     pub tls: Option<Arc<ramp_proxy::tls::ServerTls>>,
     /// Every certificate the server uses (`GET /v1/certificates`, `/metrics`).
     pub certificates: Arc<ramp_proxy::tls::Certificates>,
+    /// Access-log lines the server's proxies dropped (`/metrics`).
+    pub access_log_dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Default for ApiConfig {
@@ -91,6 +93,7 @@ impl Default for ApiConfig {
             request_log: false,
             tls: None,
             certificates: Arc::default(),
+            access_log_dropped: Arc::default(),
         }
     }
 }

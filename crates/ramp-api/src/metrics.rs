@@ -172,6 +172,7 @@ pub(crate) struct AlertCounts {
 #[derive(Debug)]
 struct ServerCollector {
     alerts: Arc<AlertCounts>,
+    access_log_dropped: Arc<AtomicU64>,
 }
 
 impl Collector for ServerCollector {
@@ -186,6 +187,17 @@ impl Collector for ServerCollector {
             let labels: Labels = vec![("version", env!("CARGO_PKG_VERSION").into())];
             metric.encode_family(&labels)?.encode_gauge(&1u64)?;
         }
+        encoder
+            .encode_descriptor(
+                "ramp_access_log_dropped_lines",
+                "Access-log lines dropped because the log could not keep up (requests never wait for it).",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<NoLabelSet, _, u64>(
+                &self.access_log_dropped.load(Ordering::Relaxed),
+                None,
+            )?;
         let mut metric = encoder.encode_descriptor(
             "ramp_alertmanager_alerts",
             "Alerts the Alertmanager webhook was sent, by what became of them (accepted, duplicate, skipped, error).",
@@ -262,11 +274,15 @@ pub(crate) fn registry(
     journal: JournalSource,
     alerts: Arc<AlertCounts>,
     certificates: Arc<ramp_proxy::tls::Certificates>,
+    access_log_dropped: Arc<AtomicU64>,
 ) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(RolloutCollector { source }));
     registry.register_collector(Box::new(JournalCollector { source: journal }));
-    registry.register_collector(Box::new(ServerCollector { alerts }));
+    registry.register_collector(Box::new(ServerCollector {
+        alerts,
+        access_log_dropped,
+    }));
     registry.register_collector(Box::new(CertificateCollector { certificates }));
     registry
 }

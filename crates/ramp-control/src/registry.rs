@@ -49,6 +49,10 @@ pub struct Defaults {
     pub allow: crate::allow::Allow,
     /// Every certificate in use (each rollout's proxy adds its own).
     pub certificates: Arc<ramp_proxy::tls::Certificates>,
+    /// Where the access log goes when `access_log` is on: this file, or stderr.
+    pub access_log_file: Option<ramp_proxy::LogFile>,
+    /// Access-log lines dropped by every proxy of the server (the log could not keep up).
+    pub access_log_dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Defaults {
@@ -62,6 +66,8 @@ impl Default for Defaults {
             window_retention: 30 * ramp_core::time::DAY,
             allow: crate::allow::Allow::default(),
             certificates: ramp_proxy::tls::Certificates::new(),
+            access_log_file: None,
+            access_log_dropped: Arc::default(),
         }
     }
 }
@@ -331,10 +337,13 @@ impl Registry {
         config.limits = self.defaults.limits.clone();
         config.variant_header = self.defaults.variant_header;
         config.certificates = self.defaults.certificates.clone();
-        config.access_log = self
-            .defaults
-            .access_log
-            .then(|| AccessLog::new(std::io::stderr()));
+        config.access_log = self.defaults.access_log.then(|| {
+            match &self.defaults.access_log_file {
+                Some(file) => AccessLog::new(file.clone()),
+                None => AccessLog::new(std::io::stderr()),
+            }
+            .counting_drops_in(self.defaults.access_log_dropped.clone())
+        });
         ramp_proxy::start(config, share, &self.workers).await
     }
 

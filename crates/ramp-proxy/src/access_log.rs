@@ -12,9 +12,12 @@
 //! headers and client addresses are never logged.
 //!
 //! The request path formats the line and hands it to a bounded queue without blocking or
-//! locking; a dedicated thread writes the queue to the configured [`Write`]r. When the queue is
-//! full (the writer cannot keep up) lines are dropped and counted
-//! ([`super::ProxyHandle::access_log_dropped`]).
+//! locking; a dedicated thread writes the queue to the configured [`Write`]r (stderr, or a
+//! [`LogFile`] that rotates by size and may be shared by every proxy of a server). When the
+//! queue is full (the writer cannot keep up) lines are dropped — a request never waits for
+//! the log — and counted ([`super::ProxyHandle::access_log_dropped`], and a counter several
+//! proxies can share: [`AccessLog::counting_drops_in`], exported by the API's `/metrics` as
+//! `ramp_access_log_dropped_lines`).
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -31,6 +34,7 @@ pub(crate) const DEFAULT_QUEUE: usize = 8_192;
 pub struct AccessLog {
     writer: Box<dyn Write + Send>,
     queue: usize,
+    dropped: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for AccessLog {
@@ -47,7 +51,14 @@ impl AccessLog {
         AccessLog {
             writer: Box::new(writer),
             queue: DEFAULT_QUEUE,
+            dropped: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Counts dropped lines in `dropped` (shared, e.g., by every proxy of a server).
+    pub fn counting_drops_in(mut self, dropped: Arc<AtomicU64>) -> Self {
+        self.dropped = dropped;
+        self
     }
 
     /// Sets how many lines may wait for the writer before lines are dropped (at least 1).
@@ -80,13 +91,13 @@ pub(crate) fn start(log: AccessLog) -> std::io::Result<(LogSender, LogCloser, Ar
     let (tx, rx) = std::sync::mpsc::sync_channel(log.queue);
     let (done_tx, done) = tokio::sync::oneshot::channel();
     let writer = log.writer;
+    let dropped = log.dropped;
     std::thread::Builder::new()
         .name("ramp-access-log".into())
         .spawn(move || {
             write_lines(writer, rx);
             let _ = done_tx.send(());
         })?;
-    let dropped = Arc::new(AtomicU64::new(0));
     Ok((
         LogSender {
             tx: tx.clone(),
@@ -95,6 +106,105 @@ pub(crate) fn start(log: AccessLog) -> std::io::Result<(LogSender, LogCloser, Ar
         LogCloser { tx, done },
         dropped,
     ))
+}
+
+/// An access-log file that rotates by size: when a line would take it past `max_bytes`, it
+/// becomes `PATH.1` (`PATH.1` becomes `PATH.2`, … up to `PATH.KEEP`, the oldest is removed)
+/// and a new `PATH` is started. Clones share the file, so every proxy of a server can write
+/// to one; each line is written whole under a lock (only the log's writer threads take it,
+/// never a request). The file is created 0600: paths can carry customer data.
+#[derive(Clone, Debug)]
+pub struct LogFile {
+    inner: Arc<std::sync::Mutex<RotatingFile>>,
+}
+
+#[derive(Debug)]
+struct RotatingFile {
+    path: std::path::PathBuf,
+    max_bytes: u64,
+    keep: u32,
+    file: Option<std::fs::File>,
+    written: u64,
+}
+
+fn open_append(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o.open(path)
+}
+
+impl LogFile {
+    /// Opens (appends to) `path`; rotates past `max_bytes` (at least 4 KiB), keeping `keep`
+    /// old files (at least 1).
+    pub fn open(
+        path: impl Into<std::path::PathBuf>,
+        max_bytes: u64,
+        keep: u32,
+    ) -> std::io::Result<Self> {
+        let path = path.into();
+        let file = open_append(&path)?;
+        let written = file.metadata().map_or(0, |m| m.len());
+        Ok(LogFile {
+            inner: Arc::new(std::sync::Mutex::new(RotatingFile {
+                path,
+                max_bytes: max_bytes.max(4096),
+                keep: keep.max(1),
+                file: Some(file),
+                written,
+            })),
+        })
+    }
+}
+
+impl RotatingFile {
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.file = None;
+        let name = |n: u32| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(format!(".{n}"));
+            std::path::PathBuf::from(p)
+        };
+        let _ = std::fs::remove_file(name(self.keep));
+        for n in (1..self.keep).rev() {
+            let _ = std::fs::rename(name(n), name(n + 1));
+        }
+        std::fs::rename(&self.path, name(1))?;
+        self.file = Some(open_append(&self.path)?);
+        self.written = 0;
+        Ok(())
+    }
+}
+
+impl Write for LogFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut f = self
+            .inner
+            .lock()
+            .map_err(|_| std::io::Error::other("access log lock poisoned"))?;
+        if f.written > 0 && f.written + buf.len() as u64 > f.max_bytes {
+            // A failed rotation keeps writing to the current file.
+            let _ = f.rotate();
+        }
+        if f.file.is_none() {
+            let reopened = open_append(&f.path)?;
+            f.file = Some(reopened);
+        }
+        let Some(file) = f.file.as_mut() else {
+            return Err(std::io::Error::other("access log file unavailable"));
+        };
+        file.write_all(buf)?;
+        f.written += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.inner.lock() {
+            Ok(mut f) => f.file.as_mut().map_or(Ok(()), Write::flush),
+            Err(_) => Ok(()),
+        }
+    }
 }
 
 fn write_lines(mut writer: Box<dyn Write + Send>, rx: Receiver<Message>) {
@@ -199,6 +309,38 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_file_rotates_by_size_and_keeps_so_many() {
+        let dir = std::env::temp_dir().join(format!("ramp-log-rotate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let mut log = LogFile::open(&path, 4096, 2).unwrap();
+        let line = format!("{}\n", "x".repeat(99));
+        for _ in 0..200 {
+            log.write_all(line.as_bytes()).unwrap();
+        }
+        log.flush().unwrap();
+        let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let rotated = |n: u32| dir.join(format!("access.log.{n}"));
+        assert!(size(&path) <= 4096 && size(&path) > 0);
+        assert!(size(&rotated(1)) >= 4000 && size(&rotated(1)) <= 4096);
+        assert!(size(&rotated(2)) >= 4000);
+        assert!(!rotated(3).exists(), "only two old files are kept");
+        // Whole lines only, in every file.
+        for p in [path.clone(), rotated(1), rotated(2)] {
+            let text = std::fs::read_to_string(&p).unwrap();
+            assert!(text.lines().all(|l| l.len() == 99), "{p:?}");
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn timestamps() {

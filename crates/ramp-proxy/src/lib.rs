@@ -116,7 +116,7 @@ mod recorder;
 mod routing;
 pub mod tls;
 
-pub use access_log::AccessLog;
+pub use access_log::{AccessLog, LogFile};
 pub use health::{BackendHealth, HealthSnapshot, HealthState};
 pub use pan::mask_pans;
 pub use recorder::{Recorder, user_hash};

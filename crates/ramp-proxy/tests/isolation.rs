@@ -428,3 +428,54 @@ async fn an_upstream_length_beside_chunked_framing_never_truncates_the_body() {
     })
     .await;
 }
+
+/// A log writer that takes 20 ms per line, far slower than the requests.
+struct SlowWriter(Arc<AtomicUsize>);
+
+impl std::io::Write for SlowWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::thread::sleep(Duration::from_millis(20));
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_never_wait_for_a_slow_access_log_and_its_drops_are_counted() {
+    bounded(async {
+        let up = raw_upstream(Behaviour::Ok).await;
+        let written = Arc::new(AtomicUsize::new(0));
+        let shared_drops = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut cfg = config(up.addr, up.addr, Limits::default());
+        cfg.access_log = Some(
+            ramp_proxy::AccessLog::new(SlowWriter(written.clone()))
+                .with_queue(4)
+                .counting_drops_in(shared_drops.clone()),
+        );
+        let p = proxy(cfg, 0).await;
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build_http::<Empty<Bytes>>();
+        for _ in 0..200 {
+            let r = client
+                .request(
+                    http::Request::get(format!("http://{}/pay", p.local_addr))
+                        .body(Empty::new())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        // Had requests waited for the log, nothing would have been dropped.
+        let dropped = p.access_log_dropped();
+        assert!(dropped > 100, "only {dropped} dropped");
+        assert_eq!(shared_drops.load(Ordering::SeqCst), dropped);
+        p.shutdown().await;
+        assert_eq!(written.load(Ordering::SeqCst) as u64 + dropped, 200);
+    })
+    .await;
+}

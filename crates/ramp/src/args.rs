@@ -307,6 +307,17 @@ pub(crate) struct ServeArgs {
     /// Log every request (method, masked path, status, variant, latency; never bodies) to stderr.
     #[arg(long)]
     pub(crate) access_log: bool,
+    /// Write the access log to this file instead (created 0600, rotated by size; implies
+    /// --access-log). Requests never wait for it: lines it cannot take in time are dropped and
+    /// counted in /metrics (ramp_access_log_dropped_lines).
+    #[arg(long)]
+    pub(crate) access_log_file: Option<PathBuf>,
+    /// Rotate the access-log file when it would grow past this many MiB.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) access_log_max_mib: u64,
+    /// Rotated access-log files kept (FILE.1 … FILE.N).
+    #[arg(long, default_value_t = 5)]
+    pub(crate) access_log_keep: u32,
     /// Add `x-ramp-variant: stable|canary` to responses.
     #[arg(long)]
     pub(crate) variant_header: bool,

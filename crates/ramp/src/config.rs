@@ -28,6 +28,8 @@ pub(crate) struct Serve {
     pub(crate) api: SocketAddr,
     /// TLS on the API listener.
     pub(crate) api_tls: Option<ramp_proxy::tls::ListenerTlsFiles>,
+    /// The access-log file: path, rotation size in bytes, files kept.
+    pub(crate) access_log_file: Option<(PathBuf, u64, u32)>,
     /// `/metrics` without a token.
     pub(crate) open_metrics: bool,
     /// The API request log.
@@ -144,6 +146,7 @@ pub(crate) fn serve(a: ServeArgs) -> Result<Serve, Invalid> {
             )
         },
     };
+    let access_log = a.access_log || a.access_log_file.is_some();
     Ok(Serve {
         tokens: tokens_path(&a.db, a.tokens),
         plans: a.plan,
@@ -159,6 +162,13 @@ pub(crate) fn serve(a: ServeArgs) -> Result<Serve, Invalid> {
             }),
             _ => None,
         },
+        access_log_file: a.access_log_file.map(|p| {
+            (
+                p,
+                a.access_log_max_mib.max(1) << 20,
+                a.access_log_keep.max(1),
+            )
+        }),
         open_metrics: a.open_metrics,
         api_log: a.api_log,
         api_max_connections: a.api_max_connections.max(1),
@@ -171,10 +181,12 @@ pub(crate) fn serve(a: ServeArgs) -> Result<Serve, Invalid> {
             default_listen: a
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-            access_log: a.access_log,
+            access_log,
             window_retention,
             allow,
             certificates: ramp_proxy::tls::Certificates::new(),
+            access_log_file: None,
+            access_log_dropped: Default::default(),
         },
     })
 }

@@ -150,6 +150,19 @@ pub(crate) fn run(cfg: Serve, json_log: bool) -> anyhow::Result<Result<(), Inval
         .context("starting the async runtime")?;
     let db = cfg.db.display().to_string();
     let time_scale = cfg.defaults.time_scale;
+    let mut cfg = cfg;
+    if let Some((path, max, keep)) = &cfg.access_log_file {
+        match ramp_proxy::LogFile::open(path, *max, *keep) {
+            Ok(f) => cfg.defaults.access_log_file = Some(f),
+            Err(e) => {
+                return Ok(Err(Invalid(format!(
+                    "error: --access-log-file {}: {e}",
+                    path.display()
+                ))));
+            }
+        }
+    }
+    let access_log_dropped = cfg.defaults.access_log_dropped.clone();
     let certificates = cfg.defaults.certificates.clone();
     let api_scheme = if cfg.api_tls.is_some() {
         "https"
@@ -192,6 +205,7 @@ pub(crate) fn run(cfg: Serve, json_log: bool) -> anyhow::Result<Result<(), Inval
                 },
                 tls: api_tls,
                 certificates,
+                access_log_dropped,
                 ..Default::default()
             },
             plans,

@@ -102,6 +102,8 @@ triggers = ["error_rate > 5%"]
             "--api-tls-key",
             api_key.to_str().unwrap(),
             "--variant-header",
+            "--access-log-file",
+            dir.join("access.log").to_str().unwrap(),
         ],
     );
     assert!(server.api.starts_with("https://"), "{}", server.api);
@@ -120,6 +122,17 @@ triggers = ["error_rate > 5%"]
         .unwrap();
         assert_eq!((status, body.as_str()), (200, "ok"));
     }
+
+    // The access log went to its file, card numbers masked.
+    let (status, _, _) = get(
+        server.proxy,
+        &ca,
+        "/pay/4111-1111-1111-1111",
+        &[("x-user-id", "u")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
 
     // The CLI over https with --ca-file; without it the system's roots refuse the private CA.
     let cli = |extra: &[&str]| {
@@ -180,6 +193,13 @@ triggers = ["error_rate > 5%"]
         metrics.contains("ramp_certificate_days_to_expiry{owner=\"api\",role=\"listener\""),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("ramp_access_log_dropped_lines_total 0"),
+        "{metrics}"
+    );
+    let log = std::fs::read_to_string(dir.join("access.log")).unwrap();
+    assert!(log.contains("GET /pay/************1111 200"), "{log}");
+    assert!(!log.contains("4111-1111"), "{log}");
 
     // The API's certificate is renewed in place and the server told with SIGHUP; new
     // connections get the new one.
