@@ -116,6 +116,7 @@ pub(crate) async fn run(
         max_headers: 100,
         write_timeout: Some(limits.write_timeout),
         drain_timeout: limits.drain_timeout,
+        idle_timeout: limits.header_read_timeout.max(Duration::from_secs(10)),
         // Control calls must not wait behind connections that say nothing (issue 11).
         evict_silent: true,
         proxy_protocol: None,

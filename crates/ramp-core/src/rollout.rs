@@ -1392,7 +1392,7 @@ impl Machine<'_> {
             // A window can hold a class count of a request whose `requests` count fell into
             // the previous window (see the proxy's recorder): events never exceed trials.
             let (x, n) = match stream {
-                Stream::Errors => (c.errors, c.requests),
+                Stream::Errors => c.error_counts(),
                 Stream::NonSuccess => (c.non_successes(), c.judged().1),
                 Stream::RateLimited => (c.rate_limited, c.requests),
                 Stream::AuthFailures => (c.auth_failures, c.requests),

@@ -13,10 +13,11 @@
 //! [`BackendHealth::Unknown`].
 //!
 //! A canary that is down counts as failing: every canary probe that finds it
-//! [`BackendHealth::Down`] is recorded in the canary's counters as one request and one error
-//! (no latency, no user), so rollback triggers on the error rate fire even when no user traffic
-//! reaches the canary. Successful or degraded probes are not recorded, and stable probes never
-//! are.
+//! [`BackendHealth::Down`] is recorded as a failed probe, evidence of its own kind
+//! (`VariantStats::failed_probes`): a failed attempt for the error and success rates, so
+//! rollback triggers on the error rate fire even when no user traffic reaches the canary, but
+//! never a request, so the latency gates are not diluted by probes without a latency.
+//! Successful or degraded probes are not recorded, and stable probes never are.
 
 use super::recorder::Recorder;
 use super::{Upstream, UpstreamClient};

@@ -81,7 +81,9 @@
 //!   between two pieces of the response body → the response is cut off, an error of that
 //!   variant; `client_body_timeout` between two pieces of the request body → 408, not the
 //!   upstream's error; `client_write_timeout` for a client that stops reading → the
-//!   connection closes.
+//!   connection closes; `idle_timeout` without a new request → the connection closes
+//!   gracefully (HTTP/2: GOAWAY, and pings at that interval drop peers that stopped
+//!   answering).
 //! * **Bulkheads**: each variant has at most `variant_max_in_flight` requests toward its
 //!   upstream and `variant_max_queued` more waiting (at most `variant_queue_timeout`) for a
 //!   slot; beyond that 503, counted as that variant's error. A canary that hangs fills its
@@ -162,6 +164,9 @@ pub struct Limits {
     /// Longest a write to a client may stay blocked (a client that stopped reading). Default
     /// 30 s.
     pub client_write_timeout: Duration,
+    /// A client connection that starts no request for this long is closed gracefully
+    /// (HTTP/2 GOAWAY; HTTP/1 keep-alive idles out at `header_read_timeout`). Default 60 s.
+    pub idle_timeout: Duration,
     /// Requests in flight toward one variant's upstream at most. Default 1,024.
     pub variant_max_in_flight: usize,
     /// Requests waiting for one of those slots at most (more: 503). Default 1,024.
@@ -184,6 +189,7 @@ impl Limits {
             max_headers: self.max_headers,
             write_timeout: Some(self.client_write_timeout),
             drain_timeout: self.drain_timeout,
+            idle_timeout: self.idle_timeout,
             // Users who send their request at once are served ahead of connections that say
             // nothing, whoever opened those.
             evict_silent: true,
@@ -203,6 +209,7 @@ impl Default for Limits {
             upstream_body_timeout: Duration::from_secs(30),
             client_body_timeout: Duration::from_secs(30),
             client_write_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
             variant_max_in_flight: 1_024,
             variant_max_queued: 1_024,
             variant_queue_timeout: Duration::from_secs(1),

@@ -20,7 +20,6 @@ use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::io;
@@ -64,6 +63,10 @@ pub struct ConnLimits {
     pub write_timeout: Option<Duration>,
     /// On stop, how long open requests may take to finish.
     pub drain_timeout: Duration,
+    /// A connection that starts no request for this long is closed gracefully (HTTP/2:
+    /// GOAWAY, its open streams finish; HTTP/1 idles out sooner, at `header_read_timeout`).
+    /// HTTP/2 peers are also pinged at this interval and dropped when they do not answer.
+    pub idle_timeout: Duration,
     /// When every slot is taken, close the oldest connection that has not sent a request yet
     /// to make room for the new one, instead of leaving the new one in the backlog. Idle
     /// strangers then cannot keep a client that talks at once from being served.
@@ -107,7 +110,7 @@ impl Silent {
             return false;
         };
         while let Some((_, (seen, tx))) = w.pop_first() {
-            if !seen.0.load(Ordering::Relaxed) && tx.send(()).is_ok() {
+            if !seen.any() && tx.send(()).is_ok() {
                 return true;
             }
         }
@@ -128,9 +131,28 @@ impl Drop for SilentTicket {
     }
 }
 
-/// Whether a connection has delivered a request yet (set by the service wrapper).
+/// Whether a connection has delivered a request yet, and how many (set by the service
+/// wrapper; the idle watchdog compares the count between its ticks).
 #[derive(Clone, Debug, Default)]
-struct Seen(Arc<AtomicBool>);
+struct Seen(Arc<Activity>);
+
+#[derive(Debug, Default)]
+struct Activity {
+    seen: AtomicBool,
+    requests: std::sync::atomic::AtomicU64,
+    /// Notified at the first request.
+    first: tokio::sync::Notify,
+}
+
+impl Seen {
+    fn any(&self) -> bool {
+        self.0.seen.load(Ordering::Relaxed)
+    }
+
+    fn requests(&self) -> u64 {
+        self.0.requests.load(Ordering::Relaxed)
+    }
+}
 
 /// A service that notes its first call, for the first-request deadline.
 #[derive(Clone)]
@@ -148,9 +170,12 @@ where
     type Future = S::Future;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        if !self.seen.0.load(Ordering::Relaxed) {
-            self.seen.0.store(true, Ordering::Relaxed);
+        let a = &self.seen.0;
+        if !a.seen.load(Ordering::Relaxed) {
+            a.seen.store(true, Ordering::Relaxed);
+            a.first.notify_one();
         }
+        a.requests.fetch_add(1, Ordering::Relaxed);
         self.inner.call(req)
     }
 }
@@ -174,6 +199,8 @@ fn builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
             builder
                 .http2()
                 .timer(TokioTimer::new())
+                .keep_alive_interval(Some(limits.idle_timeout))
+                .keep_alive_timeout(limits.header_read_timeout)
                 .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
         }
     }
@@ -281,7 +308,10 @@ pub async fn serve<M, S, B>(
 {
     let builder = Arc::new(builder(&limits));
     let make = Arc::new(make);
-    let graceful = GracefulShutdown::new();
+    // Drain: `draining` turns true on stop; every connection task holds a `live` sender, so
+    // `all_done` ends when the last one has finished.
+    let (draining_tx, draining_rx) = watch::channel(false);
+    let (live, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
     let silent = Arc::new(Silent::default());
     let (hard_stop, hard_stop_rx) = watch::channel(false);
     loop {
@@ -329,14 +359,17 @@ pub async fn serve<M, S, B>(
         };
         let acceptor = tls.as_ref().map(|t| t.acceptor());
         let proxy_protocol = limits.proxy_protocol.clone();
-        let watcher = graceful.watcher();
+        let mut draining = draining_rx.clone();
+        let live = live.clone();
         let mut hard_stop = hard_stop_rx.clone();
         let first_request = limits.header_read_timeout;
         let write_timeout = limits.write_timeout;
+        let idle_timeout = limits.idle_timeout;
         let builder = builder.clone();
         let make = make.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _live = live;
             let mut closed = std::pin::pin!(async {
                 match evicted.as_mut() {
                     Some(rx) => {
@@ -358,6 +391,7 @@ pub async fn serve<M, S, B>(
                     biased;
                     _ = stopped(&mut hard_stop) => return,
                     _ = &mut closed => return,
+                    _ = stopped(&mut draining) => return,
                     _ = &mut deadline => return,
                     h = crate::client_addr::read_proxy_header(&mut stream) => h,
                 };
@@ -372,6 +406,7 @@ pub async fn serve<M, S, B>(
                     biased;
                     _ = stopped(&mut hard_stop) => return,
                     _ = &mut closed => return,
+                    _ = stopped(&mut draining) => return,
                     _ = &mut deadline => return,
                     done = acceptor.accept(stream) => match done {
                         Ok(s) => Stream::Tls(Box::new(s)),
@@ -393,32 +428,57 @@ pub async fn serve<M, S, B>(
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(io), service)
                 .into_owned();
-            let mut conn = std::pin::pin!(watcher.watch(conn));
+            let mut conn = std::pin::pin!(conn);
+            let mut closing = false;
             tokio::select! {
                 biased;
                 _ = stopped(&mut hard_stop) => return,
                 _ = &mut conn => return,
+                _ = stopped(&mut draining) => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = seen.0.first.notified() => {}
                 _ = &mut closed => {
-                    if !seen.0.load(Ordering::Relaxed) {
+                    if !seen.any() {
                         return;
                     }
                 }
                 _ = &mut deadline => {
-                    if !seen.0.load(Ordering::Relaxed) {
+                    if !seen.any() {
                         return;
                     }
                 }
             }
             drop(ticket);
-            tokio::select! {
-                biased;
-                _ = stopped(&mut hard_stop) => {}
-                _ = conn => {}
+            // Idle watchdog: a tick that saw no new request closes the connection gracefully
+            // (HTTP/2: GOAWAY, open streams finish), as does the drain.
+            let mut requests = seen.requests();
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stopped(&mut hard_stop) => return,
+                    _ = &mut conn => return,
+                    _ = stopped(&mut draining), if !closing => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    _ = tokio::time::sleep(idle_timeout), if !closing => {
+                        let now = seen.requests();
+                        if now == requests {
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
+                        requests = now;
+                    }
+                }
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+    let _ = draining_tx.send(true);
+    drop(live);
+    if tokio::time::timeout(limits.drain_timeout, all_done.recv())
         .await
         .is_err()
     {

@@ -27,6 +27,7 @@ struct VariantCounters {
     rate_limited: AtomicU64,
     auth_failures: AtomicU64,
     client_errors: AtomicU64,
+    failed_probes: AtomicU64,
     /// One per latency threshold, same order as `Recorder::thresholds`.
     slow: Box<[AtomicU64]>,
     /// [`sketch::BUCKETS`] latency buckets.
@@ -48,6 +49,7 @@ impl VariantCounters {
             rate_limited: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
             client_errors: AtomicU64::new(0),
+            failed_probes: AtomicU64::new(0),
             slow: zeroed_u64(thresholds),
             latency: zeroed_u64(sketch::BUCKETS),
             users: (0..hll::REGISTERS).map(|_| AtomicU8::new(0)).collect(),
@@ -62,6 +64,7 @@ impl VariantCounters {
         let rate_limited = swap(&self.rate_limited);
         let auth_failures = swap(&self.auth_failures);
         let client_errors = swap(&self.client_errors);
+        let failed_probes = swap(&self.failed_probes);
         let slow = self.slow.iter().map(swap).collect();
         let latency: Vec<u64> = self.latency.iter().map(swap).collect();
         let users: Vec<u8> = self
@@ -80,6 +83,7 @@ impl VariantCounters {
             slow,
             latency: LatencyHistogram::from_counts(&latency),
             users: UserSketch::from_registers(&users),
+            failed_probes,
         }
     }
 }
@@ -169,12 +173,14 @@ impl Recorder {
         }
     }
 
-    /// Records a failed health probe of an upstream as one request and one error, with no
-    /// latency and no user (so a down canary counts as failing even without traffic).
+    /// Records a health probe that found the upstream down: evidence of its own kind
+    /// ([`VariantStats::failed_probes`]), a failed attempt for the error and success rates
+    /// (so a down canary fails its error-rate triggers even without traffic), never a request
+    /// (it has no latency and no user, and must not dilute the latency gates).
     pub fn record_probe_failure(&self, variant: Variant) {
-        let c = self.counters(variant);
-        c.requests.fetch_add(1, Ordering::Relaxed);
-        c.errors.fetch_add(1, Ordering::Release);
+        self.counters(variant)
+            .failed_probes
+            .fetch_add(1, Ordering::Release);
     }
 
     /// Everything recorded since the previous call (or since the start), per variant; the
@@ -219,8 +225,11 @@ mod tests {
         r.record_probe_failure(Variant::Canary);
         let w = r.take_window();
         let c = &w.canary;
-        assert_eq!(c.requests, 11);
-        assert_eq!(c.errors, 5);
+        // The failed probe is not a request, but a failed attempt for the error rate.
+        assert_eq!(c.requests, 10);
+        assert_eq!(c.errors, 4);
+        assert_eq!(c.failed_probes, 1);
+        assert_eq!(c.error_counts(), (5, 11));
         assert_eq!(c.successes, 2);
         assert_eq!(c.rate_limited, 1);
         assert_eq!(c.auth_failures, 2);

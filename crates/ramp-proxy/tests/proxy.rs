@@ -1106,11 +1106,17 @@ async fn health_checks_find_degraded_and_down_upstreams() {
         assert_eq!(snapshot.canary, BackendHealth::Down);
         assert_eq!(proxy.health.stable(), BackendHealth::Degraded);
         assert_eq!(proxy.health.canary(), BackendHealth::Down);
-        // Each probe that found the canary down is one request and one error.
+        // Each probe that found the canary down is a failed attempt of its own kind: the
+        // error rate sees it, no request (no latency, no user) is made up.
         let w = proxy.recorder.take_window();
-        assert!(w.canary.requests >= 1);
-        assert_eq!(w.canary.errors, w.canary.requests);
-        assert_eq!(w.stable.requests, 0, "stable probes are not recorded");
+        assert!(w.canary.failed_probes >= 1);
+        assert_eq!((w.canary.requests, w.canary.errors), (0, 0));
+        assert_eq!(
+            w.canary.error_counts(),
+            (w.canary.failed_probes, w.canary.failed_probes)
+        );
+        assert_eq!(w.canary.error_rate(), 1.0);
+        assert_eq!(w.stable.failed_probes, 0, "stable probes are not recorded");
         // The stable upstream recovers.
         stable.state.health_status.store(204, Ordering::SeqCst);
         updates

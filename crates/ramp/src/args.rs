@@ -183,6 +183,10 @@ pub(crate) struct LimitArgs {
     /// Longest a write to a client may stay blocked (a client that stopped reading).
     #[arg(long, default_value = "30s")]
     pub(crate) client_write_timeout: String,
+    /// Close a client connection that starts no request for this long (HTTP/2: GOAWAY, open
+    /// streams finish; idle HTTP/1 connections close at --header-read-timeout already).
+    #[arg(long, default_value = "60s")]
+    pub(crate) idle_timeout: String,
     /// Requests in flight toward one variant's upstream at most (its bulkhead).
     #[arg(long, default_value_t = 1_024)]
     pub(crate) variant_max_in_flight: usize,

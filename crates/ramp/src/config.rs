@@ -84,6 +84,7 @@ fn limits(a: &LimitArgs) -> Result<Limits, Invalid> {
         upstream_body_timeout: duration_arg("upstream-body-timeout", &a.upstream_body_timeout)?,
         client_body_timeout: duration_arg("client-body-timeout", &a.client_body_timeout)?,
         client_write_timeout: duration_arg("client-write-timeout", &a.client_write_timeout)?,
+        idle_timeout: duration_arg("idle-timeout", &a.idle_timeout)?,
         variant_max_in_flight: a.variant_max_in_flight,
         variant_max_queued: a.variant_max_queued,
         variant_queue_timeout: duration_arg("variant-queue-timeout", &a.variant_queue_timeout)?,

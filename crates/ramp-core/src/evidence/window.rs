@@ -34,6 +34,17 @@ pub struct VariantStats {
     pub latency: LatencyHistogram,
     /// Distinct users.
     pub users: UserSketch,
+    /// Active health probes that found the variant down. They are evidence of its error rate
+    /// (and success rate) only — a failed attempt each, so a canary that is down fails its
+    /// error-rate triggers even without user traffic — and never requests: they carry no
+    /// latency, no user and no status, so they do not dilute latency, rate-limit or
+    /// auth-failure rates.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed_probes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl VariantStats {
@@ -66,6 +77,7 @@ impl VariantStats {
         self.rate_limited += other.rate_limited;
         self.auth_failures += other.auth_failures;
         self.client_errors += other.client_errors;
+        self.failed_probes += other.failed_probes;
         if self.slow.len() < other.slow.len() {
             self.slow.resize(other.slow.len(), 0);
         }
@@ -76,9 +88,22 @@ impl VariantStats {
         self.users.merge(&other.users);
     }
 
-    /// Error rate as a fraction (0 when there were no requests).
+    /// Error rate as a fraction (0 when there were no requests), failed probes counted as
+    /// failed attempts.
     pub fn error_rate(&self) -> f64 {
-        ratio(self.errors, self.requests)
+        let (x, n) = self.error_counts();
+        ratio(x, n)
+    }
+
+    /// The error rate's counts: `(errors, attempts)`, failed health probes included in both.
+    pub fn error_counts(&self) -> (u64, u64) {
+        let n = self.requests.saturating_add(self.failed_probes);
+        (
+            self.errors
+                .min(self.requests)
+                .saturating_add(self.failed_probes),
+            n,
+        )
     }
 
     /// Success rate as a fraction.
@@ -107,7 +132,7 @@ impl VariantStats {
     /// recorder) reads as at most every request having the class, never more.
     pub fn rate_counts(&self, metric: Metric) -> Option<(u64, u64)> {
         let x = match metric {
-            Metric::ErrorRate => self.errors,
+            Metric::ErrorRate => return Some(self.error_counts()),
             Metric::SuccessRate => return Some(self.judged()),
             Metric::RateLimitRate => self.rate_limited,
             Metric::AuthFailureRate => self.auth_failures,
@@ -129,7 +154,11 @@ impl VariantStats {
             .saturating_add(self.rate_limited)
             .saturating_add(self.auth_failures)
             .min(self.requests);
-        (self.successes.min(judged), judged)
+        // A failed probe is a failed attempt the variant is answerable for.
+        (
+            self.successes.min(judged),
+            judged.saturating_add(self.failed_probes),
+        )
     }
 
     /// Judged requests that were not successes (the success-rate trigger's events).
@@ -356,7 +385,7 @@ impl Clustering {
     fn counts(v: &VariantStats) -> Vec<(u64, u64)> {
         let (s, f) = v.judged();
         let mut out = vec![
-            (v.errors.min(v.requests), v.requests),
+            v.error_counts(),
             (f.saturating_sub(s), f),
             (v.rate_limited.min(v.requests), v.requests),
             (v.auth_failures.min(v.requests), v.requests),

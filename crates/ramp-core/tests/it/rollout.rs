@@ -209,6 +209,38 @@ fn a_failed_gate_rolls_back_as_the_plan_says() {
     assert_eq!(rb, Some(Cause::GateFailed));
 }
 
+/// A canary that is down and gets no user traffic: only its failed health probes tell. They
+/// fail its error-rate trigger, and they never pass for requests that would dilute a latency
+/// gate.
+#[test]
+fn failed_health_probes_roll_a_down_canary_back_without_diluting_latency() {
+    for probes in [12, 0] {
+        let mut d = Driver::new(seed_plan());
+        d.run_minutes(60, healthy);
+        for _ in 0..30 {
+            d.now += MINUTE;
+            let mut w = window(&d.plan, 0, 0, 0, 12_000);
+            // One probe every 5 s finds the canary down (or, the control, no probe fails).
+            w.canary.failed_probes = probes;
+            d.input(Input::Window(w));
+            if d.state().status == Status::RolledBack {
+                break;
+            }
+        }
+        let rolled_back = d.state().status == Status::RolledBack;
+        assert_eq!(rolled_back, probes > 0, "{probes} failed probes a minute");
+    }
+
+    // Probes are not requests: 100 requests of which 10 slow stay a 10% exceedance however
+    // many probes failed beside them.
+    let mut w = window(&seed_plan(), 100, 0, 10, 0);
+    w.canary.failed_probes = 900;
+    assert_eq!(w.canary.requests, 100);
+    assert_eq!(w.canary.slow[0], 10);
+    assert_eq!(w.canary.error_counts(), (900, 1000));
+    assert_eq!(w.canary.judged(), (100, 1000));
+}
+
 #[test]
 fn a_trigger_rolls_back_in_the_same_step_traffic_first() {
     let mut d = Driver::new(seed_plan());
