@@ -28,6 +28,8 @@
 #   IDLE      [2]    seconds after a run at which the idle RSS is read
 #   RAMP      [cargo build --release]  the ramp binary measured as "ramp"
 #   RAMP_BASE [unset] a second ramp binary, measured as "ramp-base" in the same run
+#   RESTART   [cell] cell: every proxy is started afresh for every cell (and round), so RSS and
+#             CPU belong to that cell alone; group: once per TLS × workers (faster, RSS carries over)
 #   NGINX_REUSEPORT [0]  1: nginx listens with `reuseport` (one socket per worker, like ramp)
 #   OUT       [unset] also write every measurement (one line per run) as TSV to this file
 #
@@ -51,10 +53,12 @@ TARGETS="${TARGETS:-direct nginx haproxy ramp}"
 SKIP="${SKIP:-}"
 IDLE="${IDLE:-2}"
 NGINX_REUSEPORT="${NGINX_REUSEPORT:-0}"
+RESTART="${RESTART:-cell}"
 OUT="${OUT:-}"
 
 die() { echo "proxy.sh: $*" >&2; exit 1; }
 for b in $BODIES; do case "$b" in 1k | 64k | post16k) ;; *) die "unknown body $b (1k, 64k, post16k)" ;; esac; done
+case "$RESTART" in cell | group) ;; *) die "RESTART takes cell or group" ;; esac
 for t in $TLS; do case "$t" in off | on) ;; *) die "TLS takes off and/or on, not $t" ;; esac; done
 for t in $TARGETS; do case "$t" in direct | nginx | haproxy | ramp) ;; *) die "unknown target $t" ;; esac; done
 for n in $WORKERS $CONNS $ROUNDS $THREADS $IDLE; do case "$n" in '' | *[!0-9]*) die "not a number: $n" ;; esac; done
@@ -100,6 +104,7 @@ chmod 755 "$work" # nginx workers (user nobody) read the upstream's files
 pids=()     # long-running servers of the current group
 samplers=() # background idle-RSS readers
 upstream_pid=""
+wrk_pid=""
 alive() { [ -e "/proc/$1" ] && ! awk '{ sub(/^.*\) /, ""); exit $1 != "Z" }' "/proc/$1/stat" 2>/dev/null; }
 stop_pids() { # pid... : TERM, up to 5 s, then KILL; reaps them
   local p i
@@ -116,6 +121,7 @@ stop_pids() { # pid... : TERM, up to 5 s, then KILL; reaps them
 }
 cleanup() {
   trap - EXIT INT TERM HUP
+  [ -n "$wrk_pid" ] && { kill "$wrk_pid" 2>/dev/null; wait "$wrk_pid" 2>/dev/null; } || true
   for p in "${samplers[@]:-}"; do [ -n "$p" ] && { pkill -P "$p" 2>/dev/null; kill "$p" 2>/dev/null; } || true; done
   stop_pids ${pids[@]+"${pids[@]}"} ${upstream_pid:+"$upstream_pid"}
   rm -rf "$work"
@@ -183,10 +189,14 @@ nginx -p "$work/up" -c "$work/up/nginx.conf" > "$work/up/stderr.log" 2>&1 &
 upstream_pid=$!
 wait_port "$UP1" "upstream nginx" "$work/up/error.log"
 
-# Per group (TLS × workers) the proxies are started fresh on fresh ports.
+# The proxies are started fresh, on fresh ports, for every cell (RESTART=cell) or for every
+# TLS × workers group (RESTART=group).
 declare -A port pidlist log
+starts=0
+tls_shown=0
 start_group() { # tls workers
-  local tls=$1 w=$2 g="$work/g-$1-$2" reuse="" ssl="" hssl="" t
+  local tls=$1 w=$2 g reuse="" ssl="" hssl="" t
+  starts=$((starts + 1)); g="$work/s$starts"
   mkdir -p "$g"
   pids=()
   [ "$NGINX_REUSEPORT" = 1 ] && reuse=" reuseport"
@@ -296,7 +306,8 @@ PLAN
       [ "$code" = 200 ] || { echo "$t ($scheme, $w workers) answered $code on $b; its log:" >&2; tail -20 "${log[$t]}" >&2; exit 1; }
     done
   done
-  if [ "$tls" = on ] && [ "$w" = "$first_w" ]; then
+  if [ "$tls" = on ] && [ $tls_shown = 0 ]; then
+    tls_shown=1
     for t in "${proxies[@]}"; do
       printf '  tls %-9s %s\n' "$t" "$(timeout 5 openssl s_client -connect "127.0.0.1:${port[$t]}" </dev/null 2>/dev/null | awk '/^New, /' | head -1 || true)"
     done
@@ -306,11 +317,11 @@ stop_group() {
   local p
   for p in "${samplers[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
   samplers=()
-  # Keep the logs for the report at the end.
-  local t
-  for t in "${proxies[@]}"; do cp "${log[$t]}" "$work/log-$t-$cur_group" 2>/dev/null || true; done
   stop_pids ${pids[@]+"${pids[@]}"}
   pids=()
+  # Keep the logs (with what the proxies said on the way out) for the report at the end.
+  local t
+  for t in "${proxies[@]}"; do cat "${log[$t]}" >> "$work/log-$t" 2>/dev/null || true; done
 }
 
 procs_of() { # target -> pids of its processes (nginx: master and workers)
@@ -360,21 +371,23 @@ done
 # The plan of the run, and what it will take.
 skipped() { local c=$1 pat; for pat in $SKIP; do [[ $c == $pat ]] && return 0; done; return 1; }
 first_w=${WORKERS%% *}; first_w=${first_w:-1}
-runs=0; groups=0
+runs=0; groups=0; ncells=0
 for tls in $TLS; do for w in $WORKERS; do
   g=0
   for c in $CONNS; do for b in $BODIES; do
     skipped "$tls/$w/$c/$b" && continue
-    g=1
+    g=1; ncells=$((ncells + 1))
     runs=$((runs + ${#proxies[@]} * ROUNDS))
     [ $with_direct = 1 ] && [ "$tls" = off ] && [ "$w" = "$first_w" ] && runs=$((runs + ROUNDS))
   done; done
   groups=$((groups + g))
 done; done
 [ $runs -gt 0 ] || die "nothing to run (check TARGETS, SKIP)"
-# Per run: the duration plus ≈ 0.5 s (wrk start, /proc reads); per group ≈ 2 s to start and
-# check the proxies, plus the last idle-RSS read.
-est=$(awk -v r=$runs -v d="$dur_s" -v g=$groups -v i="$IDLE" 'BEGIN { printf "%d", r * (d + 0.5) + g * (2 + i) + 3 }')
+# Per run: the duration plus ≈ 0.2 s (wrk start, /proc reads); per start of the proxies ≈ 1.2 s
+# (start, check, stop) plus the wait for the last idle-RSS read.
+nstarts=$groups
+[ "$RESTART" = cell ] && nstarts=$((ncells * ROUNDS))
+est=$(awk -v r=$runs -v d="$dur_s" -v s=$nstarts -v i="$IDLE" 'BEGIN { printf "%d", r * (d + 0.2) + s * (1.2 + i) + 2 }')
 fmt_t() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -382,7 +395,7 @@ echo "peers: $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v
 echo "ramp: $RAMP ($("$RAMP" --version 2>/dev/null || echo '?'))"
 [ -n "${RAMP_BASE:-}" ] && echo "ramp-base: $RAMP_BASE ($("$RAMP_BASE" --version 2>/dev/null || echo '?'))"
 echo "matrix: TLS=[$TLS] WORKERS=[$WORKERS] CONNS=[$CONNS] BODIES=[$BODIES] targets=[$([ $with_direct = 1 ] && printf 'direct ')${proxies[*]}]${SKIP:+ SKIP=[$SKIP]}"
-echo "        $runs runs of $DURATION, $ROUNDS round(s); estimated total $(fmt_t "$est")"
+echo "        $ncells cells, $runs runs of $DURATION, $ROUNDS round(s), proxies restarted per $RESTART; estimated total $(fmt_t "$est")"
 
 raw="$work/raw.tsv"
 : > "$raw"
@@ -397,8 +410,13 @@ run() { # target port tls workers conns body round
   local t0 t1
   t0=$(cpu_ticks $pl)
   local wrc=0
-  timeout $((${dur_s%.*} + 60)) wrk -t"$THREADS" -c"$c" -d"$DURATION" --timeout "$WRK_TIMEOUT" --latency \
-    -s "$work/$b.lua" "$scheme://127.0.0.1:$p/" > "$f" 2>&1 || wrc=$?
+  # In the background and waited for: wrk handles SIGINT itself (it stops and prints its
+  # results), and bash would then carry on; `wait` returns on Ctrl-C at once and the trap runs.
+  timeout --foreground -k 5 $((${dur_s%.*} + 60)) wrk -t"$THREADS" -c"$c" -d"$DURATION" --timeout "$WRK_TIMEOUT" \
+    --latency -s "$work/$b.lua" "$scheme://127.0.0.1:$p/" > "$f" 2>&1 &
+  wrk_pid=$!
+  wait "$wrk_pid" || wrc=$?
+  wrk_pid=""
   # shellcheck disable=SC2086
   t1=$(cpu_ticks $pl)
   local rss
@@ -439,11 +457,11 @@ for tls in $TLS; do
     cells=()
     for c in $CONNS; do for b in $BODIES; do skipped "$tls/$w/$c/$b" || cells+=("$c/$b"); done; done
     [ ${#cells[@]} -gt 0 ] || continue
-    cur_group="$tls-$w"
-    start_group "$tls" "$w"
+    [ "$RESTART" = group ] && start_group "$tls" "$w"
     for r in $(seq "$ROUNDS"); do
       for cell in "${cells[@]}"; do
         c=${cell%/*}; b=${cell#*/}
+        [ "$RESTART" = cell ] && start_group "$tls" "$w"
         if [ $with_direct = 1 ] && [ "$tls" = off ] && [ "$w" = "$first_w" ]; then
           run direct "$UP1" "$tls" "$w" "$c" "$b" "$r"
         fi
@@ -453,9 +471,10 @@ for tls in $TLS; do
           t=${proxies[$(((i + r - 1) % n))]}
           run "$t" "${port[$t]}" "$tls" "$w" "$c" "$b" "$r"
         done
+        [ "$RESTART" = cell ] && stop_group
       done
     done
-    stop_group
+    [ "$RESTART" = group ] && stop_group
   done
 done
 [ -n "$OUT" ] && { printf 'tls\tworkers\tconns\tbody\ttarget\tround\trps\tp50_ms\tp99_ms\tcpu_us_per_req\trss_mb\tnon2xx\tsocket_errors\trequests\tidle_rss_mb\n'; cat "$raw"; } > "$OUT"
@@ -532,11 +551,14 @@ fi
 echo
 bad=$(awk -F'\t' '$12 != 0 || $13 != 0 { printf "  %s w%s c%s %s %s: non-2xx %s, socket errors %s\n", $1, $2, $3, $4, $5, $12, $13 }' "$work/sorted.tsv")
 if [ -n "$bad" ]; then echo "failed requests (medians):"; echo "$bad"; else echo "no non-2xx responses, no socket errors"; fi
-for f in "$work"/log-*; do
+logpat='error|warn|warning|panic|panicked|alert|emerg|crit|fatal'
+for t in "${proxies[@]}"; do
+  f="$work/log-$t"
   [ -s "$f" ] || continue
-  n=$(grep -ciE 'error|warn|panic|alert|emerg' "$f" || true)
+  n=$(grep -ciwE "$logpat" "$f" || true)
   [ "$n" -gt 0 ] || continue
-  echo "${f##*/log-}: $n warning/error lines, e.g.:"
-  grep -iE 'error|warn|panic|alert|emerg' "$f" | sort | uniq -c | sort -rn | head -5 | cut -c1-160 | sed 's/^/  /'
+  echo "$t's log: $n warning/error lines, the most frequent (timestamps and pids stripped):"
+  grep -iwE "$logpat" "$f" | sed -E 's/^[0-9TZ:.\/ -]+//; s/\[[0-9]+\]//g; s/\(([0-9]+)\)//g; s/#[0-9]+//g' |
+    sort | uniq -c | sort -rn | head -5 | cut -c1-150 | sed 's/^/  /'
 done
 echo "total $(fmt_t $((SECONDS - started))) (estimated $(fmt_t "$est"))"

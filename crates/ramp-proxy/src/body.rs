@@ -153,8 +153,12 @@ pub(crate) struct Outcome {
     pub(crate) shared: Arc<Shared>,
     pub(crate) variant: Variant,
     pub(crate) user: Option<u64>,
-    /// Request received to response head.
+    /// Request received to response head (or, with `to_last_byte`, to the body's end).
     pub(crate) latency: Duration,
+    /// When the request was received.
+    pub(crate) received: Instant,
+    /// The plan measures latency to the last byte of the response.
+    pub(crate) to_last_byte: bool,
     pub(crate) log_target: Option<(http::Method, String)>,
     /// The variant's bulkhead slot, held until the response ends.
     pub(crate) permit: Option<OwnedSemaphorePermit>,
@@ -202,7 +206,10 @@ impl Tracked {
     }
 
     fn finish(&mut self, answer: Answer) {
-        if let Some(o) = self.outcome.take() {
+        if let Some(mut o) = self.outcome.take() {
+            if o.to_last_byte {
+                o.latency = o.received.elapsed();
+            }
             o.finish(answer);
         }
     }

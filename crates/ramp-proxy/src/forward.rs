@@ -477,6 +477,8 @@ pub(crate) async fn handle(
             variant,
             user,
             latency: Duration::ZERO,
+            received,
+            to_last_byte: shared.latency_to_last_byte,
             log_target,
             permit: None,
         }),

@@ -57,8 +57,9 @@
 //! after its head, whatever its status, and requests the variant's bulkhead refused — 503);
 //! successes (2xx, 3xx that reached their last byte); rate-limit hits (429); auth failures
 //! (401, 403); other statuses count only as requests. Latency runs from the request received
-//! to the response head (the first byte; the body's own pace is bounded by
-//! `upstream_body_timeout`). Distinct users are the cohort keys (XXH3-64) in a HyperLogLog.
+//! to the response head by default (the first byte; the body's own pace is bounded by
+//! `upstream_body_timeout`), or to the body's last byte when the plan says `[analysis]
+//! latency = "last_byte"`. Distinct users are the cohort keys (XXH3-64) in a HyperLogLog.
 //! What the client does is never the upstream's fault: a client that aborts or stalls its
 //! upload is answered 400 or 408 and counted as a request only; a client that goes away
 //! before the end is recorded (and logged) as status 499 — a request, neither error nor
@@ -230,6 +231,9 @@ pub struct ProxyConfig {
     pub cohort: Cohort,
     /// The plan's latency thresholds in µs ([`ramp_core::plan::Plan::latency_thresholds_us`]).
     pub latency_thresholds_us: Vec<u64>,
+    /// Latency runs to the last byte of the response instead of its head (the plan's
+    /// `[analysis] latency = "last_byte"`).
+    pub latency_to_last_byte: bool,
     /// Limits and timeouts.
     pub limits: Limits,
     /// Whether responses carry `x-ramp-variant: stable|canary`.
@@ -257,6 +261,7 @@ impl ProxyConfig {
             upstreams: plan.upstreams.clone().ok_or(ProxyError::NoUpstreams)?,
             cohort: plan.cohort.clone(),
             latency_thresholds_us: plan.latency_thresholds_us(),
+            latency_to_last_byte: plan.analysis.latency == ramp_core::plan::LatencyTo::LastByte,
             limits: Limits::default(),
             variant_header: false,
             access_log: None,
@@ -424,6 +429,7 @@ pub(crate) struct Shared {
     pub(crate) canary: Upstream,
     pub(crate) key: KeySource,
     pub(crate) unkeyed_by_ip: bool,
+    pub(crate) latency_to_last_byte: bool,
     /// Peers whose forwarding headers are believed (empty: nobody's).
     pub(crate) trusted: client_addr::TrustedProxies,
     pub(crate) limits: Limits,
@@ -854,6 +860,7 @@ pub async fn start(
             key: key.clone(),
             unkeyed_by_ip: config.cohort.unkeyed == UnkeyedRoute::ClientIp,
             trusted: config.trusted_proxies.clone(),
+            latency_to_last_byte: config.latency_to_last_byte,
             limits: config.limits.clone(),
             variant_header: config.variant_header,
             log: log.clone(),

@@ -86,6 +86,7 @@ async fn proxy(trusted: &[&str], proxy_protocol: bool, share: u16) -> ProxyHandl
             unkeyed: UnkeyedRoute::Stable,
         },
         latency_thresholds_us: vec![200_000],
+        latency_to_last_byte: false,
         limits: Limits::default(),
         variant_header: true,
         access_log: None,

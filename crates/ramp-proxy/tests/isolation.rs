@@ -53,6 +53,8 @@ enum Behaviour {
     StallMidBody,
     /// `transfer-encoding: chunked` beside `content-length: 3`, with a 26-byte body.
     LengthBesideChunked,
+    /// A 200 head at once, its 2-byte body 300 ms later.
+    SlowBody,
 }
 
 struct RawUpstream {
@@ -108,6 +110,17 @@ async fn raw_upstream(behaviour: Behaviour) -> RawUpstream {
                         Behaviour::ResetMidBody | Behaviour::StallMidBody => {
                             b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789"
                         }
+                        Behaviour::SlowBody => {
+                            if s
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            b"ok"
+                        }
                         Behaviour::LengthBesideChunked => {
                             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n"
                         }
@@ -147,6 +160,7 @@ fn config(stable: SocketAddr, canary: SocketAddr, limits: Limits) -> ProxyConfig
             unkeyed: UnkeyedRoute::Stable,
         },
         latency_thresholds_us: vec![200_000],
+        latency_to_last_byte: false,
         limits,
         variant_header: true,
         access_log: None,
@@ -535,6 +549,35 @@ async fn an_idle_http2_connection_is_closed_gracefully() {
         let stopping = Instant::now();
         p.shutdown().await;
         println!("shutdown took {:?}", stopping.elapsed());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_runs_to_the_head_by_default_and_to_the_last_byte_when_the_plan_says() {
+    bounded(async {
+        let up = raw_upstream(Behaviour::SlowBody).await;
+        for last_byte in [false, true] {
+            let mut cfg = config(up.addr, up.addr, Limits::default());
+            cfg.latency_to_last_byte = last_byte;
+            let p = proxy(cfg, 0).await;
+            let answer = raw(
+                p.local_addr,
+                b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+                Duration::from_secs(5),
+            )
+            .await;
+            assert!(answer.ends_with("ok"), "{answer}");
+            let w = p.recorder.take_window();
+            // The plan's threshold here is 200 ms; the body came 300 ms after the head.
+            assert_eq!(w.stable.successes, 1);
+            assert_eq!(
+                w.stable.slow,
+                vec![u64::from(last_byte)],
+                "last_byte = {last_byte}"
+            );
+            p.shutdown().await;
+        }
     })
     .await;
 }

@@ -232,6 +232,7 @@ fn config(stable: &str, canary: &str) -> ProxyConfig {
             unkeyed: UnkeyedRoute::Stable,
         },
         latency_thresholds_us: vec![200_000],
+        latency_to_last_byte: false,
         limits: Limits {
             response_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),

@@ -94,6 +94,7 @@ fn config(stable: String, canary: String) -> ProxyConfig {
             unkeyed: UnkeyedRoute::Stable,
         },
         latency_thresholds_us: vec![200_000],
+        latency_to_last_byte: false,
         limits: Limits {
             response_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(2),

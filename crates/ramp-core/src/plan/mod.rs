@@ -196,6 +196,30 @@ pub struct Analysis {
     pub expected_rps: Option<f64>,
     /// Default allowed difference for `not worse than stable`.
     pub stable_margin: f64,
+    /// Where the proxy stops a request's latency clock (`[analysis] latency`).
+    #[serde(default, skip_serializing_if = "LatencyTo::is_first_byte")]
+    pub latency: LatencyTo,
+}
+
+/// Where a request's latency ends, for every latency criterion of the plan.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatencyTo {
+    /// The response head (time to first byte; the default, like most proxies' upstream
+    /// response time). A body's own pace is bounded by the body timeout, and a body that
+    /// breaks is an error either way.
+    #[default]
+    FirstByte,
+    /// The last byte of the response body: slow bodies count against the latency criteria
+    /// (what the user waited for a full answer).
+    LastByte,
+}
+
+impl LatencyTo {
+    /// Whether this is the default.
+    pub fn is_first_byte(&self) -> bool {
+        *self == LatencyTo::FirstByte
+    }
 }
 
 /// Reference values from the plan's `[baseline]` table, keyed by metric name.

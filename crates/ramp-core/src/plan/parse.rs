@@ -830,6 +830,7 @@ fn build_analysis(cx: &mut Ctx, v: Option<&Val>) -> Option<Analysis> {
         trigger_horizon: 10_000_000,
         stable_margin: 0.001,
         expected_rps: None,
+        latency: LatencyTo::FirstByte,
     };
     let Some(v) = v else { return Some(a) };
     let t = table(cx, v, "analysis")?;
@@ -842,10 +843,26 @@ fn build_analysis(cx: &mut Ctx, v: Option<&Val>) -> Option<Analysis> {
             "trigger_horizon",
             "stable_margin",
             "expected_rps",
+            "latency",
         ],
         "[analysis]",
     );
     let mut ok = true;
+    if let Some(l) = get(t, "latency") {
+        match string(cx, l, "analysis.latency") {
+            Some("first_byte") => a.latency = LatencyTo::FirstByte,
+            Some("last_byte") => a.latency = LatencyTo::LastByte,
+            Some(other) => {
+                ok = false;
+                cx.err(
+                    l.span().start + 1,
+                    format!("analysis.latency must be \"first_byte\" or \"last_byte\", found {other:?}"),
+                    Some("first_byte: to the response head (the default); last_byte: to the end of its body".into()),
+                );
+            }
+            None => ok = false,
+        }
+    }
     if let Some(c) = get(t, "confidence") {
         let value = number(c).or_else(|| {
             // Allow "95%".

@@ -361,6 +361,26 @@ fn tls_settings_for_the_listener_and_the_upstreams() {
         let err = parse_plan(&with(extra), "p.toml").unwrap_err().to_string();
         assert!(err.contains(says), "{extra}: {err}");
     }
+    // Where latency ends.
+    let plan = parse_plan(&with("[analysis]\nlatency = \"last_byte\"\n"), "p.toml");
+    assert!(
+        plan.is_err(),
+        "[analysis] is already in the seed: a second table is an error"
+    );
+    let seed_last = https.replace("[analysis]\n", "[analysis]\nlatency = \"last_byte\"\n");
+    let plan = parse_plan(&seed_last, "p.toml").unwrap();
+    assert_eq!(plan.analysis.latency, ramp_core::plan::LatencyTo::LastByte);
+    assert_eq!(
+        parse_plan(&https, "p.toml").unwrap().analysis.latency,
+        ramp_core::plan::LatencyTo::FirstByte
+    );
+    let err = parse_plan(
+        &https.replace("[analysis]\n", "[analysis]\nlatency = \"tail\"\n"),
+        "p.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("\"first_byte\" or \"last_byte\""), "{err}");
     // TLS settings for an http:// upstream are a mistake, not silently ignored.
     let err = parse_plan(
         &format!("{SEED}\n[upstreams.tls]\nca_file = \"x.pem\"\n"),
