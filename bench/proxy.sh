@@ -31,6 +31,8 @@
 #   RESTART   [cell] cell: every proxy is started afresh for every cell (and round), so RSS and
 #             CPU belong to that cell alone; group: once per TLS × workers (faster, RSS carries over)
 #   NGINX_REUSEPORT [0]  1: nginx listens with `reuseport` (one socket per worker, like ramp)
+#   DRY_RUN   [0]    1: print the matrix and the time estimate, run nothing
+#   KEEP      [0]    1: keep the work directory (configs, every proxy's log, wrk's output)
 #   OUT       [unset] also write every measurement (one line per run) as TSV to this file
 #
 # Installs wrk, nginx-light, haproxy and openssl with apt when missing. Everything listens on
@@ -54,6 +56,8 @@ SKIP="${SKIP:-}"
 IDLE="${IDLE:-2}"
 NGINX_REUSEPORT="${NGINX_REUSEPORT:-0}"
 RESTART="${RESTART:-cell}"
+KEEP="${KEEP:-0}"
+DRY_RUN="${DRY_RUN:-0}"
 OUT="${OUT:-}"
 
 die() { echo "proxy.sh: $*" >&2; exit 1; }
@@ -99,6 +103,36 @@ with_direct=0
 # wrk at 1000 connections, and proxies holding a client and an upstream socket per connection.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+# The plan of the run, and what it will take.
+skipped() { local c=$1 pat; for pat in $SKIP; do [[ $c == $pat ]] && return 0; done; return 1; }
+first_w=${WORKERS%% *}; first_w=${first_w:-1}
+runs=0; groups=0; ncells=0
+for tls in $TLS; do for w in $WORKERS; do
+  g=0
+  for c in $CONNS; do for b in $BODIES; do
+    skipped "$tls/$w/$c/$b" && continue
+    g=1; ncells=$((ncells + 1))
+    runs=$((runs + ${#proxies[@]} * ROUNDS))
+    [ $with_direct = 1 ] && [ "$tls" = off ] && [ "$w" = "$first_w" ] && runs=$((runs + ROUNDS))
+  done; done
+  groups=$((groups + g))
+done; done
+[ $runs -gt 0 ] || die "nothing to run (check TARGETS, SKIP)"
+# Per run: the duration plus ≈ 0.2 s (wrk start, /proc reads); per start of the proxies ≈ 1.2 s
+# (start, check, stop) plus the wait for the last idle-RSS read.
+nstarts=$groups
+[ "$RESTART" = cell ] && nstarts=$((ncells * ROUNDS))
+est=$(awk -v r=$runs -v d="$dur_s" -v s=$nstarts -v i="$IDLE" 'BEGIN { printf "%d", r * (d + 0.2) + s * (1.2 + i) + 2 }')
+fmt_t() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "peers: $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v 2>&1 | awk 'NR==1 {print $3}'), wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}') -t$THREADS --timeout $WRK_TIMEOUT, ulimit -n $(ulimit -n)"
+echo "ramp: $RAMP ($("$RAMP" --version 2>/dev/null || echo '?'))"
+[ -n "${RAMP_BASE:-}" ] && echo "ramp-base: $RAMP_BASE ($("$RAMP_BASE" --version 2>/dev/null || echo '?'))"
+echo "matrix: TLS=[$TLS] WORKERS=[$WORKERS] CONNS=[$CONNS] BODIES=[$BODIES] targets=[$([ $with_direct = 1 ] && printf 'direct ')${proxies[*]}]${SKIP:+ SKIP=[$SKIP]}"
+echo "        $ncells cells, $runs runs of $DURATION, $ROUNDS round(s), proxies restarted per $RESTART; estimated total $(fmt_t "$est")"
+[ "$DRY_RUN" = 1 ] && exit 0
+
 work=$(mktemp -d /tmp/ramp-bench.XXXXXX)
 chmod 755 "$work" # nginx workers (user nobody) read the upstream's files
 pids=()     # long-running servers of the current group
@@ -124,7 +158,7 @@ cleanup() {
   [ -n "$wrk_pid" ] && { kill "$wrk_pid" 2>/dev/null; wait "$wrk_pid" 2>/dev/null; } || true
   for p in "${samplers[@]:-}"; do [ -n "$p" ] && { pkill -P "$p" 2>/dev/null; kill "$p" 2>/dev/null; } || true; done
   stop_pids ${pids[@]+"${pids[@]}"} ${upstream_pid:+"$upstream_pid"}
-  rm -rf "$work"
+  if [ "$KEEP" = 1 ]; then echo "kept $work (configs, logs, wrk output)" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 trap 'echo; echo "interrupted" >&2; exit 130' INT TERM HUP
@@ -368,41 +402,13 @@ LUA
   } > "$work/$b.lua"
 done
 
-# The plan of the run, and what it will take.
-skipped() { local c=$1 pat; for pat in $SKIP; do [[ $c == $pat ]] && return 0; done; return 1; }
-first_w=${WORKERS%% *}; first_w=${first_w:-1}
-runs=0; groups=0; ncells=0
-for tls in $TLS; do for w in $WORKERS; do
-  g=0
-  for c in $CONNS; do for b in $BODIES; do
-    skipped "$tls/$w/$c/$b" && continue
-    g=1; ncells=$((ncells + 1))
-    runs=$((runs + ${#proxies[@]} * ROUNDS))
-    [ $with_direct = 1 ] && [ "$tls" = off ] && [ "$w" = "$first_w" ] && runs=$((runs + ROUNDS))
-  done; done
-  groups=$((groups + g))
-done; done
-[ $runs -gt 0 ] || die "nothing to run (check TARGETS, SKIP)"
-# Per run: the duration plus ≈ 0.2 s (wrk start, /proc reads); per start of the proxies ≈ 1.2 s
-# (start, check, stop) plus the wait for the last idle-RSS read.
-nstarts=$groups
-[ "$RESTART" = cell ] && nstarts=$((ncells * ROUNDS))
-est=$(awk -v r=$runs -v d="$dur_s" -v s=$nstarts -v i="$IDLE" 'BEGIN { printf "%d", r * (d + 0.2) + s * (1.2 + i) + 2 }')
-fmt_t() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
-
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "peers: $(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v 2>&1 | awk 'NR==1 {print $3}'), wrk $(wrk -v 2>&1 | awk 'NR==1 {print $2}') -t$THREADS --timeout $WRK_TIMEOUT, ulimit -n $(ulimit -n)"
-echo "ramp: $RAMP ($("$RAMP" --version 2>/dev/null || echo '?'))"
-[ -n "${RAMP_BASE:-}" ] && echo "ramp-base: $RAMP_BASE ($("$RAMP_BASE" --version 2>/dev/null || echo '?'))"
-echo "matrix: TLS=[$TLS] WORKERS=[$WORKERS] CONNS=[$CONNS] BODIES=[$BODIES] targets=[$([ $with_direct = 1 ] && printf 'direct ')${proxies[*]}]${SKIP:+ SKIP=[$SKIP]}"
-echo "        $ncells cells, $runs runs of $DURATION, $ROUNDS round(s), proxies restarted per $RESTART; estimated total $(fmt_t "$est")"
 
 raw="$work/raw.tsv"
 : > "$raw"
 started=$SECONDS
 done_runs=0
 run() { # target port tls workers conns body round
-  local t=$1 p=$2 tls=$3 w=$4 c=$5 b=$6 r=$7 scheme=http f="$work/wrk.txt"
+  local t=$1 p=$2 tls=$3 w=$4 c=$5 b=$6 r=$7 scheme=http f="$work/wrk-$1-$3-$4-$5-$6-$7.txt"
   [ "$tls" = on ] && scheme=https
   local pl
   pl=$(procs_of "$t")

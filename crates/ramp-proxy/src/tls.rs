@@ -130,7 +130,10 @@ fn describe(
     Ok(CertInfo {
         owner: owner.to_owned(),
         role: role.to_owned(),
-        path: path.display().to_string(),
+        path: std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.to_path_buf())
+            .display()
+            .to_string(),
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
         serial: cert.raw_serial_as_string().replace(':', ""),
@@ -261,6 +264,18 @@ impl Stamps {
     }
 }
 
+/// Whether the files are as they were at the last load, or at the last failed one (a broken
+/// file is reported once, not at every check).
+fn unchanged(now: &Stamps, loaded: &Mutex<Stamps>, failed: &Mutex<Option<Stamps>>) -> bool {
+    loaded.lock().is_ok_and(|s| *s == *now) || failed.lock().is_ok_and(|f| f.as_ref() == Some(now))
+}
+
+fn remember(failed: &Mutex<Option<Stamps>>, now: &Stamps) {
+    if let Ok(mut f) = failed.lock() {
+        *f = Some(now.clone());
+    }
+}
+
 /// Something that reloads itself from its files.
 trait Reload: Send + Sync {
     /// Reloads (when `force`, or when a file changed). `Ok(true)`: new material is in use.
@@ -385,8 +400,8 @@ impl Certificates {
         self.pass(true)
     }
 
-    /// Reloads the material whose files changed since they were loaded. A file that fails to
-    /// load is retried at each call until it loads or changes back.
+    /// Reloads the material whose files changed since they were loaded (or since loading
+    /// them last failed: a broken file is reported once, then again when it changes).
     pub fn reload_changed(&self) -> ReloadReport {
         self.pass(false)
     }
@@ -431,6 +446,8 @@ pub struct ServerTls {
     owner: String,
     current: RwLock<Arc<ServerConfig>>,
     stamps: Mutex<Stamps>,
+    /// The files as they were when loading them last failed (reported once per change).
+    failed: Mutex<Option<Stamps>>,
     registered: Registered,
 }
 
@@ -462,6 +479,7 @@ impl ServerTls {
             owner: owner.to_owned(),
             current: RwLock::new(config),
             stamps: Mutex::new(stamps),
+            failed: Mutex::new(None),
             registered,
         });
         let weak: Weak<dyn Reload> = Arc::downgrade(&(tls.clone() as Arc<dyn Reload>));
@@ -528,10 +546,11 @@ impl ServerTls {
 impl Reload for ServerTls {
     fn reload(&self, force: bool) -> Result<bool, TlsError> {
         let now = Stamps::of(&Self::paths(&self.files));
-        if !force && self.stamps.lock().is_ok_and(|s| *s == now) {
+        if !force && unchanged(&now, &self.stamps, &self.failed) {
             return Ok(false);
         }
-        let (config, infos) = Self::build(&self.files, self.alpn, &self.owner)?;
+        let (config, infos) = Self::build(&self.files, self.alpn, &self.owner)
+            .inspect_err(|_| remember(&self.failed, &now))?;
         if let Ok(mut c) = self.current.write() {
             *c = config;
         }
@@ -631,6 +650,7 @@ pub struct UpstreamTls {
     config: Arc<ClientConfig>,
     server_name: Option<ServerName<'static>>,
     stamps: Mutex<Stamps>,
+    failed: Mutex<Option<Stamps>>,
     registered: Registered,
 }
 
@@ -692,6 +712,7 @@ impl UpstreamTls {
             config: Arc::new(config),
             server_name,
             stamps: Mutex::new(stamps),
+            failed: Mutex::new(None),
             registered,
         });
         let weak: Weak<dyn Reload> = Arc::downgrade(&(tls.clone() as Arc<dyn Reload>));
@@ -763,10 +784,11 @@ impl Reload for UpstreamTls {
             return Ok(false);
         }
         let now = Stamps::of(&paths);
-        if !force && self.stamps.lock().is_ok_and(|s| *s == now) {
+        if !force && unchanged(&now, &self.stamps, &self.failed) {
             return Ok(false);
         }
-        let (verifier, cert, infos) = Self::build(&self.files, self.which, &self.owner)?;
+        let (verifier, cert, infos) = Self::build(&self.files, self.which, &self.owner)
+            .inspect_err(|_| remember(&self.failed, &now))?;
         if let Ok(mut v) = self.verifier.0.write() {
             *v = verifier;
         }

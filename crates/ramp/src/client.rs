@@ -59,6 +59,22 @@ impl ClientError {
     }
 }
 
+/// An error with its causes ("client error (Connect): invalid peer certificate:
+/// UnknownIssuer"), so a TLS or DNS failure says what it was.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 /// A path segment with everything but unreserved characters percent-encoded, so that a name
 /// can never reach another path or a query (`a b`, `x?y=1`, `../x`).
 fn segment(s: &str) -> String {
@@ -141,7 +157,7 @@ impl Client {
             .http
             .request(req)
             .await
-            .map_err(|e| ClientError::Unreachable(self.base.clone(), e.to_string()))?;
+            .map_err(|e| ClientError::Unreachable(self.base.clone(), causes(&e)))?;
         let status = resp.status();
         let bytes = resp
             .into_body()

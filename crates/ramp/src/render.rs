@@ -183,6 +183,35 @@ pub(crate) fn log_entry(rollout: &str, entry: &LogEntry<'_>, origin: Millis, jso
 }
 
 /// A lifecycle line of `ramp serve` as one JSON object (`--log-format json`).
+/// What a TLS reload pass did: reloads on stdout (a line, or a JSON object), failures on
+/// stderr.
+pub(crate) fn tls_reloaded(reloaded: usize, failed: &[String], sighup: bool, json: bool) {
+    if reloaded > 0 || sighup {
+        if json {
+            line(
+                &serde_json::json!({
+                    "lifecycle": "tls_reloaded",
+                    "reloaded": reloaded,
+                    "failed": failed.len(),
+                    "sighup": sighup,
+                })
+                .to_string(),
+            );
+        } else {
+            line(&format!(
+                "ramp serve: TLS certificates reloaded ({reloaded} set{}{})",
+                if reloaded == 1 { "" } else { "s" },
+                if sighup { ", SIGHUP" } else { "" }
+            ));
+        }
+    }
+    for e in failed {
+        err_line(&format!(
+            "ramp serve: TLS reload failed, the previous certificate stays in use: {e}"
+        ));
+    }
+}
+
 pub(crate) fn lifecycle_json(event: &Lifecycle<'_>) {
     let value = match event {
         Lifecycle::Resumed(r) => match &r.outcome {

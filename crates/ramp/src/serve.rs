@@ -38,7 +38,7 @@ const CERTIFICATE_CHECK: std::time::Duration = std::time::Duration::from_secs(2)
 
 /// Reloads TLS material whose files changed (checked every two seconds) and all of it on
 /// SIGHUP; says what was reloaded and what failed (the old material stays in use then).
-async fn reload_certificates(certificates: Arc<ramp_proxy::tls::Certificates>) {
+async fn reload_certificates(certificates: Arc<ramp_proxy::tls::Certificates>, json_log: bool) {
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(CERTIFICATE_CHECK);
@@ -70,17 +70,8 @@ async fn reload_certificates(certificates: Arc<ramp_proxy::tls::Certificates>) {
         })
         .await
         .unwrap_or_default();
-        if report.reloaded > 0 || forced {
-            tracing::info!(
-                reloaded = report.reloaded,
-                failed = report.failed.len(),
-                "TLS certificates reloaded{}",
-                if forced { " (SIGHUP)" } else { "" }
-            );
-        }
-        for e in report.failed {
-            tracing::error!("TLS reload failed, the previous certificate stays in use: {e}");
-        }
+        let failed: Vec<String> = report.failed.iter().map(ToString::to_string).collect();
+        render::tls_reloaded(report.reloaded, &failed, forced, json_log);
     }
 }
 
@@ -182,7 +173,7 @@ pub(crate) fn run(cfg: Serve, json_log: bool) -> anyhow::Result<Result<(), Inval
         None => None,
     };
     rt.block_on(async move {
-        tokio::spawn(reload_certificates(certificates.clone()));
+        tokio::spawn(reload_certificates(certificates.clone(), json_log));
         let api = tokio::net::TcpListener::bind(cfg.api)
             .await
             .with_context(|| format!("binding the API on {}", cfg.api))?;
