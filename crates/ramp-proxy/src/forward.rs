@@ -12,7 +12,6 @@ use hyper::body::{Body as _, Incoming};
 use ramp_core::cohort::Variant;
 use ramp_core::evidence::class::Answer;
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,8 +44,11 @@ pub(crate) struct ConnCtx {
     shared: Arc<Shared>,
     /// The client address as text: the `client_ip` cohort key and the forwarding headers.
     client_ip: String,
-    /// The `for=` node of `forwarded` (IPv6 quoted in brackets).
-    forwarded_for: String,
+    /// This hop's `forwarded` element without `host`: `for=IP;proto=http|https` (IPv6
+    /// quoted in brackets), made once per connection.
+    forwarded_node: String,
+    /// The client address as a header value (`x-forwarded-for` when the request has none).
+    client_ip_value: HeaderValue,
     /// Whether the client connection is TLS (`x-forwarded-proto: https`).
     tls: bool,
     /// The connection's peer (after any PROXY protocol header).
@@ -66,10 +68,17 @@ impl ConnCtx {
             IpAddr::V4(_) => client_ip.clone(),
             IpAddr::V6(_) => format!("\"[{client_ip}]\""),
         };
+        let forwarded_node = format!(
+            "for={forwarded_for};proto={}",
+            if info.tls { "https" } else { "http" }
+        );
+        let client_ip_value =
+            HeaderValue::from_str(&client_ip).unwrap_or(HeaderValue::from_static("unknown"));
         ConnCtx {
             shared,
             client_ip,
-            forwarded_for,
+            forwarded_node,
+            client_ip_value,
             tls: info.tls,
             peer_ip: ip,
         }
@@ -154,22 +163,46 @@ fn cohort_key<'a>(ctx: &ConnCtx, headers: &'a HeaderMap, client_ip: &'a str) -> 
     }
 }
 
-/// Removes hop-by-hop headers: the fixed list and every header `connection` names.
+/// Removes hop-by-hop headers: the fixed list and every header `connection` names. One pass
+/// over the names finds which are there (most messages carry none, or only `connection`), so
+/// a message without them costs no lookups.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .collect();
+    let mut connection = false;
+    let mut others = false;
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if HOP_BY_HOP.contains(&name) {
+            others = true;
+        }
+    }
+    if connection {
+        let mut named: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            let Ok(v) = value.to_str() else { continue };
+            for token in v.split(',') {
+                let token = token.trim();
+                // `keep-alive` and `close` name no header worth a lookup.
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case("keep-alive")
+                    || token.eq_ignore_ascii_case("close")
+                {
+                    continue;
+                }
+                if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
+                    named.push(n);
+                }
+            }
+        }
         for name in named {
             headers.remove(name);
         }
+        headers.remove(header::CONNECTION);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    if others {
+        for name in HOP_BY_HOP {
+            headers.remove(name);
+        }
     }
 }
 
@@ -237,20 +270,21 @@ fn forwarding_headers(
         }
     }
 
-    let mut xff = joined(headers, &X_FORWARDED_FOR, ", ");
-    if !xff.is_empty() {
-        xff.push_str(", ");
-    }
-    xff.push_str(&ctx.client_ip);
-    match header_value(xff) {
-        Some(v) => headers.insert(X_FORWARDED_FOR.clone(), v),
-        None => headers.insert(
-            X_FORWARDED_FOR.clone(),
-            HeaderValue::from_str(&ctx.client_ip).unwrap_or(HeaderValue::from_static("unknown")),
-        ),
+    // Without a list from the client (the usual case) the value is the one made per
+    // connection: no formatting, no allocation.
+    let xff = if headers.contains_key(&X_FORWARDED_FOR) {
+        let mut xff = joined(headers, &X_FORWARDED_FOR, ", ");
+        if !xff.is_empty() {
+            xff.push_str(", ");
+        }
+        xff.push_str(&ctx.client_ip);
+        header_value(xff).unwrap_or_else(|| ctx.client_ip_value.clone())
+    } else {
+        ctx.client_ip_value.clone()
     };
-    // This hop's scheme goes into `forwarded`; `x-forwarded-proto` carries the client's
-    // original scheme, which a trusted proxy in front may know better (a TLS terminator).
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
+    // This hop's scheme is in `forwarded`; `x-forwarded-proto` carries the client's original
+    // scheme, which a trusted proxy in front may know better (a TLS terminator).
     let proto = if ctx.tls { "https" } else { "http" };
     let original = trusted_proto.map_or(proto, crate::client_addr::Proto::as_str);
     headers.insert(
@@ -258,12 +292,21 @@ fn forwarding_headers(
         HeaderValue::from_static(original),
     );
 
-    let mut forwarded = joined(headers, &header::FORWARDED, ", ");
-    if !forwarded.is_empty() {
-        forwarded.push_str(", ");
+    let mut forwarded = if headers.contains_key(header::FORWARDED) {
+        let mut f = joined(headers, &header::FORWARDED, ", ");
+        if !f.is_empty() {
+            f.push_str(", ");
+        }
+        f
+    } else {
+        String::with_capacity(
+            ctx.forwarded_node.len() + 8 + host.as_ref().map_or(0, |h| h.len() + 2),
+        )
+    };
+    forwarded.push_str(&ctx.forwarded_node);
+    if host.is_none() {
+        headers.remove(&X_FORWARDED_HOST);
     }
-    let _ = write!(forwarded, "for={};proto={proto}", ctx.forwarded_for);
-    headers.remove(&X_FORWARDED_HOST);
     if let Some(host) = host {
         if let Ok(text) = host.to_str() {
             forwarded.push_str(";host=");

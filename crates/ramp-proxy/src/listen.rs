@@ -207,6 +207,16 @@ fn builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// A listener's connections are served, draining (finish what is open), or closing now.
+const SERVING: u8 = 0;
+const DRAINING: u8 = 1;
+const CLOSING: u8 = 2;
+
+/// Resolves once the listener's phase reaches `level` (or its sender is gone).
+async fn at_least(phase: &mut watch::Receiver<u8>, level: u8) {
+    let _ = phase.wait_for(|p| *p >= level).await;
+}
+
 /// Resolves once `stop` says true or its sender is gone.
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -308,12 +318,12 @@ pub async fn serve<M, S, B>(
 {
     let builder = Arc::new(builder(&limits));
     let make = Arc::new(make);
-    // Drain: `draining` turns true on stop; every connection task holds a `live` sender, so
-    // `all_done` ends when the last one has finished.
-    let (draining_tx, draining_rx) = watch::channel(false);
+    // Drain: `phase` goes to DRAINING on stop, and to CLOSING when the drain time is up (one
+    // signal, so each connection waits on one future); every connection task holds a `live`
+    // sender, so `all_done` ends when the last one has finished.
+    let (phase_tx, phase_rx) = watch::channel(SERVING);
     let (live, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
     let silent = Arc::new(Silent::default());
-    let (hard_stop, hard_stop_rx) = watch::channel(false);
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -359,9 +369,8 @@ pub async fn serve<M, S, B>(
         };
         let acceptor = tls.as_ref().map(|t| t.acceptor());
         let proxy_protocol = limits.proxy_protocol.clone();
-        let mut draining = draining_rx.clone();
+        let mut phase = phase_rx.clone();
         let live = live.clone();
-        let mut hard_stop = hard_stop_rx.clone();
         let first_request = limits.header_read_timeout;
         let write_timeout = limits.write_timeout;
         let idle_timeout = limits.idle_timeout;
@@ -389,9 +398,8 @@ pub async fn serve<M, S, B>(
                 }
                 let header = tokio::select! {
                     biased;
-                    _ = stopped(&mut hard_stop) => return,
+                    _ = at_least(&mut phase, DRAINING) => return,
                     _ = &mut closed => return,
-                    _ = stopped(&mut draining) => return,
                     _ = &mut deadline => return,
                     h = crate::client_addr::read_proxy_header(&mut stream) => h,
                 };
@@ -404,9 +412,8 @@ pub async fn serve<M, S, B>(
                 None => Stream::Plain(stream),
                 Some(acceptor) => tokio::select! {
                     biased;
-                    _ = stopped(&mut hard_stop) => return,
+                    _ = at_least(&mut phase, DRAINING) => return,
                     _ = &mut closed => return,
-                    _ = stopped(&mut draining) => return,
                     _ = &mut deadline => return,
                     done = acceptor.accept(stream) => match done {
                         Ok(s) => Stream::Tls(Box::new(s)),
@@ -432,9 +439,8 @@ pub async fn serve<M, S, B>(
             let mut closing = false;
             tokio::select! {
                 biased;
-                _ = stopped(&mut hard_stop) => return,
                 _ = &mut conn => return,
-                _ = stopped(&mut draining) => {
+                _ = at_least(&mut phase, DRAINING) => {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
@@ -455,11 +461,14 @@ pub async fn serve<M, S, B>(
             // (HTTP/2: GOAWAY, open streams finish), as does the drain.
             let mut requests = seen.requests();
             loop {
+                let next = if closing { CLOSING } else { DRAINING };
                 tokio::select! {
                     biased;
-                    _ = stopped(&mut hard_stop) => return,
                     _ = &mut conn => return,
-                    _ = stopped(&mut draining), if !closing => {
+                    _ = at_least(&mut phase, next) => {
+                        if closing {
+                            return;
+                        }
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }
@@ -476,13 +485,13 @@ pub async fn serve<M, S, B>(
         });
     }
     drop(listener);
-    let _ = draining_tx.send(true);
+    let _ = phase_tx.send(DRAINING);
     drop(live);
     if tokio::time::timeout(limits.drain_timeout, all_done.recv())
         .await
         .is_err()
     {
-        let _ = hard_stop.send(true);
+        let _ = phase_tx.send(CLOSING);
     }
 }
 
