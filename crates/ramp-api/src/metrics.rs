@@ -248,6 +248,21 @@ impl Collector for CertificateCollector {
                     .encode_gauge(&ramp_proxy::tls::days_to_expiry(c))?;
             }
         }
+        let failures = self.certificates.handshake_failures();
+        if !failures.is_empty() {
+            let mut metric = encoder.encode_descriptor(
+                "ramp_tls_handshake_failures",
+                "TLS handshakes that failed or timed out, by listener owner (old protocol versions, unknown CAs, missing client certificates, plain HTTP to a TLS port).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (owner, n) in failures {
+                let labels: Labels = vec![("owner", escape(&owner))];
+                metric
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
         for (name, help, n) in [
             (
                 "ramp_certificate_reloads",

@@ -367,7 +367,7 @@ pub async fn serve<M, S, B>(
         } else {
             (None, None)
         };
-        let acceptor = tls.as_ref().map(|t| t.acceptor());
+        let acceptor = tls.as_ref().map(|t| (t.acceptor(), t.clone()));
         let proxy_protocol = limits.proxy_protocol.clone();
         let mut phase = phase_rx.clone();
         let live = live.clone();
@@ -410,16 +410,22 @@ pub async fn serve<M, S, B>(
             }
             let io = match acceptor {
                 None => Stream::Plain(stream),
-                Some(acceptor) => tokio::select! {
+                Some((acceptor, counted)) => tokio::select! {
                     biased;
                     _ = at_least(&mut phase, DRAINING) => return,
                     _ = &mut closed => return,
-                    _ = &mut deadline => return,
+                    _ = &mut deadline => {
+                        counted.handshake_failed();
+                        return;
+                    }
                     done = acceptor.accept(stream) => match done {
                         Ok(s) => Stream::Tls(Box::new(s)),
                         // A failed handshake (an old protocol version, an unknown CA, not
                         // TLS at all) closes the connection; rustls has sent its alert.
-                        Err(_) => return,
+                        Err(_) => {
+                            counted.handshake_failed();
+                            return;
+                        }
                     },
                 },
             };

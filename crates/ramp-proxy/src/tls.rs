@@ -290,6 +290,9 @@ pub struct Certificates {
     reloaders: Mutex<BTreeMap<u64, Weak<dyn Reload>>>,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
+    /// TLS handshakes that failed, by listener owner (old protocol versions, unknown CAs,
+    /// missing client certificates, plain HTTP to a TLS port, timeouts).
+    handshake_failures: Mutex<BTreeMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Certificates {
@@ -362,6 +365,14 @@ impl Certificates {
             .unwrap_or_default();
         all.sort_by(|a, b| (&a.owner, &a.role, &a.path).cmp(&(&b.owner, &b.role, &b.path)));
         all
+    }
+
+    /// Failed TLS handshakes since start, by listener owner.
+    pub fn handshake_failures(&self) -> Vec<(String, u64)> {
+        self.handshake_failures
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default()
     }
 
     /// Material replaced since start.
@@ -530,6 +541,13 @@ impl ServerTls {
             Alpn::Http1 => vec![b"http/1.1".to_vec()],
         };
         Ok((Arc::new(config), infos))
+    }
+
+    /// Counts a handshake on this listener that failed or timed out.
+    pub fn handshake_failed(&self) {
+        if let Ok(mut m) = self.registered.inventory.handshake_failures.lock() {
+            *m.entry(self.owner.clone()).or_insert(0) += 1;
+        }
     }
 
     /// The acceptor for the next handshake (with the material loaded last).

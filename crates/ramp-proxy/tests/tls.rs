@@ -285,6 +285,7 @@ async fn tls_1_0_and_1_1_are_refused_and_a_wrong_client_ca_fails_the_handshake()
         let up = ramp_harness::upstream(Default::default(), Default::default()).await;
         let mut cfg = config(format!("http://{up}"), format!("http://{up}"));
         cfg.listen_tls = Some(pki.listener_tls(false));
+        let inventory = cfg.certificates.clone();
         let p = proxy(cfg, 0).await;
         for version in [[3, 1], [3, 2]] {
             let mut tcp = TcpStream::connect(p.local_addr).await.unwrap();
@@ -316,6 +317,17 @@ async fn tls_1_0_and_1_1_are_refused_and_a_wrong_client_ca_fails_the_handshake()
         let mut answer = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
         assert!(!answer.starts_with(b"HTTP/"), "{answer:?}");
+        // Each refused handshake was counted for this listener: two old versions, the
+        // stranger's CA, the cleartext request.
+        // (The stranger's alert may still be on its way to the server.)
+        let expected = [("rollout tls-test".to_owned(), 4)];
+        for _ in 0..100 {
+            if inventory.handshake_failures() == expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(inventory.handshake_failures(), expected);
         // A working client still gets through.
         let mut ok = tls_connect(p.local_addr, &pki.server_ca, None, &[b"http/1.1"])
             .await
