@@ -132,7 +132,14 @@ fn open_append(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     o.create(true).append(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-    o.open(path)
+    let file = o.open(path)?;
+    // The mode above applies only to a new file: an existing one is narrowed too.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
 }
 
 impl LogFile {

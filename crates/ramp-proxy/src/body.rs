@@ -37,19 +37,34 @@ impl std::fmt::Display for Stalled {
 
 impl std::error::Error for Stalled {}
 
-/// Polls an optional idle timer: `true` when it has fired. Armed on first use (a body that
-/// is never `Pending` costs no timer).
-fn idle_fired(timer: &mut Option<Pin<Box<Sleep>>>, limit: Duration, cx: &mut Context<'_>) -> bool {
-    let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-    sleep.as_mut().poll(cx).is_ready()
+/// An idle timer: how long a body may stay `Pending` — counted from the first `Pending` after
+/// progress, so time the *other* side took to ask for the next piece (a client reading
+/// slowly, an upstream not reading yet) never counts. Allocated on first use (a body that is
+/// never `Pending` costs no timer).
+#[derive(Default)]
+pub(crate) struct Idle {
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
 }
 
-/// Re-arms an idle timer after progress.
-// A request's own timeout, not a decision: measured on the runtime's monotonic clock.
-#[allow(clippy::disallowed_methods)]
-fn progressed(timer: &mut Option<Pin<Box<Sleep>>>, limit: Duration) {
-    if let Some(t) = timer.as_mut() {
-        t.as_mut().reset(tokio::time::Instant::now() + limit);
+impl Idle {
+    /// Polls the timer while the body is `Pending`: `true` when it has fired.
+    // A request's own timeout, not a decision: measured on the runtime's monotonic clock.
+    #[allow(clippy::disallowed_methods)]
+    fn fired(&mut self, limit: Duration, cx: &mut Context<'_>) -> bool {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if !self.armed {
+            sleep.as_mut().reset(tokio::time::Instant::now() + limit);
+            self.armed = true;
+        }
+        sleep.as_mut().poll(cx).is_ready()
+    }
+
+    /// The body moved: the next `Pending` starts a fresh wait.
+    fn progressed(&mut self) {
+        self.armed = false;
     }
 }
 
@@ -58,12 +73,19 @@ fn progressed(timer: &mut Option<Pin<Box<Sleep>>>, limit: Duration) {
 pub(crate) struct UploadState {
     ended: OnceLock<Instant>,
     stalled: AtomicBool,
+    /// Pieces of the body read so far (the upstream is taking it).
+    read: std::sync::atomic::AtomicU64,
 }
 
 impl UploadState {
     /// When the upload ended, if it has.
     pub(crate) fn ended(&self) -> Option<Instant> {
         self.ended.get().copied()
+    }
+
+    /// Pieces of the body the upstream has taken so far.
+    pub(crate) fn read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
     }
 
     /// Whether the client stopped sending its body.
@@ -83,7 +105,7 @@ impl UploadState {
 pub(crate) struct Upload {
     inner: Incoming,
     state: Option<Arc<UploadState>>,
-    idle: Option<Pin<Box<Sleep>>>,
+    idle: Idle,
     limit: Duration,
 }
 
@@ -93,7 +115,7 @@ impl Upload {
         Upload {
             inner,
             state,
-            idle: None,
+            idle: Idle::default(),
             limit,
         }
     }
@@ -110,7 +132,10 @@ impl Body for Upload {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                progressed(&mut this.idle, this.limit);
+                this.idle.progressed();
+                if let Some(s) = &this.state {
+                    s.read.fetch_add(1, Ordering::Relaxed);
+                }
                 if this.inner.is_end_stream()
                     && let Some(s) = &this.state
                 {
@@ -126,7 +151,7 @@ impl Body for Upload {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if idle_fired(&mut this.idle, this.limit, cx) {
+                if this.idle.fired(this.limit, cx) {
                     if let Some(s) = &this.state {
                         s.stalled.store(true, Ordering::Relaxed);
                     }
@@ -190,7 +215,7 @@ pub(crate) struct Tracked {
     inner: Incoming,
     status: u16,
     outcome: Option<Outcome>,
-    idle: Option<Pin<Box<Sleep>>>,
+    idle: Idle,
     limit: Duration,
 }
 
@@ -200,7 +225,7 @@ impl Tracked {
             inner,
             status,
             outcome: Some(outcome),
-            idle: None,
+            idle: Idle::default(),
             limit,
         }
     }
@@ -226,7 +251,7 @@ impl Body for Tracked {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if polled.is_pending() {
-            if idle_fired(&mut this.idle, this.limit, cx) {
+            if this.idle.fired(this.limit, cx) {
                 this.finish(Answer::Truncated(this.status));
                 return Poll::Ready(Some(Err(Box::new(Stalled(
                     "the upstream stopped sending its response body",
@@ -236,7 +261,7 @@ impl Body for Tracked {
         }
         match ready!(polled) {
             Some(Ok(frame)) => {
-                progressed(&mut this.idle, this.limit);
+                this.idle.progressed();
                 if this.inner.is_end_stream() {
                     this.finish(Answer::Status(this.status));
                 }

@@ -20,6 +20,15 @@ pub(crate) struct Bulkhead {
     rejected: AtomicU64,
 }
 
+/// A place in a bulkhead's queue, given back on drop.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Bulkhead {
     pub(crate) fn new(max_in_flight: usize, max_queued: usize, queue_timeout: Duration) -> Self {
         Bulkhead {
@@ -37,14 +46,18 @@ impl Bulkhead {
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
             return Some(p);
         }
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        // Counted out on drop: a client that leaves while it waits (its future dropped) must
+        // not keep its queue place for ever.
+        let taken = self.queued.fetch_add(1, Ordering::AcqRel);
+        let place = Queued(&self.queued);
+        if taken >= self.max_queued {
+            drop(place);
             self.rejected.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         let waited =
             tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned()).await;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
+        drop(place);
         match waited {
             Ok(Ok(p)) => Some(p),
             _ => {
@@ -62,5 +75,34 @@ impl Bulkhead {
     /// Requests refused since start.
     pub(crate) fn rejected(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Requests waiting for a slot now.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a request that gave up while it waited kept its queue place, so the queue
+    /// filled with ghosts and every request beyond the slots got a 503.
+    #[tokio::test]
+    async fn a_waiter_that_leaves_gives_its_queue_place_back() {
+        let b = Bulkhead::new(1, 1, Duration::from_secs(60));
+        let held = b.enter().await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(20), b.enter()).await;
+        assert!(waiting.is_err(), "it waited");
+        assert_eq!(
+            b.queued(),
+            0,
+            "its place was given back when it was dropped"
+        );
+        drop(held);
+        assert!(b.enter().await.is_some());
+        assert_eq!(b.rejected(), 0);
     }
 }

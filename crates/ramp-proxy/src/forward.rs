@@ -607,6 +607,15 @@ fn upgrade_request(req: &Request<Incoming>) -> Option<HeaderValue> {
         return None;
     }
     let protocol = req.headers().get(header::UPGRADE)?;
+    // Only WebSocket: another protocol (`h2c`) would become a tunnel whose requests are never
+    // routed or recorded.
+    let websocket = protocol
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|p| trim_ows(p).eq_ignore_ascii_case(b"websocket"));
+    if !websocket {
+        return None;
+    }
     let asks = req
         .headers()
         .get_all(header::CONNECTION)
@@ -652,8 +661,10 @@ fn with_variant(
     response
 }
 
-/// Waits for the upstream's response head for at most `timeout` after the upload ended (an
-/// upload in progress never counts against the upstream: it has its own idle timeout).
+/// Waits for the upstream's response head for at most `timeout` after the upload ended. An
+/// upload that is moving never counts against the upstream (it has its own idle timeout); one
+/// that nobody takes for `timeout` (a TLS handshake that stalls, an upstream that stopped
+/// reading) does: the upstream timed out.
 // A request's own timeout, not a decision: measured on the runtime's monotonic clock.
 #[allow(clippy::disallowed_methods)]
 async fn response_within<F: std::future::Future>(
@@ -666,13 +677,20 @@ async fn response_within<F: std::future::Future>(
         return tokio::time::timeout(timeout, call).await.map_err(|_| ());
     };
     let mut deadline = tokio::time::Instant::now() + timeout;
+    let mut read = upload.read();
     loop {
         match tokio::time::timeout_at(deadline, &mut call).await {
             Ok(out) => return Ok(out),
             Err(_) => match upload.ended() {
                 Some(ended) if ended.elapsed() >= timeout => return Err(()),
                 Some(ended) => deadline = tokio::time::Instant::from_std(ended + timeout),
-                // Still uploading: the clock has not started.
+                // Still uploading, and the upstream took more of it: the clock restarts.
+                None if upload.read() != read => {
+                    read = upload.read();
+                    deadline = tokio::time::Instant::now() + timeout;
+                }
+                // Nothing of the upload taken for a whole timeout.
+                None if !upload.stalled() => return Err(()),
                 None => deadline = tokio::time::Instant::now() + timeout,
             },
         }

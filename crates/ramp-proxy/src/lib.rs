@@ -65,7 +65,7 @@
 //! before the end is recorded (and logged) as status 499 — a request, neither error nor
 //! success — with the latency it waited (a 5xx head stays an error). Requests refused before
 //! routing (400, 431, unsupported `CONNECT`) are not recorded. Canary health probes that find
-//! it down are recorded as errors (see [`health`]).
+//! it down are recorded as failed probes, failed attempts for its error rate (see [`health`]).
 //!
 //! # Limits ([`Limits`])
 //!
@@ -76,8 +76,9 @@
 //!   starts when the proxy starts waiting for a head, so it is also the keep-alive idle
 //!   timeout); a new connection of either protocol must deliver its first request (its TLS
 //!   handshake included) within it. Slow clients are disconnected without an answer.
-//! * Every other wait is bounded too: `connect_timeout` to an upstream (TLS handshake
-//!   included) → 502; `response_timeout`, from the end of the upload to the response head →
+//! * Every other wait is bounded too: `connect_timeout` to an upstream's TCP port → 502 (a
+//!   TLS handshake toward it that stalls, or an upstream that stops taking an upload, counts
+//!   against `response_timeout` → 504); `response_timeout`, from the end of the upload to the response head →
 //!   504 (an upload in progress never counts against the upstream); `upstream_body_timeout`
 //!   between two pieces of the response body → the response is cut off, an error of that
 //!   variant; `client_body_timeout` between two pieces of the request body → 408, not the
@@ -596,8 +597,8 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// The connector for one upstream: TCP with `connect_timeout` (the TLS handshake included),
-/// then TLS when the upstream is `https://`, verified by `tls`.
+/// The connector for one upstream: TCP with `connect_timeout`, then TLS when the upstream is
+/// `https://`, verified by `tls` (a stalled handshake is bounded by the response timeout).
 pub(crate) fn connector(
     upstream: &Upstream,
     tls: Option<&tls::UpstreamTls>,

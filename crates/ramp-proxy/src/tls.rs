@@ -788,11 +788,6 @@ impl UpstreamTls {
     pub fn server_name(&self) -> Option<&ServerName<'static>> {
         self.server_name.as_ref()
     }
-
-    /// Which upstream this is for.
-    pub fn which(&self) -> &'static str {
-        self.which
-    }
 }
 
 impl Reload for UpstreamTls {

@@ -55,6 +55,8 @@ enum Behaviour {
     LengthBesideChunked,
     /// A 200 head at once, its 2-byte body 300 ms later.
     SlowBody,
+    /// Accepts connections and never reads from them.
+    NeverReads,
 }
 
 struct RawUpstream {
@@ -73,6 +75,13 @@ async fn raw_upstream(behaviour: Behaviour) -> RawUpstream {
                 return;
             };
             let counted = counted.clone();
+            if let Behaviour::NeverReads = behaviour {
+                tokio::spawn(async move {
+                    let _held = s;
+                    std::future::pending::<()>().await;
+                });
+                continue;
+            }
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
@@ -103,7 +112,7 @@ async fn raw_upstream(behaviour: Behaviour) -> RawUpstream {
                     counted.fetch_add(1, Ordering::SeqCst);
                     let answer: &[u8] = match behaviour {
                         Behaviour::Ok => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
-                        Behaviour::Hang => {
+                        Behaviour::Hang | Behaviour::NeverReads => {
                             std::future::pending::<()>().await;
                             return;
                         }
@@ -578,6 +587,46 @@ async fn latency_runs_to_the_head_by_default_and_to_the_last_byte_when_the_plan_
             );
             p.shutdown().await;
         }
+    })
+    .await;
+}
+
+/// Regression: an upstream that never takes the upload (here: never reads its socket) kept the
+/// request waiting until the client gave up, recorded as the client's doing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_never_takes_the_upload_times_out_as_its_error() {
+    bounded(async {
+        let stable = raw_upstream(Behaviour::Ok).await;
+        let canary = raw_upstream(Behaviour::NeverReads).await;
+        let limits = Limits {
+            response_timeout: Duration::from_millis(500),
+            ..Limits::default()
+        };
+        let p = proxy(config(stable.addr, canary.addr, limits), 10_000).await;
+        let mut s = TcpStream::connect(p.local_addr).await.unwrap();
+        let body = vec![b'x'; 32 << 20];
+        let head = format!(
+            "POST /pay HTTP/1.1\r\nhost: x\r\nx-user-id: u\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let (mut r, mut w) = s.into_split();
+        // The client keeps sending as fast as the proxy takes it.
+        let writer = tokio::spawn(async move {
+            let _ = w.write_all(&body).await;
+            w
+        });
+        let mut out = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(20), r.read(&mut out))
+            .await
+            .expect("no answer")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&out[..n]).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+        writer.abort();
+        let w = p.recorder.take_window();
+        assert_eq!((w.canary.requests, w.canary.errors), (1, 1));
+        p.shutdown().await;
     })
     .await;
 }

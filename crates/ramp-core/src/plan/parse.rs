@@ -555,6 +555,15 @@ fn upstream_tls_keys(cx: &mut Ctx, t: &Table, what: &str, into: &mut UpstreamTls
             ok = false;
             continue;
         }
+        if key == "server_name" && !is_server_name(s) {
+            cx.err(
+                v.span().start + 1,
+                format!("{what}.server_name {s:?} is not a DNS name or an IP address"),
+                None,
+            );
+            ok = false;
+            continue;
+        }
         let slot = match key {
             "ca_file" => &mut into.ca_file,
             "client_cert" => &mut into.client_cert,
@@ -564,6 +573,22 @@ fn upstream_tls_keys(cx: &mut Ctx, t: &Table, what: &str, into: &mut UpstreamTls
         *slot = Some(s.to_string());
     }
     ok
+}
+
+/// Whether `s` can name a TLS server: an IP address, or a DNS name of letters, digits, `-`
+/// and `.` in labels of 1-63 characters (what rustls accepts as a server name).
+fn is_server_name(s: &str) -> bool {
+    let s = s.trim_start_matches('[').trim_end_matches(']');
+    s.parse::<std::net::IpAddr>().is_ok()
+        || (s.len() <= 253
+            && s.trim_end_matches('.').split('.').all(|label| {
+                (1..=63).contains(&label.len())
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            }))
 }
 
 /// `[upstreams.tls]` (for both) with `[upstreams.tls.stable]` / `[upstreams.tls.canary]`
@@ -753,6 +778,14 @@ fn build_proxy(cx: &mut Ctx, v: &Val) -> Option<ProxyTable> {
     }
     if let Some(pp) = get(t, "proxy_protocol") {
         match boolean(cx, pp, "proxy.proxy_protocol") {
+            Some(true) if out.trusted.is_empty() && ok => {
+                ok = false;
+                cx.err(
+                    pp.span().start,
+                    "proxy.proxy_protocol needs proxy.trusted_proxies: a PROXY header says who the client is, so only the load balancers may send one",
+                    Some("e.g. trusted_proxies = [\"10.0.0.0/8\"]".into()),
+                );
+            }
             Some(b) => out.proxy_protocol = b,
             None => ok = false,
         }
@@ -812,7 +845,19 @@ fn build_listener_tls(cx: &mut Ctx, v: &Val) -> Option<ListenerTls> {
     let key = file("key", true);
     let client_ca = file("client_ca", false);
     let required = match get(t, "client_cert_required") {
-        Some(b) => boolean(cx, b, "proxy.tls.client_cert_required"),
+        Some(b) => {
+            let r = boolean(cx, b, "proxy.tls.client_cert_required");
+            if r.is_some() && get(t, "client_ca").is_none() {
+                cx.err(
+                    b.span().start,
+                    "proxy.tls.client_cert_required needs proxy.tls.client_ca: the CA client certificates must chain to",
+                    None,
+                );
+                None
+            } else {
+                r
+            }
+        }
         None => Some(true),
     };
     Some(ListenerTls {

@@ -331,6 +331,14 @@ fn tls_settings_for_the_listener_and_the_upstreams() {
             "only one of client_cert and client_key",
         ),
         ("[upstreams.tls.stable]\nca_file = 3\n", "must be a string"),
+        (
+            "[upstreams.tls]\nserver_name = \"pay ments\"\n",
+            "not a DNS name",
+        ),
+        (
+            "[proxy.tls]\ncert = \"a\"\nkey = \"b\"\nclient_cert_required = true\n",
+            "needs proxy.tls.client_ca",
+        ),
     ] {
         let err = parse_plan(&with(extra), "p.toml").unwrap_err().to_string();
         assert!(err.contains(says), "{extra}: {err}");
@@ -357,6 +365,10 @@ fn tls_settings_for_the_listener_and_the_upstreams() {
             "must be a list",
         ),
         ("[proxy]\nproxy_protocol = \"yes\"\n", "true or false"),
+        (
+            "[proxy]\nproxy_protocol = true\n",
+            "needs proxy.trusted_proxies",
+        ),
     ] {
         let err = parse_plan(&with(extra), "p.toml").unwrap_err().to_string();
         assert!(err.contains(says), "{extra}: {err}");
