@@ -99,7 +99,7 @@ fn limits(a: &LimitArgs) -> Result<Limits, Invalid> {
         (limits.max_headers >= 1, "--max-headers must be at least 1"),
         (
             (1..=1 << 30).contains(&limits.variant_max_in_flight),
-            "--variant-max-in-flight must be at least 1",
+            "--variant-max-in-flight must be between 1 and 1073741824",
         ),
         (
             limits.max_header_bytes >= 1,
