@@ -19,6 +19,40 @@ pub fn proxy_workers() -> &'static ramp_proxy::Workers {
     WORKERS.get_or_init(|| ramp_proxy::Workers::new(2).expect("proxy workers"))
 }
 
+/// A proxy configuration for tests: `http(s)://` upstreams as given, the cohort by
+/// `x-user-id` with `salt`, one 200 ms latency threshold, `x-ramp-variant` on, default limits,
+/// cleartext, nobody trusted. Tests override fields with `..proxy_config(…)`.
+pub fn proxy_config(stable: &str, canary: &str, salt: &str) -> ramp_proxy::ProxyConfig {
+    use ramp_core::plan::{Cohort, CohortKey, UnkeyedRoute, Upstreams};
+    ramp_proxy::ProxyConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        upstreams: Upstreams {
+            stable: stable.to_owned(),
+            canary: canary.to_owned(),
+            health_path: None,
+            health_interval: 1_000,
+            stable_tls: Default::default(),
+            canary_tls: Default::default(),
+        },
+        cohort: Cohort {
+            key: CohortKey::Header("x-user-id".into()),
+            salt: salt.into(),
+            formula: 1,
+            unkeyed: UnkeyedRoute::Stable,
+        },
+        latency_thresholds_us: vec![200_000],
+        latency_to_last_byte: false,
+        limits: ramp_proxy::Limits::default(),
+        variant_header: true,
+        access_log: None,
+        listen_tls: None,
+        certificates: ramp_proxy::tls::Certificates::new(),
+        owner: "rollout test".into(),
+        trusted_proxies: Default::default(),
+        proxy_protocol: false,
+    }
+}
+
 /// Runs a test body with an upper bound on its duration (60 s).
 pub async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(std::time::Duration::from_secs(60), f)

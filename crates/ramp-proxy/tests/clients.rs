@@ -7,11 +7,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use ramp_core::cohort::{Salt, ShareBp, bucket};
-use ramp_core::plan::{Cohort, CohortKey, UnkeyedRoute, UpstreamTls, Upstreams};
+use ramp_core::plan::{Cohort, CohortKey, UnkeyedRoute};
 use ramp_harness::bounded;
 use ramp_proxy::client_addr::TrustedProxies;
-use ramp_proxy::tls::Certificates;
-use ramp_proxy::{Limits, ProxyConfig, ProxyHandle, start};
+use ramp_proxy::{ProxyConfig, ProxyHandle, start};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -70,31 +69,20 @@ fn canary_client() -> (String, u16) {
 async fn proxy(trusted: &[&str], proxy_protocol: bool, share: u16) -> ProxyHandle {
     let (stable, canary) = (echo("stable").await, echo("canary").await);
     let cfg = ProxyConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstreams: Upstreams {
-            stable: format!("http://{stable}"),
-            canary: format!("http://{canary}"),
-            health_path: None,
-            health_interval: 1_000,
-            stable_tls: UpstreamTls::default(),
-            canary_tls: UpstreamTls::default(),
-        },
         cohort: Cohort {
             key: CohortKey::ClientIp,
             salt: SALT.into(),
             formula: 1,
             unkeyed: UnkeyedRoute::Stable,
         },
-        latency_thresholds_us: vec![200_000],
-        latency_to_last_byte: false,
-        limits: Limits::default(),
-        variant_header: true,
-        access_log: None,
-        listen_tls: None,
-        certificates: Certificates::new(),
         owner: "rollout client-addr".into(),
         trusted_proxies: TrustedProxies::parse(trusted).unwrap(),
         proxy_protocol,
+        ..ramp_harness::proxy_config(
+            &format!("http://{stable}"),
+            &format!("http://{canary}"),
+            SALT,
+        )
     };
     start(
         cfg,
@@ -258,32 +246,11 @@ async fn websocket_echo(name: &'static str) -> SocketAddr {
 async fn a_websocket_is_proxied_to_the_variant_chosen_at_the_handshake_and_counted_once() {
     bounded(async {
         let (stable, canary) = (websocket_echo("stable").await, websocket_echo("canary").await);
-        let cfg = ProxyConfig {
-            upstreams: Upstreams {
-                stable: format!("http://{stable}"),
-                canary: format!("http://{canary}"),
-                health_path: None,
-                health_interval: 1_000,
-                stable_tls: UpstreamTls::default(),
-                canary_tls: UpstreamTls::default(),
-            },
-            cohort: Cohort {
-                key: CohortKey::Header("x-user-id".into()),
-                salt: SALT.into(),
-                formula: 1,
-                unkeyed: UnkeyedRoute::Stable,
-            },
-            variant_header: true,
-            ..ProxyConfig::for_plan(
-                "127.0.0.1:0".parse().unwrap(),
-                &ramp_core::plan::parse_plan(
-                    "name = \"ws\"\n[upstreams]\nstable = \"http://127.0.0.1:1\"\ncanary = \"http://127.0.0.1:2\"\n[[phase]]\nname = \"a\"\ntraffic = \"5%\"\nduration = \"1h\"\n",
-                    "ws.toml",
-                )
-                .unwrap(),
-            )
-            .unwrap()
-        };
+        let cfg = ramp_harness::proxy_config(
+            &format!("http://{stable}"),
+            &format!("http://{canary}"),
+            SALT,
+        );
         // Everyone on the canary.
         let p = start(cfg, ShareBp::new(10_000).unwrap(), ramp_harness::proxy_workers())
             .await

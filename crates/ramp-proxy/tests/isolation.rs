@@ -11,8 +11,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioExecutor;
 use ramp_core::cohort::{Salt, ShareBp, bucket};
-use ramp_core::plan::{Cohort, CohortKey, UnkeyedRoute, UpstreamTls, Upstreams};
-use ramp_proxy::tls::Certificates;
 use ramp_proxy::{Limits, ProxyConfig, ProxyHandle, Workers, start};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -153,31 +151,13 @@ async fn raw_upstream(behaviour: Behaviour) -> RawUpstream {
 
 fn config(stable: SocketAddr, canary: SocketAddr, limits: Limits) -> ProxyConfig {
     ProxyConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstreams: Upstreams {
-            stable: format!("http://{stable}"),
-            canary: format!("http://{canary}"),
-            health_path: None,
-            health_interval: 1_000,
-            stable_tls: UpstreamTls::default(),
-            canary_tls: UpstreamTls::default(),
-        },
-        cohort: Cohort {
-            key: CohortKey::Header("x-user-id".into()),
-            salt: SALT.into(),
-            formula: 1,
-            unkeyed: UnkeyedRoute::Stable,
-        },
-        latency_thresholds_us: vec![200_000],
-        latency_to_last_byte: false,
         limits,
-        variant_header: true,
-        access_log: None,
-        listen_tls: None,
-        certificates: Certificates::new(),
         owner: "rollout isolation".into(),
-        trusted_proxies: Default::default(),
-        proxy_protocol: false,
+        ..ramp_harness::proxy_config(
+            &format!("http://{stable}"),
+            &format!("http://{canary}"),
+            SALT,
+        )
     }
 }
 

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use ramp_core::cohort::{Salt, ShareBp, bucket};
-use ramp_core::plan::{Cohort, CohortKey, UnkeyedRoute, Upstreams};
+use ramp_core::plan::{CohortKey, UnkeyedRoute};
 use ramp_proxy::{
     AccessLog, BackendHealth, Limits, ProxyConfig, ProxyHandle, Workers, start, user_hash,
 };
@@ -216,35 +216,12 @@ async fn closed_port() -> SocketAddr {
 
 fn config(stable: &str, canary: &str) -> ProxyConfig {
     ProxyConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstreams: Upstreams {
-            stable: stable.to_owned(),
-            canary: canary.to_owned(),
-            health_path: None,
-            health_interval: 1_000,
-            stable_tls: Default::default(),
-            canary_tls: Default::default(),
-        },
-        cohort: Cohort {
-            key: CohortKey::Header("x-user-id".into()),
-            salt: SALT.into(),
-            formula: 1,
-            unkeyed: UnkeyedRoute::Stable,
-        },
-        latency_thresholds_us: vec![200_000],
-        latency_to_last_byte: false,
         limits: Limits {
             response_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
             ..Limits::default()
         },
-        variant_header: true,
-        access_log: None,
-        listen_tls: None,
-        certificates: ramp_proxy::tls::Certificates::new(),
-        owner: "rollout test".into(),
-        trusted_proxies: Default::default(),
-        proxy_protocol: false,
+        ..ramp_harness::proxy_config(stable, canary, SALT)
     }
 }
 

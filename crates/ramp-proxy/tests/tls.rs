@@ -8,9 +8,8 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use ramp_core::cohort::ShareBp;
-use ramp_core::plan::{Cohort, CohortKey, ListenerTls, UnkeyedRoute, UpstreamTls, Upstreams};
+use ramp_core::plan::{ListenerTls, UpstreamTls};
 use ramp_harness::pki::{Ca, Leaf, client_config, https_upstream};
-use ramp_proxy::tls::Certificates;
 use ramp_proxy::{Limits, ProxyConfig, ProxyError, ProxyHandle, Workers, start};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -78,35 +77,13 @@ impl Pki {
 
 fn config(stable: String, canary: String) -> ProxyConfig {
     ProxyConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstreams: Upstreams {
-            stable,
-            canary,
-            health_path: None,
-            health_interval: 1_000,
-            stable_tls: UpstreamTls::default(),
-            canary_tls: UpstreamTls::default(),
-        },
-        cohort: Cohort {
-            key: CohortKey::Header("x-user-id".into()),
-            salt: "tls-test".into(),
-            formula: 1,
-            unkeyed: UnkeyedRoute::Stable,
-        },
-        latency_thresholds_us: vec![200_000],
-        latency_to_last_byte: false,
         limits: Limits {
             response_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(2),
             ..Limits::default()
         },
-        variant_header: true,
-        access_log: None,
-        listen_tls: None,
-        certificates: Certificates::new(),
         owner: "rollout tls-test".into(),
-        trusted_proxies: Default::default(),
-        proxy_protocol: false,
+        ..ramp_harness::proxy_config(&stable, &canary, "tls-test")
     }
 }
 
