@@ -76,9 +76,9 @@
 //!   starts when the proxy starts waiting for a head, so it is also the keep-alive idle
 //!   timeout); a new connection of either protocol must deliver its first request (its TLS
 //!   handshake included) within it. Slow clients are disconnected without an answer.
-//! * Every other wait is bounded too: `connect_timeout` to an upstream's TCP port → 502 (a
-//!   TLS handshake toward it that stalls, or an upstream that stops taking an upload, counts
-//!   against `response_timeout` → 504); `response_timeout`, from the end of the upload to the response head →
+//! * Every other wait is bounded too: `connect_timeout` to an upstream, its TLS handshake
+//!   included → 502 (an upstream that stops taking an upload counts against
+//!   `response_timeout` → 504); `response_timeout`, from the end of the upload to the response head →
 //!   504 (an upload in progress never counts against the upstream); `upstream_body_timeout`
 //!   between two pieces of the response body → the response is cut off, an error of that
 //!   variant; `client_body_timeout` between two pieces of the request body → 408, not the
@@ -336,7 +336,46 @@ pub enum ProxyError {
 }
 
 /// The upstream HTTP client type: HTTP, or HTTPS through rustls.
-pub(crate) type UpstreamClient<B> = Client<HttpsConnector<HttpConnector>, B>;
+pub(crate) type UpstreamClient<B> = Client<Bounded, B>;
+
+/// The upstream connector with one deadline over the TCP connect *and* the TLS handshake
+/// (`connect_timeout`): an upstream that accepts and then never speaks TLS is a connect
+/// failure (502), not a wait for the response timeout.
+#[derive(Clone, Debug)]
+pub(crate) struct Bounded {
+    inner: HttpsConnector<HttpConnector>,
+    limit: Duration,
+}
+
+/// What the connector yields.
+type Connected = <HttpsConnector<HttpConnector> as tower_service::Service<Uri>>::Response;
+
+impl tower_service::Service<Uri> for Bounded {
+    type Response = Connected;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Connected, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(done) => done,
+                Err(_) => {
+                    Err("connecting to the upstream (TLS handshake included) timed out".into())
+                }
+            }
+        })
+    }
+}
 
 /// A parsed upstream base URL.
 #[derive(Clone, Debug)]
@@ -597,9 +636,20 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// The connector for one upstream: TCP with `connect_timeout`, then TLS when the upstream is
-/// `https://`, verified by `tls` (a stalled handshake is bounded by the response timeout).
+/// The connector for one upstream: TCP, then TLS when the upstream is `https://`, verified by
+/// `tls`; both within `connect_timeout`.
 pub(crate) fn connector(
+    upstream: &Upstream,
+    tls: Option<&tls::UpstreamTls>,
+    connect_timeout: Duration,
+) -> Bounded {
+    Bounded {
+        inner: tls_connector(upstream, tls, connect_timeout),
+        limit: connect_timeout,
+    }
+}
+
+fn tls_connector(
     upstream: &Upstream,
     tls: Option<&tls::UpstreamTls>,
     connect_timeout: Duration,

@@ -561,3 +561,40 @@ async fn bad_tls_material_stops_the_proxy_from_starting_with_a_clear_error() {
     })
     .await;
 }
+
+/// Regression: an upstream that accepts TCP and never speaks TLS held the request for the
+/// whole response timeout (504); its handshake is inside the connect timeout now (502).
+#[tokio::test]
+async fn an_upstream_that_never_completes_its_tls_handshake_is_a_connect_failure() {
+    bounded(async {
+        let pki = Pki::new("tls-silent-upstream");
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                held.push(s);
+            }
+        });
+        let mut cfg = config(format!("https://{addr}"), format!("https://{addr}"));
+        cfg.upstreams.stable_tls = pki.upstream_tls();
+        cfg.upstreams.canary_tls = pki.upstream_tls();
+        cfg.limits.connect_timeout = Duration::from_millis(300);
+        cfg.limits.response_timeout = Duration::from_secs(30);
+        let p = proxy(cfg, 0).await;
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build_http::<Empty<Bytes>>();
+        let req = Request::get(format!("http://{}/pay", p.local_addr))
+            .body(Empty::new())
+            .unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+            .await
+            .expect("the connect timeout did not cover the handshake")
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        let w = p.recorder.take_window();
+        assert_eq!((w.stable.requests, w.stable.errors), (1, 1));
+        p.shutdown().await;
+    })
+    .await;
+}
