@@ -276,6 +276,46 @@ fn remember(failed: &Mutex<Option<Stamps>>, now: &Stamps) {
     }
 }
 
+/// What both kinds of TLS material keep to reload: the files' stamps when loaded, and when
+/// loading failed, and their registration in the inventory.
+struct Watched {
+    stamps: Mutex<Stamps>,
+    /// The files as they were when loading them last failed (reported once per change).
+    failed: Mutex<Option<Stamps>>,
+    registered: Registered,
+}
+
+impl Watched {
+    fn new(stamps: Stamps, registered: Registered) -> Self {
+        Watched {
+            stamps: Mutex::new(stamps),
+            failed: Mutex::new(None),
+            registered,
+        }
+    }
+
+    /// Builds new material when `force` or when a file changed; `None`: nothing to do. On
+    /// success the inventory and the stamps are updated and the caller swaps the material in;
+    /// a failure is remembered, so the same broken files are reported once.
+    fn reload<T>(
+        &self,
+        paths: &[PathBuf],
+        force: bool,
+        build: impl FnOnce() -> Result<(T, Vec<CertInfo>), TlsError>,
+    ) -> Result<Option<T>, TlsError> {
+        let now = Stamps::of(paths);
+        if !force && unchanged(&now, &self.stamps, &self.failed) {
+            return Ok(None);
+        }
+        let (material, infos) = build().inspect_err(|_| remember(&self.failed, &now))?;
+        self.registered.set(infos);
+        if let Ok(mut s) = self.stamps.lock() {
+            *s = now;
+        }
+        Ok(Some(material))
+    }
+}
+
 /// Something that reloads itself from its files.
 trait Reload: Send + Sync {
     /// Reloads (when `force`, or when a file changed). `Ok(true)`: new material is in use.
@@ -456,10 +496,7 @@ pub struct ServerTls {
     alpn: Alpn,
     owner: String,
     current: RwLock<Arc<ServerConfig>>,
-    stamps: Mutex<Stamps>,
-    /// The files as they were when loading them last failed (reported once per change).
-    failed: Mutex<Option<Stamps>>,
-    registered: Registered,
+    watched: Watched,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -489,9 +526,7 @@ impl ServerTls {
             alpn,
             owner: owner.to_owned(),
             current: RwLock::new(config),
-            stamps: Mutex::new(stamps),
-            failed: Mutex::new(None),
-            registered,
+            watched: Watched::new(stamps, registered),
         });
         let weak: Weak<dyn Reload> = Arc::downgrade(&(tls.clone() as Arc<dyn Reload>));
         inventory.watch(id, weak);
@@ -545,7 +580,7 @@ impl ServerTls {
 
     /// Counts a handshake on this listener that failed or timed out.
     pub fn handshake_failed(&self) {
-        if let Ok(mut m) = self.registered.inventory.handshake_failures.lock() {
+        if let Ok(mut m) = self.watched.registered.inventory.handshake_failures.lock() {
             *m.entry(self.owner.clone()).or_insert(0) += 1;
         }
     }
@@ -563,18 +598,14 @@ impl ServerTls {
 
 impl Reload for ServerTls {
     fn reload(&self, force: bool) -> Result<bool, TlsError> {
-        let now = Stamps::of(&Self::paths(&self.files));
-        if !force && unchanged(&now, &self.stamps, &self.failed) {
+        let built = self.watched.reload(&Self::paths(&self.files), force, || {
+            Self::build(&self.files, self.alpn, &self.owner)
+        })?;
+        let Some(config) = built else {
             return Ok(false);
-        }
-        let (config, infos) = Self::build(&self.files, self.alpn, &self.owner)
-            .inspect_err(|_| remember(&self.failed, &now))?;
+        };
         if let Ok(mut c) = self.current.write() {
             *c = config;
-        }
-        self.registered.set(infos);
-        if let Ok(mut s) = self.stamps.lock() {
-            *s = now;
         }
         Ok(true)
     }
@@ -667,9 +698,7 @@ pub struct UpstreamTls {
     client_cert: Arc<ReloadingClientCert>,
     config: Arc<ClientConfig>,
     server_name: Option<ServerName<'static>>,
-    stamps: Mutex<Stamps>,
-    failed: Mutex<Option<Stamps>>,
-    registered: Registered,
+    watched: Watched,
 }
 
 impl std::fmt::Debug for UpstreamTls {
@@ -729,9 +758,7 @@ impl UpstreamTls {
             client_cert,
             config: Arc::new(config),
             server_name,
-            stamps: Mutex::new(stamps),
-            failed: Mutex::new(None),
-            registered,
+            watched: Watched::new(stamps, registered),
         });
         let weak: Weak<dyn Reload> = Arc::downgrade(&(tls.clone() as Arc<dyn Reload>));
         inventory.watch(id, weak);
@@ -796,21 +823,17 @@ impl Reload for UpstreamTls {
         if paths.is_empty() {
             return Ok(false);
         }
-        let now = Stamps::of(&paths);
-        if !force && unchanged(&now, &self.stamps, &self.failed) {
+        let built = self.watched.reload(&paths, force, || {
+            Self::build(&self.files, self.which, &self.owner).map(|(v, c, infos)| ((v, c), infos))
+        })?;
+        let Some((verifier, cert)) = built else {
             return Ok(false);
-        }
-        let (verifier, cert, infos) = Self::build(&self.files, self.which, &self.owner)
-            .inspect_err(|_| remember(&self.failed, &now))?;
+        };
         if let Ok(mut v) = self.verifier.0.write() {
             *v = verifier;
         }
         if let Ok(mut c) = self.client_cert.0.write() {
             *c = cert;
-        }
-        self.registered.set(infos);
-        if let Ok(mut s) = self.stamps.lock() {
-            *s = now;
         }
         Ok(true)
     }
