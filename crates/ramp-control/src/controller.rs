@@ -450,6 +450,12 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
                 return false;
             }
         };
+        // A backend that went down (or came back) is the core's to announce.
+        let (stable, canary) = self.evidence.health();
+        if (stable, canary) != self.state.backends {
+            self.step_batch(Input::Health { stable, canary }, None, false)
+                .await;
+        }
         let secs = period.as_secs_f64();
         self.rates.0 += alpha * (window.stable.requests as f64 / secs - self.rates.0);
         self.rates.1 += alpha * (window.canary.requests as f64 / secs - self.rates.1);
@@ -566,7 +572,7 @@ impl<E: EvidenceSource, T: TrafficSplit, C: Clock> Controller<E, T, C> {
         for e in &fx {
             match e {
                 Effect::Journal(ev) => events.push(v1::Event::from(ev)),
-                Effect::Notify(n) => notices.push(v1::Notice::of(&self.name, n)),
+                Effect::Notify(n) => notices.push(v1::Notice::at(&self.plan, &next, n)),
                 _ => {}
             }
         }

@@ -8,6 +8,7 @@
 use crate::clock::{Clock, ScaledClock, unix_now};
 use crate::controller::{self, Msg, Parts};
 use crate::log::Log;
+use crate::outbox::{ChannelParts, ChannelStats, ChannelWorker};
 use crate::ports::{ProxyEvidence, ProxySplit};
 use crate::status::{self, Published};
 use ramp_api::{ControlError, Recorded, RolloutMetrics, Rollouts};
@@ -16,6 +17,7 @@ use ramp_core::evidence::Signal;
 use ramp_core::plan::{Plan, parse_plan};
 use ramp_core::rollout::{Command, Effect, Input, State, step};
 use ramp_core::time::Millis;
+use ramp_notify::Notifier;
 use ramp_proxy::{AccessLog, Limits, ProxyConfig, ProxyHandle, Workers};
 use ramp_store::{Append, NewRollout, Store, StoreError, StoredRollout};
 use ramp_wire::v1;
@@ -53,7 +55,63 @@ pub struct Defaults {
     pub access_log_file: Option<ramp_proxy::LogFile>,
     /// Access-log lines dropped by every proxy of the server (the log could not keep up).
     pub access_log_dropped: Arc<std::sync::atomic::AtomicU64>,
+    /// How a plan's notification channels are built (their secrets read).
+    pub channels: ChannelFactory,
 }
+
+/// Builds one channel, or says why it cannot.
+pub type BuildChannel =
+    dyn Fn(&ramp_core::plan::Channel) -> Result<Arc<dyn Notifier>, String> + Send + Sync;
+
+/// Builds a plan's channel into its notifier, reading its secrets.
+#[derive(Clone)]
+pub struct ChannelFactory(pub Arc<BuildChannel>);
+
+impl ChannelFactory {
+    /// Channels whose secrets come from `secrets`.
+    pub fn with(secrets: Arc<dyn ramp_notify::Secrets>) -> Self {
+        ChannelFactory(Arc::new(move |c| {
+            ramp_notify::build(c, secrets.as_ref()).map_err(|e| e.to_string())
+        }))
+    }
+}
+
+impl Default for ChannelFactory {
+    /// Secrets from the process's environment and files.
+    fn default() -> Self {
+        ChannelFactory::with(Arc::new(ramp_notify::secret::Process))
+    }
+}
+
+impl std::fmt::Debug for ChannelFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChannelFactory")
+    }
+}
+
+/// A channel that could not be built when its rollout resumed (a secret went missing): every
+/// attempt fails with the reason, so its notices wait (and show why) until `give_up_after`.
+struct Broken {
+    name: String,
+    why: String,
+}
+
+impl Notifier for Broken {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        _: ramp_notify::Attempt<'a>,
+    ) -> ramp_store::BoxFuture<'a, Result<ramp_notify::Sent, ramp_notify::NotifyError>> {
+        let e = ramp_notify::NotifyError::later(format!("channel not available: {}", self.why));
+        Box::pin(async move { Err(e) })
+    }
+}
+
+/// How long a stopping server keeps delivering what is pending on its channels.
+pub const CHANNEL_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Default for Defaults {
     fn default() -> Self {
@@ -68,6 +126,7 @@ impl Default for Defaults {
             certificates: ramp_proxy::tls::Certificates::new(),
             access_log_file: None,
             access_log_dropped: Arc::default(),
+            channels: ChannelFactory::default(),
         }
     }
 }
@@ -96,6 +155,10 @@ pub struct Registry {
     defaults: Defaults,
     log: Log,
     outbox: Arc<Notify>,
+    /// Told after every round of the live log's deliveries: channel workers look then.
+    rounds: watch::Sender<u64>,
+    /// Every rollout's channel workers (they outlive a retire: pending notices still go).
+    channels: std::sync::Mutex<Vec<(String, ChannelWorker)>>,
     rollouts: RwLock<BTreeMap<String, Entry>>,
     /// Whether a rollout already listens on `defaults.default_listen`.
     default_taken: AtomicBool,
@@ -143,6 +206,8 @@ impl Registry {
             defaults,
             log,
             outbox,
+            rounds: watch::channel(0).0,
+            channels: std::sync::Mutex::new(Vec::new()),
             rollouts: RwLock::new(BTreeMap::new()),
             default_taken: AtomicBool::new(false),
         })
@@ -151,6 +216,55 @@ impl Registry {
     /// The store, watched (the outbox worker writes through it too).
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
+    }
+
+    /// What the live log's outbox worker tells after each round (see [`Outbox::start_waking`]).
+    pub fn rounds(&self) -> watch::Sender<u64> {
+        self.rounds.clone()
+    }
+
+    /// Builds every channel of `plan`; the first that cannot be built is the error.
+    fn build_channels(&self, plan: &Plan) -> Result<Vec<Arc<dyn Notifier>>, String> {
+        plan.notify
+            .channels
+            .iter()
+            .map(|c| (self.defaults.channels.0)(c))
+            .collect()
+    }
+
+    /// Starts delivering `plan`'s notices on `notifiers` (one worker per channel).
+    fn start_channels(&self, plan: &Plan, notifiers: Vec<Arc<dyn Notifier>>, now: Millis) {
+        let clock: Arc<dyn Clock> = Arc::new(ScaledClock::resumed(self.defaults.time_scale, now));
+        let workers: Vec<(String, ChannelWorker)> = notifiers
+            .into_iter()
+            .map(|notifier| {
+                let w = ChannelWorker::start(ChannelParts {
+                    store: self.store.clone(),
+                    rollout: plan.name.clone(),
+                    notifier,
+                    clock: clock.clone(),
+                    give_up_after: plan.notify.give_up_after,
+                    wake: self.rounds.subscribe(),
+                });
+                (plan.name.clone(), w)
+            })
+            .collect();
+        if let Ok(mut c) = self.channels.lock() {
+            c.extend(workers);
+        }
+    }
+
+    /// What each channel of `rollout` has done, for status and `/metrics`.
+    pub fn channel_stats(&self, rollout: &str) -> Vec<(String, Arc<ChannelStats>)> {
+        self.channels
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .filter(|(r, _)| r == rollout)
+                    .map(|(_, w)| (w.channel.clone(), w.stats.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn insert(&self, name: String, entry: Entry) {
@@ -264,6 +378,21 @@ impl Registry {
             .proxy(&plan, listen, share)
             .await
             .map_err(|e| e.to_string())?;
+        let notifiers = plan
+            .notify
+            .channels
+            .iter()
+            .map(|c| {
+                (self.defaults.channels.0)(c).unwrap_or_else(|why| {
+                    tracing::error!(rollout = %r.name, channel = %c.name, "channel not available; its notices wait: {why}");
+                    Arc::new(Broken {
+                        name: c.name.clone(),
+                        why,
+                    }) as Arc<dyn Notifier>
+                })
+            })
+            .collect();
+        self.start_channels(&plan, notifiers, r.state.now);
         let bound = proxy.local_addr;
         if remembered != Some(bound) {
             // Only a hint for the next start: the rollout runs whether or not it is written.
@@ -420,6 +549,7 @@ impl Registry {
         if self.contains(&plan.name) {
             return Err(ControlError::AlreadyExists(plan.name));
         }
+        let notifiers = self.build_channels(&plan).map_err(ControlError::Invalid)?;
         let had_default = self.default_taken.load(Ordering::SeqCst);
         let addr = self.listen_for(&plan, listen, None);
         let release = || {
@@ -453,7 +583,7 @@ impl Registry {
         let notices: Vec<v1::Notice> = fx
             .iter()
             .filter_map(|e| match e {
-                Effect::Notify(n) => Some(v1::Notice::of(&plan.name, n)),
+                Effect::Notify(n) => Some(v1::Notice::at(&plan, &state, n)),
                 _ => None,
             })
             .collect();
@@ -486,6 +616,7 @@ impl Registry {
         if !notices.is_empty() {
             self.outbox.notify_one();
         }
+        self.start_channels(&plan, notifiers, state.now);
         let name = plan.name.clone();
         self.run(Arc::new(plan), state, seq, fx, (false, None), proxy);
         self.status(&name)
@@ -554,6 +685,20 @@ impl Registry {
             let _ = l.task.await;
             l.proxy.shutdown().await;
             self.insert(name, Entry::Retired(Box::new(last)));
+        }
+        // The controllers' last notices are written: the channels get a moment to send them.
+        self.outbox.notify_one();
+        self.rounds.send_modify(|r| *r += 1);
+        let workers = self
+            .channels
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default();
+        let drains = workers
+            .into_iter()
+            .map(|(_, w)| tokio::spawn(w.shutdown(CHANNEL_DRAIN)));
+        for d in drains {
+            let _ = d.await;
         }
     }
 

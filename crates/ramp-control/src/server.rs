@@ -123,7 +123,7 @@ pub async fn run(
         wake.clone(),
     );
     // Through the registry's store, so that the outbox's writes are watched too.
-    let outbox = Outbox::start_waking(registry.store(), services.notifier, wake);
+    let outbox = Outbox::start_waking(registry.store(), services.notifier, wake, registry.rounds());
     for r in registry.resume_all().await? {
         report(Lifecycle::Resumed(&r));
     }

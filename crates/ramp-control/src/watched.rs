@@ -8,7 +8,8 @@ use ramp_api::JournalHealth;
 use ramp_core::evidence::MetricWindow;
 use ramp_core::time::Millis;
 use ramp_store::{
-    Append, BoxFuture, NewRollout, OutboxEntry, SharePin, Store, StoreError, StoredRollout,
+    Append, BoxFuture, DeliveryCounts, DeliveryState, NewRollout, OutboxEntry, SharePin, Store,
+    StoreError, StoredRollout,
 };
 use ramp_wire::v1;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -208,6 +209,50 @@ impl Store for Watched {
     }
     fn delivered(&self, ids: Vec<u64>, at: Millis) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move { self.watch.writing(self.inner.delivered(ids, at)).await })
+    }
+    fn pending(
+        &self,
+        n: &str,
+        c: &str,
+        l: usize,
+    ) -> BoxFuture<'_, Result<Vec<(OutboxEntry, u32)>, StoreError>> {
+        let (n, c) = (n.to_string(), c.to_string());
+        Box::pin(async move { self.watch.read(self.inner.pending(&n, &c, l).await) })
+    }
+    fn attempted(
+        &self,
+        id: u64,
+        c: &str,
+        state: DeliveryState,
+        attempts: u32,
+        at: Millis,
+        error: Option<String>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let c = c.to_string();
+        Box::pin(async move {
+            self.watch
+                .writing(self.inner.attempted(id, &c, state, attempts, at, error))
+                .await
+        })
+    }
+    fn delivery_counts(
+        &self,
+        n: &str,
+    ) -> BoxFuture<'_, Result<Vec<(String, DeliveryCounts)>, StoreError>> {
+        let n = n.to_string();
+        Box::pin(async move { self.watch.read(self.inner.delivery_counts(&n).await) })
+    }
+    fn channel_ref(&self, n: &str, c: &str) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        let (n, c) = (n.to_string(), c.to_string());
+        Box::pin(async move { self.watch.read(self.inner.channel_ref(&n, &c).await) })
+    }
+    fn set_channel_ref(&self, n: &str, c: &str, r: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (n, c, r) = (n.to_string(), c.to_string(), r.to_string());
+        Box::pin(async move {
+            self.watch
+                .writing(self.inner.set_channel_ref(&n, &c, &r))
+                .await
+        })
     }
     fn notices(
         &self,

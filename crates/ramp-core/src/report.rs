@@ -397,6 +397,38 @@ pub fn headline(rollout: &str, n: &Notice) -> String {
         ),
         About::StatusUpdate(p) => progress_line(p),
         About::Summary(p) => format!("summary: {}", progress_line(p)),
+        About::Alert { signal } => {
+            format!("{} received during rollout {rollout}", signal.describe())
+        }
+        About::BackendDown { variant } => format!(
+            "the {} backend of {rollout} is DOWN: its health checks get no answer",
+            variant.as_str()
+        ),
+        About::BackendRecovered { variant } => format!(
+            "the {} backend of {rollout} answers its health checks again",
+            variant.as_str()
+        ),
+        About::ForcedPromotion {
+            from,
+            to,
+            by,
+            reason,
+        } => match to {
+            Some(to) => format!(
+                "{by} forced phase {to} of {rollout} past unproven gates of {from}: {reason}"
+            ),
+            None => format!(
+                "{by} forced rollout {rollout} to completion past unproven gates of {from}: {reason}"
+            ),
+        },
+        About::Report {
+            report: crate::rollout::ReportKind::Final,
+        } => format!("final report of rollout {rollout} is ready"),
+        About::Report {
+            report: crate::rollout::ReportKind::IncidentReview,
+        } => format!(
+            "incident review of rollout {rollout} begun: the rollback's evidence, timeline and blast radius"
+        ),
     }
 }
 

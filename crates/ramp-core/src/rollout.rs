@@ -6,10 +6,14 @@
 //! rollback's `SetShare(0)` comes before its notifications and its incident review.
 
 use crate::cohort::ShareBp;
+use crate::cohort::Variant;
 use crate::evidence::gate::Scope;
 use crate::evidence::sequential::RateDetector;
 use crate::evidence::stats::Cusum;
-use crate::evidence::{Evidence, MetricWindow, Outcome, Signal, Verdict, combine, judge_all};
+use crate::evidence::{
+    BackendHealth, Evidence, MetricWindow, Outcome, Signal, Verdict, combine, judge_all,
+};
+use crate::plan::Topic;
 use crate::plan::{Criterion, Metric, MetricKind, Op, Plan, StopAction, Test};
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
@@ -216,6 +220,13 @@ pub struct State {
     /// [`REMEMBERED_SIGNAL_KEYS`], oldest forgotten first.
     #[serde(default)]
     pub other_signal_keys: VecDeque<String>,
+    /// The backends' health as the shell last reported it ([`Input::Health`]): (stable, canary).
+    #[serde(default = "unknown_health")]
+    pub backends: (BackendHealth, BackendHealth),
+}
+
+fn unknown_health() -> (BackendHealth, BackendHealth) {
+    (BackendHealth::Unknown, BackendHealth::Unknown)
 }
 
 impl TriggerState {
@@ -303,6 +314,7 @@ impl State {
             phase_recorded: false,
             signal_keys: VecDeque::new(),
             other_signal_keys: VecDeque::new(),
+            backends: unknown_health(),
         }
     }
 
@@ -502,6 +514,14 @@ pub enum Input {
     /// The traffic split reports this share in effect (after a `SetShare`). Recorded, nothing
     /// else: it is how the core knows what users actually get.
     ShareApplied(ShareBp),
+    /// The backends' health changed (stable, canary), as the health checks found it: a backend
+    /// that goes down is a critical notice, one that comes back a phase notice.
+    Health {
+        /// The stable backend.
+        stable: BackendHealth,
+        /// The canary backend.
+        canary: BackendHealth,
+    },
 }
 
 /// Why a rollback happened.
@@ -824,6 +844,63 @@ pub enum About {
     StatusUpdate(Progress),
     /// A scheduled summary.
     Summary(Progress),
+    /// A PCI compliance or security alert arrived (sent the moment it is counted).
+    Alert {
+        /// The alert.
+        signal: Signal,
+    },
+    /// A backend's health checks found it down.
+    BackendDown {
+        /// Which.
+        variant: Variant,
+    },
+    /// A backend that was down answers its health checks again.
+    BackendRecovered {
+        /// Which.
+        variant: Variant,
+    },
+    /// An operator promoted past gates that were not proven.
+    ForcedPromotion {
+        /// The phase left.
+        from: String,
+        /// The phase entered (`None`: the rollout completed).
+        to: Option<String>,
+        /// Who.
+        by: String,
+        /// Why.
+        reason: String,
+    },
+    /// A report was written (the final report, the incident review).
+    Report {
+        /// Which.
+        report: ReportKind,
+    },
+}
+
+impl Notice {
+    /// What the notice is about, for routing it to the groups that receive it.
+    pub fn topic(&self) -> Topic {
+        match &self.about {
+            About::Held { .. }
+            | About::RolledBack { .. }
+            | About::AwaitingApproval { .. }
+            | About::BackendDown { .. }
+            | About::ForcedPromotion { .. } => Topic::Critical,
+            About::Alert { .. } => Topic::Security,
+            About::PhaseStarted { .. }
+            | About::Extended { .. }
+            | About::Completed { .. }
+            | About::BackendRecovered { .. } => Topic::Phase,
+            About::StatusUpdate(_) => Topic::Status,
+            About::Summary(_) => Topic::Daily,
+            About::Report {
+                report: ReportKind::Final,
+            } => Topic::Final,
+            About::Report {
+                report: ReportKind::IncidentReview,
+            } => Topic::Incident,
+        }
+    }
 }
 
 /// Where a rollout stands, for scheduled notices.
@@ -1049,6 +1126,11 @@ impl Machine<'_> {
             self.s.applied = Some(share);
             return;
         }
+        if let Input::Health { stable, canary } = input {
+            self.advance(now);
+            self.health_changed(stable, canary);
+            return;
+        }
         if let Input::Restarted = input {
             let downtime = now.saturating_sub(self.s.now);
             self.s.now = self.s.now.max(now);
@@ -1092,8 +1174,38 @@ impl Machine<'_> {
                 ..
             } => self.signal(signal, Some(from), None),
             Input::Command(cmd) => self.command(cmd),
-            Input::Restarted | Input::ShareApplied(_) => unreachable!("handled above"),
+            Input::Restarted | Input::ShareApplied(_) | Input::Health { .. } => {
+                unreachable!("handled above")
+            }
         }
+    }
+
+    /// A backend going down needs a person (critical); coming back is worth a line.
+    fn health_changed(&mut self, stable: BackendHealth, canary: BackendHealth) {
+        let before = self.s.backends;
+        self.s.backends = (stable, canary);
+        if self.s.status == Status::Pending || self.s.status.is_terminal() {
+            return;
+        }
+        for (variant, was, now) in [
+            (Variant::Stable, before.0, stable),
+            (Variant::Canary, before.1, canary),
+        ] {
+            if now == BackendHealth::Down && was != BackendHealth::Down {
+                self.notify(NotifyKind::Critical, About::BackendDown { variant });
+            } else if was == BackendHealth::Down && now == BackendHealth::Operational {
+                self.notify(NotifyKind::Status, About::BackendRecovered { variant });
+            }
+        }
+    }
+
+    /// A report to write, and the notice that tells its readers it is there.
+    fn report(&mut self, report: ReportKind) {
+        self.fx.push(Effect::Report { report });
+        self.fx.push(Effect::Notify(Notice {
+            kind: NotifyKind::Summary,
+            about: About::Report { report },
+        }));
     }
 
     fn start(&mut self) {
@@ -1295,12 +1407,19 @@ impl Machine<'_> {
             self.s.forced = forced;
             self.s.ended_at = Some(self.s.now);
             let (by, reason) = if forced { (by, reason) } else { (None, None) };
+            if forced {
+                let about = About::ForcedPromotion {
+                    from: from.clone(),
+                    to: None,
+                    by: by.clone().unwrap_or_default(),
+                    reason: reason.clone().unwrap_or_default(),
+                };
+                self.notify(NotifyKind::Critical, about);
+            }
             self.journal(EventKind::Completed { forced, by, reason });
             self.notify(NotifyKind::Status, About::Completed { forced });
             if self.plan.notify.final_report {
-                self.fx.push(Effect::Report {
-                    report: ReportKind::Final,
-                });
+                self.report(ReportKind::Final);
             }
             return;
         }
@@ -1316,7 +1435,7 @@ impl Machine<'_> {
                 next: next.name.clone(),
                 share: next.share,
             };
-            self.notify(NotifyKind::Status, about);
+            self.notify(NotifyKind::Critical, about);
             return;
         }
         self.record_phase(if forced {
@@ -1324,6 +1443,15 @@ impl Machine<'_> {
         } else {
             PhaseResult::Passed
         });
+        if forced {
+            let about = About::ForcedPromotion {
+                from: from.clone(),
+                to: Some(next.name.clone()),
+                by: by.clone().unwrap_or_default(),
+                reason: reason.clone().unwrap_or_default(),
+            };
+            self.notify(NotifyKind::Critical, about);
+        }
         self.journal(EventKind::Promoted {
             from,
             to: next.name.clone(),
@@ -1372,13 +1500,9 @@ impl Machine<'_> {
                 share_before,
             },
         );
-        self.fx.push(Effect::Report {
-            report: ReportKind::IncidentReview,
-        });
+        self.report(ReportKind::IncidentReview);
         if self.plan.notify.final_report {
-            self.fx.push(Effect::Report {
-                report: ReportKind::Final,
-            });
+            self.report(ReportKind::Final);
         }
     }
 
@@ -1496,6 +1620,12 @@ impl Machine<'_> {
         }
         self.s.evidence.signals.add(&sig);
         self.s.totals.signals.add(&sig);
+        if matches!(sig, Signal::PciAlert { .. } | Signal::SecurityAlert { .. }) {
+            let about = About::Alert {
+                signal: sig.clone(),
+            };
+            self.notify(NotifyKind::Critical, about);
+        }
         // Count triggers over the whole rollout.
         for i in 0..self.plan.triggers.len() {
             if self.s.status.is_terminal() {

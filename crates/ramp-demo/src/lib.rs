@@ -174,7 +174,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoOutcome, DemoError> {
         }
     });
     let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory()?);
-    let outbox = ramp_control::outbox::Outbox::start(store.clone(), Arc::new(notifier));
+    let wake = Arc::new(tokio::sync::Notify::new());
     let registry = Registry::new(
         store.clone(),
         Arc::new(Workers::new(0)?),
@@ -186,7 +186,13 @@ pub async fn run(opts: DemoOptions) -> Result<DemoOutcome, DemoError> {
             ..Defaults::default()
         },
         log,
-        outbox.waker(),
+        wake.clone(),
+    );
+    let outbox = ramp_control::outbox::Outbox::start_waking(
+        registry.store(),
+        Arc::new(notifier),
+        wake,
+        registry.rounds(),
     );
     use ramp_api::Rollouts as _;
     let started = registry

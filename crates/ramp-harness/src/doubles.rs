@@ -6,9 +6,10 @@ use ramp_control::ports::{EvidenceError, EvidenceSource, SplitError, TrafficSpli
 use ramp_core::cohort::ShareBp;
 use ramp_core::evidence::{BackendHealth, MetricWindow};
 use ramp_core::time::Millis;
-use ramp_notify::{Notifier, NotifyError};
+use ramp_notify::{Attempt, Notifier, NotifyError, Sent};
 use ramp_store::{
-    Append, BoxFuture, NewRollout, OutboxEntry, SharePin, Store, StoreError, StoredRollout,
+    Append, BoxFuture, DeliveryCounts, DeliveryState, NewRollout, OutboxEntry, SharePin, Store,
+    StoreError, StoredRollout,
 };
 use ramp_wire::v1;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -123,6 +124,43 @@ impl<S: Store> Store for FlakyStore<S> {
     fn delivered(&self, ids: Vec<u64>, at: Millis) -> BoxFuture<'_, Result<(), StoreError>> {
         match self.check() {
             Ok(()) => self.inner.delivered(ids, at),
+            Err(e) => Box::pin(async { Err(e) }),
+        }
+    }
+    fn pending(
+        &self,
+        n: &str,
+        c: &str,
+        l: usize,
+    ) -> BoxFuture<'_, Result<Vec<(OutboxEntry, u32)>, StoreError>> {
+        self.inner.pending(n, c, l)
+    }
+    fn attempted(
+        &self,
+        id: u64,
+        c: &str,
+        state: DeliveryState,
+        attempts: u32,
+        at: Millis,
+        error: Option<String>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        match self.check() {
+            Ok(()) => self.inner.attempted(id, c, state, attempts, at, error),
+            Err(e) => Box::pin(async { Err(e) }),
+        }
+    }
+    fn delivery_counts(
+        &self,
+        n: &str,
+    ) -> BoxFuture<'_, Result<Vec<(String, DeliveryCounts)>, StoreError>> {
+        self.inner.delivery_counts(n)
+    }
+    fn channel_ref(&self, n: &str, c: &str) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        self.inner.channel_ref(n, c)
+    }
+    fn set_channel_ref(&self, n: &str, c: &str, r: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        match self.check() {
+            Ok(()) => self.inner.set_channel_ref(n, c, r),
             Err(e) => Box::pin(async { Err(e) }),
         }
     }
@@ -254,8 +292,8 @@ impl Notifier for RecordingNotifier {
         "recording"
     }
 
-    fn deliver<'a>(&'a self, entry: &'a OutboxEntry) -> BoxFuture<'a, Result<(), NotifyError>> {
-        self.delivered.lock().unwrap().push(entry.clone());
-        Box::pin(async { Ok(()) })
+    fn deliver<'a>(&'a self, attempt: Attempt<'a>) -> BoxFuture<'a, Result<Sent, NotifyError>> {
+        self.delivered.lock().unwrap().push(attempt.entry.clone());
+        Box::pin(async { Ok(Sent::default()) })
     }
 }

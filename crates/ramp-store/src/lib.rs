@@ -154,8 +154,68 @@ pub struct OutboxEntry {
     pub at: Millis,
     /// The notice.
     pub notice: v1::Notice,
-    /// When it was delivered, if it was.
+    /// When it was delivered to the live log, if it was.
     pub delivered_at: Option<Millis>,
+    /// Its deliveries to the channels it was routed to (filled by [`Store::notices`] only).
+    pub deliveries: Vec<Delivery>,
+}
+
+/// Where a notice's delivery to one channel stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Not delivered yet: waiting for its turn or for the next retry.
+    Pending,
+    /// The receiver took it.
+    Delivered,
+    /// Given up on: the receiver refused it for good, or kept failing past the plan's
+    /// `give_up_after`.
+    Failed,
+}
+
+impl DeliveryState {
+    /// `pending`, `delivered` or `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(DeliveryState::Pending),
+            "delivered" => Some(DeliveryState::Delivered),
+            "failed" => Some(DeliveryState::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// One notice's delivery to one channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// The channel.
+    pub channel: String,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the latest attempt was made (ms since the Unix epoch).
+    pub last_attempt_at: Option<Millis>,
+    /// Why the latest attempt failed, if it did.
+    pub error: Option<String>,
+}
+
+/// A channel's deliveries of one rollout, counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeliveryCounts {
+    /// Waiting.
+    pub pending: u64,
+    /// Done.
+    pub delivered: u64,
+    /// Given up.
+    pub failed: u64,
 }
 
 /// A durable journal of rollouts. Writes resolve only once durable.
@@ -231,7 +291,50 @@ pub trait Store: Send + Sync + 'static {
     /// Marks notices delivered at `at`.
     fn delivered(&self, ids: Vec<u64>, at: Millis) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// A rollout's notices, oldest first, with id > `after`, at most `limit`.
+    /// The notices of `rollout` still pending on `channel`, oldest first, at most `limit`, each
+    /// with the attempts made so far.
+    fn pending(
+        &self,
+        rollout: &str,
+        channel: &str,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(OutboxEntry, u32)>, StoreError>>;
+
+    /// Records an attempt to deliver notice `id` on `channel`: its new state, the attempts made,
+    /// when, and the error if it failed.
+    fn attempted(
+        &self,
+        id: u64,
+        channel: &str,
+        state: DeliveryState,
+        attempts: u32,
+        at: Millis,
+        error: Option<String>,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Deliveries of `rollout` by channel and state.
+    fn delivery_counts(
+        &self,
+        rollout: &str,
+    ) -> BoxFuture<'_, Result<Vec<(String, DeliveryCounts)>, StoreError>>;
+
+    /// What a channel keeps per rollout across restarts (a Slack thread's root message).
+    fn channel_ref(
+        &self,
+        rollout: &str,
+        channel: &str,
+    ) -> BoxFuture<'_, Result<Option<String>, StoreError>>;
+
+    /// Stores [`Store::channel_ref`].
+    fn set_channel_ref(
+        &self,
+        rollout: &str,
+        channel: &str,
+        reference: &str,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// A rollout's notices, oldest first, with id > `after`, at most `limit`, with their
+    /// deliveries.
     fn notices(
         &self,
         rollout: &str,

@@ -24,7 +24,10 @@ use super::records::{
     self, EVENT_FORMAT, NOTICE_FORMAT, STATE_FORMAT, decode_event, decode_notice, decode_state,
     encode_event, encode_notice, encode_state, to_i64,
 };
-use super::{Append, BoxFuture, NewRollout, OutboxEntry, Store, StoreError, StoredRollout};
+use super::{
+    Append, BoxFuture, Delivery, DeliveryCounts, DeliveryState, NewRollout, OutboxEntry, Store,
+    StoreError, StoredRollout,
+};
 use ramp_core::evidence::MetricWindow;
 use ramp_core::time::Millis;
 use ramp_wire::v1;
@@ -91,6 +94,25 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX outbox_undelivered ON outbox (delivered_at, id);
     CREATE INDEX outbox_by_rollout ON outbox (rollout, id);",
+    // 5: each notice's delivery to each channel it was routed to (written with the notice),
+    // and what a channel keeps per rollout (a Slack thread's root message).
+    "CREATE TABLE deliveries (
+        notice INTEGER NOT NULL REFERENCES outbox(id),
+        rollout TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_attempt_at BIGINT,
+        error TEXT,
+        PRIMARY KEY (notice, channel)
+    );
+    CREATE INDEX deliveries_pending ON deliveries (rollout, channel, state, notice);
+    CREATE TABLE channel_refs (
+        rollout TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        reference TEXT NOT NULL,
+        PRIMARY KEY (rollout, channel)
+    );",
 ];
 
 /// A job on a thread's connection (or the reason there is none); answers whether the
@@ -586,7 +608,7 @@ struct EncodedStep {
     state: String,
     updated_at: i64,
     window: Option<(i64, String)>,
-    notices: Vec<(&'static str, String)>,
+    notices: Vec<(&'static str, String, Vec<String>)>,
 }
 
 fn encode_step(step: &Append) -> Result<EncodedStep, StoreError> {
@@ -605,7 +627,7 @@ fn encode_step(step: &Append) -> Result<EncodedStep, StoreError> {
     let notices = step
         .notices
         .iter()
-        .map(|n| Ok((notice_kind(n), encode_notice(n)?)))
+        .map(|n| Ok((notice_kind(n), encode_notice(n)?, n.channels.clone())))
         .collect::<Result<Vec<_>, StoreError>>()?;
     Ok(EncodedStep {
         events,
@@ -650,7 +672,11 @@ fn write_step(
             "INSERT INTO outbox (rollout, seq, at, kind, format, body)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        for (kind, body) in &step.notices {
+        let mut route = tx.prepare_cached(
+            "INSERT OR IGNORE INTO deliveries (notice, rollout, channel, state)
+             VALUES (?1, ?2, ?3, 'pending')",
+        )?;
+        for (kind, body, channels) in &step.notices {
             insert.execute(params![
                 name,
                 seq,
@@ -659,6 +685,10 @@ fn write_step(
                 NOTICE_FORMAT,
                 body
             ])?;
+            let id = tx.last_insert_rowid();
+            for channel in channels {
+                route.execute(params![id, name, channel])?;
+            }
         }
     }
     let changed = tx
@@ -711,6 +741,7 @@ fn parse_outbox(rows: Vec<RawNotice>) -> Result<Vec<OutboxEntry>, StoreError> {
                     Some(d) => Some(unsigned(&rollout, "time", d)?),
                     None => None,
                 },
+                deliveries: Vec::new(),
                 rollout,
             })
         })
@@ -1017,6 +1048,142 @@ impl Store for SqliteStore {
         })
     }
 
+    fn pending(
+        &self,
+        rollout: &str,
+        channel: &str,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(OutboxEntry, u32)>, StoreError>> {
+        let (name, channel) = (rollout.to_string(), channel.to_string());
+        self.reader.run(move |conn| {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let mut attempts = Vec::new();
+            let rows = conn
+                .prepare_cached(
+                    "SELECT o.id, o.rollout, o.seq, o.at, o.format, o.body, o.delivered_at,
+                            d.attempts
+                     FROM deliveries d JOIN outbox o ON o.id = d.notice
+                     WHERE d.rollout = ?1 AND d.channel = ?2 AND d.state = 'pending'
+                     ORDER BY d.notice LIMIT ?3",
+                )?
+                .query_map(params![name, channel, limit], |r| {
+                    Ok((outbox_row(r)?, r.get::<_, i64>(7)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .map(|(row, n)| {
+                    attempts.push(u32::try_from(n).unwrap_or(u32::MAX));
+                    row
+                })
+                .collect();
+            Ok(parse_outbox(rows)?.into_iter().zip(attempts).collect())
+        })
+    }
+
+    fn attempted(
+        &self,
+        id: u64,
+        channel: &str,
+        state: DeliveryState,
+        attempts: u32,
+        at: Millis,
+        error: Option<String>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let channel = channel.to_string();
+        self.writer.run(move |conn| {
+            // A delivery that is done stays done: a late retry never turns it back.
+            conn.prepare_cached(
+                "UPDATE deliveries SET state = ?3, attempts = ?4, last_attempt_at = ?5, error = ?6
+                 WHERE notice = ?1 AND channel = ?2 AND state = 'pending'",
+            )?
+            .execute(params![
+                to_i64(id, "outbox id")?,
+                channel,
+                state.as_str(),
+                i64::from(attempts),
+                to_i64(at, "attempt time")?,
+                error
+            ])?;
+            Ok(())
+        })
+    }
+
+    fn delivery_counts(
+        &self,
+        rollout: &str,
+    ) -> BoxFuture<'_, Result<Vec<(String, DeliveryCounts)>, StoreError>> {
+        let name = rollout.to_string();
+        self.reader.run(move |conn| {
+            let rows = conn
+                .prepare_cached(
+                    "SELECT channel, state, COUNT(*) FROM deliveries WHERE rollout = ?1
+                     GROUP BY channel, state ORDER BY channel",
+                )?
+                .query_map([name], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut out: Vec<(String, DeliveryCounts)> = Vec::new();
+            for (channel, state, n) in rows {
+                if out.last().is_none_or(|(c, _)| *c != channel) {
+                    out.push((channel, DeliveryCounts::default()));
+                }
+                let Some((_, counts)) = out.last_mut() else {
+                    continue;
+                };
+                let n = u64::try_from(n).unwrap_or(0);
+                match DeliveryState::parse(&state) {
+                    Some(DeliveryState::Pending) => counts.pending += n,
+                    Some(DeliveryState::Delivered) => counts.delivered += n,
+                    Some(DeliveryState::Failed) => counts.failed += n,
+                    None => {}
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn channel_ref(
+        &self,
+        rollout: &str,
+        channel: &str,
+    ) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        let (name, channel) = (rollout.to_string(), channel.to_string());
+        self.reader.run(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT reference FROM channel_refs WHERE rollout = ?1 AND channel = ?2",
+                )?
+                .query_row(params![name, channel], |r| r.get(0))
+                .optional()?)
+        })
+    }
+
+    fn set_channel_ref(
+        &self,
+        rollout: &str,
+        channel: &str,
+        reference: &str,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (name, channel, reference) = (
+            rollout.to_string(),
+            channel.to_string(),
+            reference.to_string(),
+        );
+        self.writer.run(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO channel_refs (rollout, channel, reference) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (rollout, channel) DO UPDATE SET reference = excluded.reference",
+            )?
+            .execute(params![name, channel, reference])?;
+            Ok(())
+        })
+    }
+
     fn notices(
         &self,
         rollout: &str,
@@ -1037,7 +1204,40 @@ impl Store for SqliteStore {
                 ))?
                 .query_map(params![name, after, limit], outbox_row)?
                 .collect::<Result<Vec<_>, _>>()?;
-            parse_outbox(rows)
+            let mut entries = parse_outbox(rows)?;
+            let mut deliveries = conn.prepare_cached(
+                "SELECT channel, state, attempts, last_attempt_at, error FROM deliveries
+                 WHERE notice = ?1 ORDER BY rowid",
+            )?;
+            for e in &mut entries {
+                let rows = deliveries
+                    .query_map([to_i64(e.id, "outbox id")?], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, Option<i64>>(3)?,
+                            r.get::<_, Option<String>>(4)?,
+                        ))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                for (channel, state, attempts, at, error) in rows {
+                    let state =
+                        DeliveryState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+                            rollout: e.rollout.clone(),
+                            seq: e.seq,
+                            reason: format!("notice {}: delivery state {state:?}", e.id),
+                        })?;
+                    e.deliveries.push(Delivery {
+                        channel,
+                        state,
+                        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                        last_attempt_at: at.and_then(|a| u64::try_from(a).ok()),
+                        error,
+                    });
+                }
+            }
+            Ok(entries)
         })
     }
 }

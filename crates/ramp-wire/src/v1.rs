@@ -1142,15 +1142,157 @@ pub struct Notice {
     /// One line, with the numbers.
     pub headline: String,
     /// What happened: `phase_started`, `extended`, `awaiting_approval`, `completed`, `held`,
-    /// `rolled_back`, `status_update` or `summary`.
+    /// `rolled_back`, `status_update`, `summary`, `alert`, `backend_down`,
+    /// `backend_recovered`, `forced_promotion` or `report`.
     pub about: String,
     /// For holds and rollbacks: why, with the evidence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why: Option<StopReason>,
+    /// The routing topic: `critical`, `security`, `phase`, `status`, `daily`, `final` or
+    /// `incident` (absent in notices written before ramp routed them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// The stakeholder groups it goes to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// The channels that carry it (besides the live log).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
+    /// For a report notice: which report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<ReportKind>,
+    /// The numbers at the moment of the decision: the same ones `ramp status` shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numbers: Option<Box<NoticeNumbers>>,
+    /// The rollout's page on the dashboard, when the plan sets `[notify] link`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+/// One variant's numbers, as a notice carries them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VariantNumbers {
+    /// Requests (health probes that failed are counted in `errors` and `attempts` only).
+    pub requests: u64,
+    /// Errors (5xx, timeouts, resets, failed probes).
+    pub errors: u64,
+    /// Attempts the error rate is over: requests plus failed probes.
+    pub attempts: u64,
+    /// `errors / attempts`.
+    pub error_rate: f64,
+    /// Requests answered successfully.
+    pub successes: u64,
+    /// `successes / requests`.
+    pub success_rate: f64,
+    /// p95 latency in ms (display estimate).
+    pub p95_ms: Option<f64>,
+    /// Distinct users (estimate).
+    pub users: u64,
+}
+
+impl VariantNumbers {
+    /// The numbers of some requests.
+    pub fn of(s: &ev::VariantStats) -> Self {
+        let (errors, attempts) = s.error_counts();
+        VariantNumbers {
+            requests: s.requests,
+            errors,
+            attempts,
+            error_rate: s.error_rate(),
+            successes: s.successes,
+            success_rate: s.success_rate(),
+            p95_ms: s.quantile_ms(0.95),
+            users: s.users.estimate(),
+        }
+    }
+}
+
+/// Signals counted, as a notice carries them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SignalNumbers {
+    /// PCI compliance alerts.
+    pub pci_alerts: u64,
+    /// Security alerts by severity: low, medium, high, critical.
+    pub security_alerts: [u64; 4],
+    /// Bug reports.
+    pub bug_reports: u64,
+    /// Feedback received.
+    pub feedback: u64,
+    /// Of which positive.
+    pub feedback_positive: u64,
+}
+
+impl From<&ev::SignalCounts> for SignalNumbers {
+    fn from(c: &ev::SignalCounts) -> Self {
+        SignalNumbers {
+            pci_alerts: c.pci_alerts,
+            security_alerts: c.security,
+            bug_reports: c.bug_reports,
+            feedback: c.feedback,
+            feedback_positive: c.feedback_positive,
+        }
+    }
+}
+
+/// What a rollback exposed users to.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BlastRadius {
+    /// Requests the new version served during the rollout.
+    pub canary_requests: u64,
+    /// Of which failed (errors).
+    pub failed_requests: u64,
+    /// Distinct users who reached the new version (estimate).
+    pub users: u64,
+    /// How long users were on the new version (ms): start to rollback.
+    pub exposure_ms: u64,
+    /// The share of users on it just before the rollback (basis points).
+    pub share_before: u16,
+}
+
+/// The numbers a notice carries: phase, share, per-variant rates and p95 with their n, every
+/// gate's verdict with observed value, bound, threshold and the requests still needed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NoticeNumbers {
+    /// Controller time of the decision (ms since the Unix epoch).
+    pub at: u64,
+    /// Where the rollout is.
+    pub status: Status,
+    /// Current phase index.
+    pub phase: u64,
+    /// Current phase name.
+    pub phase_name: String,
+    /// Canary share (basis points).
+    pub share: u16,
+    /// Time in the phase (ms).
+    pub phase_elapsed: u64,
+    /// The phase's planned duration (ms).
+    pub phase_duration: u64,
+    /// Stable in the current phase.
+    pub stable: VariantNumbers,
+    /// Canary in the current phase.
+    pub canary: VariantNumbers,
+    /// Stable since the rollout started.
+    pub stable_total: VariantNumbers,
+    /// Canary since the rollout started.
+    pub canary_total: VariantNumbers,
+    /// Signals since the rollout started.
+    pub signals: SignalNumbers,
+    /// The gates, judged at the decision.
+    pub verdicts: Vec<Verdict>,
+    /// For a rollback: what it exposed users to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blast_radius: Option<BlastRadius>,
+    /// For an alert: the alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<Signal>,
+    /// For a backend notice: `stable` or `canary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
 }
 
 impl Notice {
-    /// A core notice for rollout `rollout`, with its headline rendered.
+    /// A core notice for rollout `rollout`, with its headline rendered (no numbers, no
+    /// routing: see [`Notice::at`]).
     pub fn of(rollout: &str, n: &ro::Notice) -> Self {
         use ro::About as A;
         let (about, why) = match &n.about {
@@ -1162,13 +1304,86 @@ impl Notice {
             A::RolledBack { reason, .. } => ("rolled_back", StopReason::of(reason)),
             A::StatusUpdate(_) => ("status_update", None),
             A::Summary(_) => ("summary", None),
+            A::Alert { .. } => ("alert", None),
+            A::BackendDown { .. } => ("backend_down", None),
+            A::BackendRecovered { .. } => ("backend_recovered", None),
+            A::ForcedPromotion { .. } => ("forced_promotion", None),
+            A::Report { .. } => ("report", None),
         };
         Notice {
             kind: n.kind.into(),
             headline: report::headline(rollout, n),
             about: about.to_string(),
             why,
+            topic: Some(n.topic().name().to_string()),
+            groups: Vec::new(),
+            channels: Vec::new(),
+            report: match &n.about {
+                A::Report { report } => Some((*report).into()),
+                _ => None,
+            },
+            numbers: None,
+            link: None,
         }
+    }
+
+    /// A core notice as the step that sent it leaves the rollout: routed to the plan's groups
+    /// and channels, with the numbers of `state` (the state after the step).
+    pub fn at(plan: &ramp_core::plan::Plan, state: &ro::State, n: &ro::Notice) -> Self {
+        use ro::About as A;
+        let mut out = Notice::of(&plan.name, n);
+        let route = plan.notify.route(n.topic());
+        out.groups = route.groups;
+        out.channels = route.channels;
+        out.link = plan
+            .notify
+            .link
+            .as_ref()
+            .map(|base| format!("{base}/rollouts/{}", plan.name));
+        let phase = &plan.phases[state.phase.min(plan.phases.len() - 1)];
+        let canary_total = VariantNumbers::of(&state.totals.canary);
+        out.numbers = Some(Box::new(NoticeNumbers {
+            at: state.now,
+            status: state.status.into(),
+            phase: state.phase as u64,
+            phase_name: phase.name.clone(),
+            share: state.share.bp(),
+            phase_elapsed: state.phase_elapsed,
+            phase_duration: phase.duration,
+            stable: VariantNumbers::of(&state.evidence.stable),
+            canary: VariantNumbers::of(&state.evidence.canary),
+            stable_total: VariantNumbers::of(&state.totals.stable),
+            signals: (&state.totals.signals).into(),
+            verdicts: ro::current_verdicts(plan, state)
+                .iter()
+                .map(Verdict::from)
+                .collect(),
+            blast_radius: match &n.about {
+                A::RolledBack { share_before, .. } => Some(BlastRadius {
+                    canary_requests: canary_total.requests,
+                    failed_requests: canary_total.errors,
+                    users: canary_total.users,
+                    exposure_ms: state
+                        .ended_at
+                        .unwrap_or(state.now)
+                        .saturating_sub(state.started_at.unwrap_or(state.now)),
+                    share_before: share_before.bp(),
+                }),
+                _ => None,
+            },
+            canary_total,
+            signal: match &n.about {
+                A::Alert { signal } => Some(signal.into()),
+                _ => None,
+            },
+            variant: match &n.about {
+                A::BackendDown { variant } | A::BackendRecovered { variant } => {
+                    Some(variant.as_str().to_string())
+                }
+                _ => None,
+            },
+        }));
+        out
     }
 }
 

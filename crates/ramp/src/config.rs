@@ -188,6 +188,7 @@ pub(crate) fn serve(a: ServeArgs) -> Result<Serve, Invalid> {
             certificates: ramp_proxy::tls::Certificates::new(),
             access_log_file: None,
             access_log_dropped: Default::default(),
+            channels: Default::default(),
         },
     })
 }

@@ -256,14 +256,17 @@ async fn a_canary_that_fails_in_the_second_phase_is_rolled_back_by_the_real_loop
         ]
     );
     // Every notice was delivered once, in order: phase starts, 4-hourly updates, the daily
-    // summary, and the critical rollback notice last.
+    // summary, the critical rollback notice, then the incident review's and final report's.
     let ids: Vec<u64> = delivered.iter().map(|n| n.id).collect();
     let mut sorted = ids.clone();
     sorted.dedup();
     assert_eq!(ids, sorted, "each once, in order");
     let about: Vec<&str> = delivered.iter().map(|n| n.notice.about.as_str()).collect();
     assert_eq!(about.first(), Some(&"phase_started"));
-    assert_eq!(about.last(), Some(&"rolled_back"));
+    assert_eq!(
+        about[about.len() - 3..],
+        ["rolled_back", "report", "report"]
+    );
     assert!(about.contains(&"summary"));
     assert!(about.iter().filter(|a| **a == "status_update").count() >= 7);
     assert!(store.undelivered(10).await.unwrap().is_empty());

@@ -3,11 +3,15 @@
 //! reports every problem at once with its line and column.
 
 mod criterion;
+mod notify;
 mod parse;
 
 pub use criterion::{
     Criterion, METRIC_NAMES, Metric, MetricKind, Op, POSITIVE_FEEDBACK, RawCriterion, RawValue,
     Severity, SyntaxError, Test, Unit, parse_raw,
+};
+pub use notify::{
+    Channel, ChannelKind, DEFAULT_GIVE_UP_AFTER, Group, LOG_CHANNEL, Route, Secret, SmtpTls, Topic,
 };
 pub use parse::{PlanError, PlanErrors, parse_plan};
 
@@ -268,6 +272,22 @@ pub struct Notify {
     pub final_report: bool,
     /// Whether critical events are notified at once.
     pub critical_immediately: bool,
+    /// The channels notices leave by (`[notify.channel.NAME]`), in plan order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<Channel>,
+    /// The stakeholder groups (`[notify.group.NAME]`), in plan order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<Group>,
+    /// The base URL of ramp's dashboard and reports, for links in notices (`link`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// How long a notice is retried before it is marked failed (`give_up_after`).
+    #[serde(default = "default_give_up_after")]
+    pub give_up_after: Millis,
+}
+
+fn default_give_up_after() -> Millis {
+    DEFAULT_GIVE_UP_AFTER
 }
 
 impl Plan {

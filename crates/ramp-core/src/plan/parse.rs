@@ -123,6 +123,9 @@ pub(crate) fn did_you_mean(word: &str, candidates: &[&str]) -> Option<String> {
         .map(|(_, c)| format!("did you mean `{c}`?"))
 }
 
+mod notify;
+use notify::build_notify;
+
 type Table<'a> = DeTable<'a>;
 type Val<'a> = Spanned<DeValue<'a>>;
 
@@ -1696,86 +1699,4 @@ fn build_triggers(
         Some(list) => criteria_list(cx, list, Context::Trigger, baseline, 0.0),
         None => Some(Vec::new()),
     }
-}
-
-fn build_notify(cx: &mut Ctx, v: Option<&Val>) -> Option<Notify> {
-    let mut n = Notify {
-        status_every: None,
-        summary_every: None,
-        final_report: true,
-        critical_immediately: true,
-    };
-    let Some(v) = v else { return Some(n) };
-    let t = table(cx, v, "notify")?;
-    check_keys(
-        cx,
-        t,
-        &[
-            "status_every",
-            "daily_summary",
-            "summary_every",
-            "final_report",
-            "critical",
-        ],
-        "[notify]",
-    );
-    let mut ok = true;
-    let mut every = |cx: &mut Ctx, key: &str| -> Option<Option<Millis>> {
-        let v = get(t, key)?;
-        if let DeValue::Boolean(false) = v.get_ref() {
-            return Some(None);
-        }
-        if key == "daily_summary"
-            && let DeValue::Boolean(true) = v.get_ref()
-        {
-            return Some(Some(DAY));
-        }
-        match duration(cx, v, &format!("notify.{key}")) {
-            Some(d) if d >= MINUTE => Some(Some(d)),
-            Some(_) => {
-                cx.err(
-                    v.span().start + 1,
-                    format!("notify.{key} must be at least 1m"),
-                    None,
-                );
-                ok = false;
-                None
-            }
-            None => {
-                ok = false;
-                None
-            }
-        }
-    };
-    if let Some(s) = every(cx, "status_every") {
-        n.status_every = s;
-    }
-    if let Some(s) = every(cx, "daily_summary") {
-        n.summary_every = s;
-    }
-    if let Some(s) = every(cx, "summary_every") {
-        n.summary_every = s;
-    }
-    if let Some(f) = get(t, "final_report") {
-        match boolean(cx, f, "notify.final_report") {
-            Some(b) => n.final_report = b,
-            None => ok = false,
-        }
-    }
-    if let Some(c) = get(t, "critical") {
-        match c.get_ref() {
-            DeValue::Boolean(b) => n.critical_immediately = *b,
-            DeValue::String(s) if s.as_ref() == "immediate" => n.critical_immediately = true,
-            DeValue::String(s) if s.as_ref() == "off" => n.critical_immediately = false,
-            _ => {
-                ok = false;
-                cx.err(
-                    c.span().start,
-                    "notify.critical must be \"immediate\", \"off\" or a boolean",
-                    None,
-                );
-            }
-        }
-    }
-    ok.then_some(n)
 }

@@ -148,16 +148,24 @@ fn a_healthy_rollout_completes_in_three_days() {
     }));
     // Status every 4h over 72h, summaries daily.
     let status = d.log.iter().filter(|e| matches!(e, Effect::Notify(n) if n.kind == NotifyKind::Status && matches!(&n.about, About::StatusUpdate(p) if p.status == Status::Running))).count();
-    let summaries = d
-        .log
-        .iter()
-        .filter(|e| matches!(e, Effect::Notify(n) if n.kind == NotifyKind::Summary))
-        .count();
+    let topic = |t: ramp_core::plan::Topic| {
+        d.log
+            .iter()
+            .filter(|e| matches!(e, Effect::Notify(n) if n.topic() == t))
+            .count()
+    };
+    use ramp_core::plan::Topic;
     assert_eq!(
-        (status, summaries),
-        (17, 2),
-        "4h updates at 4..68h, summaries at 24h and 48h"
+        (
+            status,
+            topic(Topic::Status),
+            topic(Topic::Daily),
+            topic(Topic::Final)
+        ),
+        (17, 17, 2, 1),
+        "4h updates at 4..68h, summaries at 24h and 48h, one final report"
     );
+    assert_eq!(topic(Topic::Incident), 0);
 }
 
 #[test]
@@ -276,6 +284,7 @@ fn a_trigger_rolls_back_in_the_same_step_traffic_first() {
             Effect::SetShare { share } if *share == ShareBp::ZERO => "share:0",
             Effect::SetShare { .. } => "share:other",
             Effect::Notify(n) if n.kind == NotifyKind::Critical => "notify:critical",
+            Effect::Notify(n) if matches!(n.about, About::Report { .. }) => "notify:report",
             Effect::Notify(_) => "notify:other",
             Effect::Report {
                 report: ReportKind::IncidentReview,
@@ -292,7 +301,9 @@ fn a_trigger_rolls_back_in_the_same_step_traffic_first() {
             "share:0",
             "notify:critical",
             "report:incident",
-            "report:final"
+            "notify:report",
+            "report:final",
+            "notify:report"
         ]
     );
     let explanation = d

@@ -1,0 +1,86 @@
+//! PagerDuty Events API v2: a critical notice triggers (or adds to) one incident per rollout,
+//! deduplicated by `ramp-<rollout>`; the rollout completing, or the backend that was down
+//! answering again, resolves it. A rollback's incident stays open: it is for people to close
+//! after the incident review. Other notices routed here are accepted and not sent.
+
+use crate::{Attempt, Notifier, NotifyError, Sent};
+use ramp_store::BoxFuture;
+use ramp_wire::v1::NotifyKind;
+
+/// A PagerDuty channel.
+pub struct PagerDuty {
+    name: String,
+    url: String,
+    routing_key: String,
+}
+
+impl std::fmt::Debug for PagerDuty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PagerDuty")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PagerDuty {
+    /// Sends events to `url` with `routing_key`.
+    pub fn new(name: String, url: String, routing_key: String) -> Self {
+        PagerDuty {
+            name,
+            url,
+            routing_key,
+        }
+    }
+}
+
+/// The event for a notice, or `None` when the notice is not for PagerDuty.
+pub fn event(attempt: &Attempt<'_>, routing_key: &str) -> Option<serde_json::Value> {
+    let e = attempt.entry;
+    let n = &e.notice;
+    let action = match (n.kind, n.about.as_str()) {
+        (NotifyKind::Critical, _) => "trigger",
+        (_, "completed" | "backend_recovered") => "resolve",
+        _ => return None,
+    };
+    let mut ev = serde_json::json!({
+        "routing_key": routing_key,
+        "event_action": action,
+        "dedup_key": format!("ramp-{}", e.rollout),
+    });
+    if action == "trigger" {
+        ev["payload"] = serde_json::json!({
+            "summary": crate::message::subject(e).chars().take(1000).collect::<String>(),
+            "source": format!("ramp/{}", e.rollout),
+            "severity": "critical",
+            "component": e.rollout,
+            "class": n.about,
+            "custom_details": {
+                "notice": attempt.key(),
+                "text": crate::message::text(e),
+                "numbers": n.numbers,
+            },
+        });
+        if let Some(link) = &n.link {
+            ev["links"] = serde_json::json!([{"href": link, "text": "rollout in ramp"}]);
+        }
+    }
+    Some(ev)
+}
+
+impl Notifier for PagerDuty {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn deliver<'a>(&'a self, attempt: Attempt<'a>) -> BoxFuture<'a, Result<Sent, NotifyError>> {
+        Box::pin(async move {
+            let Some(ev) = event(&attempt, &self.routing_key) else {
+                return Ok(Sent::default());
+            };
+            let body = serde_json::to_vec(&ev).unwrap_or_default();
+            let what = format!("pagerduty {}", self.name);
+            crate::http::post_json(&what, &self.url, &[], body).await?;
+            Ok(Sent::default())
+        })
+    }
+}
