@@ -1,0 +1,2 @@
+//! ramp's documents (placeholder, being written).
+#![forbid(unsafe_code)]
