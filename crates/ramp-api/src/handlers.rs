@@ -83,6 +83,8 @@ pub(crate) fn router<R: Rollouts>(rollouts: Arc<R>, config: ApiConfig) -> (Route
             get(get_rollout::<R>).merge(delete(retire_rollout::<R>)),
         )
         .route("/v1/rollouts/{name}/events", get(list_events::<R>))
+        .route("/v1/rollouts/{name}/notices", get(list_notices::<R>))
+        .route("/v1/rollouts/{name}/report", get(get_report::<R>))
         .route("/v1/rollouts/{name}/pause", post(pause::<R>))
         .route("/v1/rollouts/{name}/resume", post(resume::<R>))
         .route("/v1/rollouts/{name}/approve", post(approve::<R>))
@@ -312,6 +314,102 @@ pub(crate) async fn list_events<R: Rollouts>(
     let (after, limit) = input::page(&pairs)?;
     let page = s.rollouts.events(&name, after, limit).await?;
     Ok(json_status(StatusCode::OK, &page))
+}
+
+/// A page of a rollout's notices: what was sent, to which groups and channels, when, and how
+/// each delivery went (attempts, the latest error, delivered or failed).
+#[utoipa::path(
+    get, path = "/v1/rollouts/{name}/notices", tag = "rollouts",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "The rollout's name."),
+        ("after" = Option<u64>, Query, description = "Notices with an id after this (default 0: from the start).", minimum = 0, maximum = 9223372036854775807_i64),
+        ("limit" = Option<u32>, Query, description = "At most this many notices (1 to 1000, default 100).", minimum = 1, maximum = 1000),
+    ),
+    responses(
+        (status = 200, description = "Notices with `id > after`, oldest first.", body = v1::NoticePage),
+        (status = 400, description = "Bad `after` or `limit`.", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "The token's role may not read (ingest).", body = ErrorBody),
+        (status = 404, description = "No rollout by that name.", body = ErrorBody),
+        (status = 503, description = "The store is unavailable.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_notices<R: Rollouts>(
+    State(s): St<R>,
+    headers: HeaderMap,
+    name: Name,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, Problem> {
+    s.authorize(&headers, Access::Read)?;
+    let name = rollout_name(name)?;
+    let Ok(Query(pairs)) = query else {
+        return Err(Problem::field("query", "malformed query string"));
+    };
+    let (after, limit) = input::page(&pairs)?;
+    let page = s.rollouts.notices(&name, after, limit).await?;
+    Ok(json_status(StatusCode::OK, &page))
+}
+
+/// A report on a rollout, built from its journal now: `status`, `daily`, `final` (the success
+/// metrics measured against their targets, per phase and overall) or `incident` (the
+/// rollback's trigger, evidence, timeline and blast radius), as Markdown, self-contained HTML
+/// with SVG charts, or JSON.
+#[utoipa::path(
+    get, path = "/v1/rollouts/{name}/report", tag = "rollouts",
+    security(("bearer" = [])),
+    params(
+        ("name" = String, Path, description = "The rollout's name."),
+        ("kind" = Option<String>, Query, description = "status (default), daily, final or incident.", pattern = "^(status|daily|final|incident)$"),
+        ("format" = Option<String>, Query, description = "md (default), html or json.", pattern = "^(md|html|json)$"),
+    ),
+    responses(
+        (status = 200, description = "The report: text/markdown, text/html or application/json as `format` asks.", body = String, content_type = "text/markdown"),
+        (status = 400, description = "Unknown `kind` or `format`.", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token.", body = ErrorBody),
+        (status = 403, description = "The token's role may not read (ingest).", body = ErrorBody),
+        (status = 404, description = "No rollout by that name.", body = ErrorBody),
+        (status = 409, description = "No such report yet (an incident review before any rollback).", body = ErrorBody),
+        (status = 503, description = "The store is unavailable.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn get_report<R: Rollouts>(
+    State(s): St<R>,
+    headers: HeaderMap,
+    name: Name,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, Problem> {
+    s.authorize(&headers, Access::Read)?;
+    let name = rollout_name(name)?;
+    let Ok(Query(pairs)) = query else {
+        return Err(Problem::field("query", "malformed query string"));
+    };
+    let (mut kind, mut format) = (v1::ReportDoc::Status, v1::ReportFormat::Md);
+    for (k, v) in &pairs {
+        match k.as_str() {
+            "kind" => {
+                kind = v1::ReportDoc::parse(v).ok_or_else(|| {
+                    Problem::field("kind", "must be status, daily, final or incident")
+                })?
+            }
+            "format" => {
+                format = v1::ReportFormat::parse(v)
+                    .ok_or_else(|| Problem::field("format", "must be md, html or json"))?
+            }
+            other => {
+                return Err(Problem::field(
+                    other,
+                    "unknown query parameter (kind, format)",
+                ));
+            }
+        }
+    }
+    let body = s.rollouts.report(&name, kind, format).await?;
+    let mut resp = (StatusCode::OK, body).into_response();
+    if let Ok(v) = HeaderValue::from_str(format.content_type()) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    Ok(resp)
 }
 
 /// Retires a rollout that has ended (completed or rolled back): its proxy stops listening and

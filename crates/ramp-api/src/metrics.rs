@@ -575,6 +575,56 @@ impl Collector for RolloutCollector {
             }
         }
         {
+            type Count = fn(&ramp_wire::v1::ChannelView) -> u64;
+            let counters: [(&str, &str, Count); 3] = [
+                (
+                    "ramp_notices_delivered",
+                    "Notices a channel delivered, since the server started.",
+                    |c| c.delivered,
+                ),
+                (
+                    "ramp_notices_failed",
+                    "Notices a channel gave up on (refused, or past give_up_after), since the server started.",
+                    |c| c.failed,
+                ),
+                (
+                    "ramp_notice_retries",
+                    "Failed delivery attempts that were retried, since the server started.",
+                    |c| c.retries,
+                ),
+            ];
+            for (name, help, get) in counters {
+                let mut metric =
+                    encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for m in &all {
+                    for c in &m.detail.channels {
+                        let labels: Labels = vec![
+                            ("rollout", escape(&m.name)),
+                            ("channel", escape(&c.channel)),
+                        ];
+                        metric
+                            .encode_family(&labels)?
+                            .encode_counter::<NoLabelSet, _, u64>(&get(c), None)?;
+                    }
+                }
+            }
+            let mut metric = encoder.encode_descriptor(
+                "ramp_notices_pending",
+                "Notices waiting for delivery on a channel, as last counted.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for m in &all {
+                for c in &m.detail.channels {
+                    let labels: Labels = vec![
+                        ("rollout", escape(&m.name)),
+                        ("channel", escape(&c.channel)),
+                    ];
+                    metric.encode_family(&labels)?.encode_gauge(&c.pending)?;
+                }
+            }
+        }
+        {
             let mut metric = encoder.encode_descriptor(
                 "ramp_rollout_status",
                 "1 for the rollout's current status.",

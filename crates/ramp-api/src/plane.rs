@@ -65,6 +65,8 @@ pub struct RolloutDetail {
     pub triggers: Vec<(String, f64, bool)>,
     /// Signals taken in since the rollout started.
     pub signals: ramp_core::evidence::SignalCounts,
+    /// Each notification channel: how its deliveries went since the server started.
+    pub channels: Vec<v1::ChannelView>,
 }
 
 /// Why the control plane refused.
@@ -139,6 +141,28 @@ pub trait Rollouts: Send + Sync + 'static {
     /// Cumulative numbers for `/metrics`; rollouts that should run but do not (could not be
     /// resumed, or their controller stopped) are listed with status `unavailable`.
     fn metrics(&self) -> Vec<RolloutMetrics>;
+    /// A page of a rollout's notices, with how each delivery went.
+    fn notices(
+        &self,
+        name: &str,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<v1::NoticePage, ControlError>> + Send {
+        let _ = (after, limit);
+        let name = name.to_string();
+        async move { Err(ControlError::NotFound(name)) }
+    }
+    /// A report on a rollout, rendered.
+    fn report(
+        &self,
+        name: &str,
+        kind: v1::ReportDoc,
+        format: v1::ReportFormat,
+    ) -> impl Future<Output = Result<String, ControlError>> + Send {
+        let _ = (kind, format);
+        let name = name.to_string();
+        async move { Err(ControlError::NotFound(name)) }
+    }
     /// How the journal's storage is doing (a plane without one is always healthy).
     fn journal(&self) -> JournalHealth {
         JournalHealth::default()

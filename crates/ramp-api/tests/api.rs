@@ -116,6 +116,7 @@ fn status(name: &str, state: v1::Status) -> RolloutStatus {
         ended_at: None,
         retired: false,
         journal_error: None,
+        channels: Vec::new(),
     }
 }
 
@@ -398,6 +399,14 @@ impl Rollouts for Fake {
                         feedback: 10,
                         feedback_positive: 7,
                     },
+                    channels: vec![v1::ChannelView {
+                        channel: "ops-hook".into(),
+                        delivered: 12,
+                        failed: 1,
+                        retries: 3,
+                        pending: 2,
+                        error: None,
+                    }],
                 },
             })
             .collect()
@@ -2429,6 +2438,8 @@ async fn served_openapi_document_is_the_generated_one() {
         ("post", "/v1/rollouts"),
         ("get", "/v1/rollouts/{name}"),
         ("get", "/v1/rollouts/{name}/events"),
+        ("get", "/v1/rollouts/{name}/notices"),
+        ("get", "/v1/rollouts/{name}/report"),
         ("delete", "/v1/rollouts/{name}"),
         ("post", "/v1/rollouts/{name}/pause"),
         ("post", "/v1/rollouts/{name}/resume"),
@@ -2448,7 +2459,7 @@ async fn served_openapi_document_is_the_generated_one() {
             "{method} {path} undocumented"
         );
     }
-    assert_eq!(paths.len(), 15);
+    assert_eq!(paths.len(), 17);
     server.shutdown().await;
 }
 
@@ -2506,7 +2517,19 @@ fn documented_schemas_have_the_fields_the_real_types_serialise() {
         note: "n".into(),
     });
     status.reason = Some("rolled back by ana: n".into());
+    status.channels = vec![v1::ChannelView {
+        channel: "ops-hook".into(),
+        delivered: 1,
+        failed: 0,
+        retries: 2,
+        pending: 0,
+        error: Some("webhook ops-hook: HTTP 503".into()),
+    }];
     let status = serde_json::to_value(status).unwrap();
+    assert_eq!(
+        schema("ChannelView", &status["channels"][0]),
+        keys(&status["channels"][0])
+    );
     assert_eq!(schema("RolloutStatus", &status), keys(&status));
     assert_eq!(
         schema("VariantView", &status["canary"]),

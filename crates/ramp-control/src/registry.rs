@@ -254,6 +254,22 @@ impl Registry {
         }
     }
 
+    /// How each channel of `rollout` is doing, for status and `/metrics`.
+    fn channel_views(&self, rollout: &str) -> Vec<v1::ChannelView> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.channel_stats(rollout)
+            .into_iter()
+            .map(|(channel, s)| v1::ChannelView {
+                channel,
+                delivered: s.delivered.load(Relaxed),
+                failed: s.failed.load(Relaxed),
+                retries: s.retries.load(Relaxed),
+                pending: s.pending.load(Relaxed),
+                error: s.error(),
+            })
+            .collect()
+    }
+
     /// What each channel of `rollout` has done, for status and `/metrics`.
     pub fn channel_stats(&self, rollout: &str) -> Vec<(String, Arc<ChannelStats>)> {
         self.channels
@@ -711,7 +727,8 @@ impl Registry {
 
 impl Rollouts for Registry {
     fn list(&self) -> Vec<v1::RolloutStatus> {
-        self.rollouts
+        let mut all: Vec<v1::RolloutStatus> = self
+            .rollouts
             .read()
             .map(|r| {
                 r.values()
@@ -721,14 +738,65 @@ impl Rollouts for Registry {
                     })
                     .collect()
             })
-            .unwrap_or_default()
+            .unwrap_or_default();
+        for s in &mut all {
+            s.channels = self.channel_views(&s.name);
+        }
+        all
     }
 
     fn status(&self, name: &str) -> Option<v1::RolloutStatus> {
-        let r = self.rollouts.read().ok()?;
-        Some(match r.get(name)? {
-            Entry::Live(l) => l.published.borrow().status.clone(),
-            Entry::Retired(s) | Entry::Unavailable(s) => (**s).clone(),
+        let mut status = {
+            let r = self.rollouts.read().ok()?;
+            match r.get(name)? {
+                Entry::Live(l) => l.published.borrow().status.clone(),
+                Entry::Retired(s) | Entry::Unavailable(s) => (**s).clone(),
+            }
+        };
+        status.channels = self.channel_views(name);
+        Some(status)
+    }
+
+    async fn notices(
+        &self,
+        name: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<v1::NoticePage, ControlError> {
+        let entries = self
+            .store
+            .notices(name, after, limit)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound(n) => ControlError::NotFound(n),
+                other => ControlError::Unavailable(other.to_string()),
+            })?;
+        let next = entries.last().map_or(after, |e| e.id);
+        let notices = entries
+            .into_iter()
+            .map(|e| v1::NoticeRecord {
+                id: e.id,
+                seq: e.seq,
+                at: e.at,
+                logged_at: e.delivered_at,
+                deliveries: e
+                    .deliveries
+                    .into_iter()
+                    .map(|d| v1::DeliveryView {
+                        channel: d.channel,
+                        state: d.state.as_str().to_string(),
+                        attempts: d.attempts,
+                        last_attempt_at: d.last_attempt_at,
+                        error: d.error,
+                    })
+                    .collect(),
+                notice: e.notice,
+            })
+            .collect();
+        Ok(v1::NoticePage {
+            rollout: name.to_string(),
+            notices,
+            next,
         })
     }
 
@@ -845,7 +913,11 @@ impl Rollouts for Registry {
                 r.iter()
                     .filter_map(|(name, e)| match e {
                         Entry::Live(l) if l.task.is_finished() => Some(unavailable(name)),
-                        Entry::Live(l) => Some(l.published.borrow().metrics.clone()),
+                        Entry::Live(l) => {
+                            let mut m = l.published.borrow().metrics.clone();
+                            m.detail.channels = self.channel_views(name);
+                            Some(m)
+                        }
                         Entry::Unavailable(_) => Some(unavailable(name)),
                         // Retired rollouts are gone from the fleet: no series at all.
                         Entry::Retired(_) => None,

@@ -69,6 +69,7 @@ pub(crate) fn publish(v: &View<'_>) -> Published {
         ended_at: s.ended_at,
         retired: v.retired,
         journal_error: v.journal_error.map(str::to_string),
+        channels: Vec::new(),
     };
     let metrics = RolloutMetrics {
         name: v.name.to_string(),
@@ -93,6 +94,7 @@ pub(crate) fn publish(v: &View<'_>) -> Published {
                 .map(|(t, progress)| (t.trigger.clone(), progress, t.fired))
                 .collect(),
             signals: s.totals.signals.clone(),
+            channels: Vec::new(),
         },
     };
     Published { status, metrics }
@@ -131,5 +133,6 @@ pub(crate) fn unavailable(
         ended_at: None,
         retired: false,
         journal_error: None,
+        channels: Vec::new(),
     }
 }

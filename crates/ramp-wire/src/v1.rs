@@ -368,6 +368,9 @@ pub struct RolloutStatus {
     /// Signals and commands are refused meanwhile; a rollback still happens at once.
     #[serde(default)]
     pub journal_error: Option<String>,
+    /// Its notification channels (besides the live log) and how each is doing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<ChannelView>,
 }
 
 /// One variant's numbers in the current phase.
@@ -1384,6 +1387,144 @@ impl Notice {
             },
         }));
         out
+    }
+}
+
+/// A notice's delivery to one channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryView {
+    /// The channel (as the plan names it).
+    pub channel: String,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the latest attempt was made (ms since the Unix epoch).
+    pub last_attempt_at: Option<u64>,
+    /// Why the latest attempt failed.
+    pub error: Option<String>,
+}
+
+/// A notice as sent: what, when, to whom, and how each delivery went.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NoticeRecord {
+    /// Its id (increasing in the order notices were written); the idempotency key receivers
+    /// get is `ramp-<rollout>-<id>`.
+    pub id: u64,
+    /// The journal position of the step that sent it.
+    pub seq: u64,
+    /// When it was decided (controller time, ms since the Unix epoch).
+    pub at: u64,
+    /// The notice.
+    pub notice: Notice,
+    /// When the live log took it.
+    pub logged_at: Option<u64>,
+    /// Its deliveries to the channels it was routed to.
+    pub deliveries: Vec<DeliveryView>,
+}
+
+/// A page of a rollout's notices.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NoticePage {
+    /// The rollout.
+    pub rollout: String,
+    /// Notices with `id > after`, oldest first.
+    pub notices: Vec<NoticeRecord>,
+    /// The `after` for the next page (the last id here, or the request's when empty).
+    pub next: u64,
+}
+
+/// How one notification channel of a rollout is doing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ChannelView {
+    /// The channel.
+    pub channel: String,
+    /// Notices delivered since the server started.
+    pub delivered: u64,
+    /// Notices given up on since the server started.
+    pub failed: u64,
+    /// Failed attempts that were retried since the server started.
+    pub retries: u64,
+    /// Notices waiting, as last counted.
+    pub pending: u64,
+    /// The latest failure, while the channel keeps failing.
+    pub error: Option<String>,
+}
+
+/// A report document kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportDoc {
+    /// Where the rollout stands now.
+    Status,
+    /// The last day.
+    Daily,
+    /// The whole rollout, measured against its success metrics.
+    Final,
+    /// After a rollback: the trigger, its evidence, the timeline, the blast radius.
+    Incident,
+}
+
+impl ReportDoc {
+    /// The name used in URLs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReportDoc::Status => "status",
+            ReportDoc::Daily => "daily",
+            ReportDoc::Final => "final",
+            ReportDoc::Incident => "incident",
+        }
+    }
+
+    /// The kind a URL or command line names.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            ReportDoc::Status,
+            ReportDoc::Daily,
+            ReportDoc::Final,
+            ReportDoc::Incident,
+        ]
+        .into_iter()
+        .find(|k| k.name() == s)
+    }
+}
+
+/// A report's format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportFormat {
+    /// Markdown.
+    Md,
+    /// Self-contained HTML with SVG charts.
+    Html,
+    /// The report's data as JSON.
+    Json,
+}
+
+impl ReportFormat {
+    /// The name used in URLs and on the command line (also the file extension).
+    pub fn name(self) -> &'static str {
+        match self {
+            ReportFormat::Md => "md",
+            ReportFormat::Html => "html",
+            ReportFormat::Json => "json",
+        }
+    }
+
+    /// The format a URL or command line names.
+    pub fn parse(s: &str) -> Option<Self> {
+        [ReportFormat::Md, ReportFormat::Html, ReportFormat::Json]
+            .into_iter()
+            .find(|k| k.name() == s)
+    }
+
+    /// Its media type.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ReportFormat::Md => "text/markdown; charset=utf-8",
+            ReportFormat::Html => "text/html; charset=utf-8",
+            ReportFormat::Json => "application/json",
+        }
     }
 }
 

@@ -107,6 +107,42 @@ pub(crate) enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Show what a rollout's notices said, to whom, when, and how each delivery went.
+    Notices {
+        /// The rollout.
+        name: String,
+        /// Start after this notice id.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many notices (1-1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Show each notice's full message (its numbers and gates), not one line.
+        #[arg(long)]
+        full: bool,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Write a report on a rollout: where it stands, the last day, the final report (success
+    /// metrics against their targets) or the incident review of a rollback.
+    Report {
+        /// The rollout.
+        name: String,
+        /// status, daily, final or incident.
+        #[arg(long, default_value = "status", value_parser = ["status", "daily", "final", "incident"])]
+        kind: String,
+        /// md, html (self-contained, with charts) or json.
+        #[arg(long, default_value = "md", value_parser = ["md", "html", "json"])]
+        format: String,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Manage API tokens.
     Token {
         #[command(subcommand)]

@@ -1,4 +1,5 @@
-//! The CLI client: `ramp status|pause|resume|approve|promote|rollback|signal|events|retire`,
+//! The CLI client: `ramp status|pause|resume|approve|promote|rollback|signal|events|notices|
+//! report|retire`,
 //! talking to a server's HTTP API with a bearer token, in the wire types the server speaks.
 
 use bytes::Bytes;
@@ -281,6 +282,47 @@ impl Client {
             .await?;
         let page = self.parse(&raw)?;
         Ok((raw, page))
+    }
+
+    /// `GET /v1/rollouts/{name}/notices` (raw JSON and typed).
+    pub(crate) async fn notices(
+        &self,
+        name: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Bytes, v1::NoticePage), ClientError> {
+        let raw = self
+            .call(
+                Method::GET,
+                &format!(
+                    "/v1/rollouts/{}/notices?after={after}&limit={limit}",
+                    segment(name)
+                ),
+                None,
+            )
+            .await?;
+        let page = self.parse(&raw)?;
+        Ok((raw, page))
+    }
+
+    /// `GET /v1/rollouts/{name}/report?kind=&format=`: the document as served.
+    pub(crate) async fn report(
+        &self,
+        name: &str,
+        kind: &str,
+        format: &str,
+    ) -> Result<Bytes, ClientError> {
+        self.call(
+            Method::GET,
+            &format!(
+                "/v1/rollouts/{}/report?kind={}&format={}",
+                segment(name),
+                segment(kind),
+                segment(format)
+            ),
+            None,
+        )
+        .await
     }
 }
 

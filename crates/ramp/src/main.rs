@@ -227,6 +227,41 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), Invalid>> {
             }
             Ok(())
         }),
+        Command::Notices {
+            name,
+            after,
+            limit,
+            full,
+            json,
+            server,
+        } => client_cmd(&server, |c| async move {
+            let (raw, page) = c.notices(&name, after, limit).await?;
+            if json {
+                render::out(&pretty(&raw));
+            } else {
+                render::out(&render::notices(&page, full));
+            }
+            Ok(())
+        }),
+        Command::Report {
+            name,
+            kind,
+            format,
+            out,
+            server,
+        } => client_cmd(&server, |c| async move {
+            let body = c.report(&name, &kind, &format).await?;
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, &body).map_err(|e| {
+                        client::ClientError::Answer(path.display().to_string(), e.to_string())
+                    })?;
+                    render::line(&format!("{kind} report written to {}", path.display()));
+                }
+                None => render::out(&String::from_utf8_lossy(&body)),
+            }
+            Ok(())
+        }),
         Command::Token {
             command:
                 TokenCommand::Add {

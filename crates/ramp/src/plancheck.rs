@@ -4,7 +4,9 @@
 //! decides with (always-valid bounds, the calibrated detector bank).
 
 use ramp_core::evidence::{confseq, stats};
-use ramp_core::plan::{Criterion, Metric, MetricKind, Op, Plan, Test};
+use ramp_core::plan::{
+    ChannelKind, Criterion, Metric, MetricKind, Op, Plan, Secret, SmtpTls, Test, Topic,
+};
 use ramp_core::report::{count, ms, pct};
 use ramp_core::rollout::{Stream, detector_for, trigger_stream};
 use ramp_core::time::{Human, Millis};
@@ -290,6 +292,86 @@ pub(crate) fn render(plan: &Plan, rps: Option<f64>) -> (String, Vec<String>) {
             parts.join(", ")
         }
     );
+    for c in &n.channels {
+        let (kind, to) = match &c.kind {
+            ChannelKind::Webhook { url, secret } => (
+                "webhook",
+                format!(
+                    "{}{}",
+                    url.split('?').next().unwrap_or(url),
+                    if secret.is_some() { " (signed)" } else { "" }
+                ),
+            ),
+            ChannelKind::Slack { token, channel, .. } => match (token, channel) {
+                (Some(_), Some(ch)) => ("slack", format!("bot in {ch}, one thread per rollout")),
+                _ => ("slack", "incoming webhook".to_string()),
+            },
+            ChannelKind::Email {
+                host,
+                port,
+                tls,
+                to,
+                ..
+            } => (
+                "email",
+                format!(
+                    "{} via {host}:{port} ({})",
+                    to.join(", "),
+                    match tls {
+                        SmtpTls::Starttls => "STARTTLS",
+                        SmtpTls::Tls => "TLS",
+                        SmtpTls::None => "no TLS",
+                    }
+                ),
+            ),
+            ChannelKind::Pagerduty { .. } => ("pagerduty", "Events API v2".to_string()),
+        };
+        let _ = writeln!(out, "  channel {} ({kind}): {to}", c.name);
+        for (key, secret) in c.kind.secrets() {
+            let _ = writeln!(out, "    {key} from {secret}");
+            if let Secret::Env(v) = secret
+                && std::env::var_os(v).is_none()
+            {
+                warnings.push(format!(
+                    "notify.channel.{}.{key}: environment variable {v} is not set here; `ramp serve` refuses the plan until it is",
+                    c.name
+                ));
+            }
+        }
+    }
+    for g in &n.groups {
+        let topics: Vec<&str> = g.receives.iter().map(|t| t.name()).collect();
+        let _ = writeln!(
+            out,
+            "  group {} gets {} via {}",
+            g.name,
+            topics.join(", "),
+            g.channels.join(", ")
+        );
+    }
+    if !n.groups.is_empty() {
+        for t in Topic::ALL {
+            let r = n.route(t);
+            if r.groups.is_empty() {
+                let _ = writeln!(out, "  {}: live log only (no group receives it)", t.name());
+            }
+        }
+    }
+    let unused: Vec<&str> = n
+        .channels
+        .iter()
+        .filter(|c| !n.groups.iter().any(|g| g.channels.contains(&c.name)))
+        .map(|c| c.name.as_str())
+        .collect();
+    if !unused.is_empty() {
+        warnings.push(format!(
+            "notification channel(s) {} reach no group: add them to a [notify.group.*]",
+            unused.join(", ")
+        ));
+    }
+    if !n.channels.is_empty() && n.route(Topic::Critical).groups.is_empty() {
+        warnings.push("no group receives `critical` notices: nobody outside the live log hears about a rollback".into());
+    }
     if plan.phases.last().map(|p| p.share.bp()) != Some(10_000) {
         warnings.push("the last phase sends less than 100% of users to the canary: `completed` will leave the rest on stable".into());
     }

@@ -107,6 +107,63 @@ pub(crate) fn status(s: &v1::RolloutStatus) -> String {
 }
 
 /// A journal page for people: position, UTC time, and the event's lines.
+/// A page of notices: one line each (time, urgency, headline), then one line per delivery;
+/// `full` adds each notice's whole message.
+pub(crate) fn notices(page: &v1::NoticePage, full: bool) -> String {
+    let mut out = Vec::new();
+    if page.notices.is_empty() {
+        out.push(format!("no notices for {}", page.rollout));
+    }
+    for r in &page.notices {
+        let kind = match r.notice.kind {
+            v1::NotifyKind::Critical => "CRITICAL",
+            v1::NotifyKind::Summary => "report",
+            v1::NotifyKind::Status => "status",
+        };
+        out.push(format!(
+            "#{} {} {:<8} {}",
+            r.id,
+            ramp_wire::text::utc(r.at),
+            kind,
+            r.notice.headline
+        ));
+        if !r.notice.groups.is_empty() {
+            out.push(format!("     to {}", r.notice.groups.join(", ")));
+        }
+        for d in &r.deliveries {
+            let mut line = format!(
+                "     {:<16} {:<9} {} attempt{}",
+                d.channel,
+                d.state,
+                d.attempts,
+                if d.attempts == 1 { "" } else { "s" }
+            );
+            if let Some(at) = d.last_attempt_at {
+                line.push_str(&format!(", last {}", ramp_wire::text::utc(at)));
+            }
+            if let Some(e) = &d.error {
+                line.push_str(&format!(": {e}"));
+            }
+            out.push(line);
+        }
+        if full {
+            let entry = ramp_store::OutboxEntry {
+                id: r.id,
+                rollout: page.rollout.clone(),
+                seq: r.seq,
+                at: r.at,
+                notice: r.notice.clone(),
+                delivered_at: r.logged_at,
+                deliveries: Vec::new(),
+            };
+            for l in ramp_notify::message::text(&entry).lines() {
+                out.push(format!("     | {l}"));
+            }
+        }
+    }
+    out.join("\n")
+}
+
 pub(crate) fn events(page: &v1::EventPage) -> String {
     let mut out = String::new();
     for e in &page.events {

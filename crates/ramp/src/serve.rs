@@ -4,6 +4,7 @@
 use crate::config::{Invalid, Serve};
 use crate::render;
 use anyhow::Context;
+use ramp_api::ControlError;
 use ramp_api::{ApiConfig, ApiLimits, Role, TokenSource, add_token};
 use ramp_control::{Lifecycle, Listeners, Log, PlanFile, ServerConfig, ServerError, Services};
 use ramp_notify::LogNotifier;
@@ -265,6 +266,14 @@ pub(crate) fn run(cfg: Serve, json_log: bool) -> anyhow::Result<Result<(), Inval
         match served {
             Ok(_) => Ok(Ok(())),
             Err(e @ ServerError::PlanConflict { .. }) => Ok(Err(Invalid(e.to_string()))),
+            // A plan the server cannot take as written (a missing channel secret, no
+            // upstreams): the user's to fix, exit 2.
+            Err(
+                e @ ServerError::Start {
+                    error: ControlError::Invalid(_) | ControlError::InvalidPlan(_),
+                    ..
+                },
+            ) => Ok(Err(Invalid(format!("error: {e}")))),
             Err(e) => Err(anyhow::anyhow!("{e}")),
         }
     })

@@ -36,7 +36,7 @@ impl Drop for Immutable {
 }
 
 /// GET `path` (with `token`, if any): the status and the body.
-async fn get(api: &str, path: &str, token: Option<&str>) -> (u16, String) {
+pub(crate) async fn get(api: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Empty<Bytes>>();
     let mut req = Request::get(format!("{api}{path}"));

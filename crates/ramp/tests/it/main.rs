@@ -6,5 +6,6 @@ mod control;
 mod demo;
 mod faults;
 mod fixes;
+mod notify;
 mod serve;
 mod tls;
