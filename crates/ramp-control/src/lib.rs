@@ -17,6 +17,7 @@ pub mod log;
 pub mod outbox;
 pub mod ports;
 pub mod registry;
+pub mod reports;
 pub mod scrub;
 pub mod server;
 pub mod status;

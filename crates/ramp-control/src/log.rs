@@ -16,6 +16,8 @@ pub enum LogEntry<'a> {
     Notice(&'a OutboxEntry),
     /// A report was asked for.
     Report(v1::ReportKind),
+    /// A report was written to these files.
+    ReportWritten(v1::ReportKind, &'a [std::path::PathBuf]),
     /// The journal could not be written.
     StoreError(&'a str),
 }

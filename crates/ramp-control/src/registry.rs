@@ -57,6 +57,9 @@ pub struct Defaults {
     pub access_log_dropped: Arc<std::sync::atomic::AtomicU64>,
     /// How a plan's notification channels are built (their secrets read).
     pub channels: ChannelFactory,
+    /// Where the incident reviews and final reports the core asks for are written (Markdown
+    /// and HTML); `None`: not written (they are still served by the API).
+    pub reports_dir: Option<std::path::PathBuf>,
 }
 
 /// Builds one channel, or says why it cannot.
@@ -127,6 +130,7 @@ impl Default for Defaults {
             access_log_file: None,
             access_log_dropped: Arc::default(),
             channels: ChannelFactory::default(),
+            reports_dir: None,
         }
     }
 }
@@ -159,6 +163,8 @@ pub struct Registry {
     rounds: watch::Sender<u64>,
     /// Every rollout's channel workers (they outlive a retire: pending notices still go).
     channels: std::sync::Mutex<Vec<(String, ChannelWorker)>>,
+    /// Reports being written (a stopping server waits for them).
+    report_tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     rollouts: RwLock<BTreeMap<String, Entry>>,
     /// Whether a rollout already listens on `defaults.default_listen`.
     default_taken: AtomicBool,
@@ -208,6 +214,7 @@ impl Registry {
             outbox,
             rounds: watch::channel(0).0,
             channels: std::sync::Mutex::new(Vec::new()),
+            report_tasks: Arc::default(),
             rollouts: RwLock::new(BTreeMap::new()),
             default_taken: AtomicBool::new(false),
         })
@@ -252,6 +259,52 @@ impl Registry {
         if let Ok(mut c) = self.channels.lock() {
             c.extend(workers);
         }
+    }
+
+    /// The live log, which also writes a report when one is asked for (with a report
+    /// directory), once the step that asked is durable, then says where it is.
+    fn report_writing_log(&self) -> Log {
+        let Some(dir) = self.defaults.reports_dir.clone() else {
+            return self.log.clone();
+        };
+        let (log, store, scale) = (
+            self.log.clone(),
+            self.store.clone(),
+            self.defaults.time_scale,
+        );
+        let tasks = self.report_tasks.clone();
+        Arc::new(
+            move |name: &str, entry: &crate::log::LogEntry<'_>, origin: Millis| {
+                log(name, entry, origin);
+                let crate::log::LogEntry::Report(kind) = *entry else {
+                    return;
+                };
+                let k = match kind {
+                    v1::ReportKind::IncidentReview => ramp_report::Kind::Incident,
+                    v1::ReportKind::Final => ramp_report::Kind::Final,
+                };
+                let (log, store, dir, name) =
+                    (log.clone(), store.clone(), dir.clone(), name.to_string());
+                let task = tokio::spawn(async move {
+                    let now = ScaledClock::new(scale).now();
+                    match crate::reports::write(store.as_ref(), &dir, &name, k, now).await {
+                        Ok(paths) => log(
+                            &name,
+                            &crate::log::LogEntry::ReportWritten(kind, &paths),
+                            origin,
+                        ),
+                        Err(e) => {
+                            let msg = format!("the {} report could not be written: {e}", k.title());
+                            tracing::error!(rollout = %name, "{msg}");
+                        }
+                    }
+                });
+                if let Ok(mut t) = tasks.lock() {
+                    t.retain(|t| !t.is_finished());
+                    t.push(task);
+                }
+            },
+        )
     }
 
     /// How each channel of `rollout` is doing, for status and `/metrics`.
@@ -517,7 +570,7 @@ impl Registry {
             split: ProxySplit::new(proxy.routing.clone()),
             clock,
             outbox: self.outbox.clone(),
-            log: self.log.clone(),
+            log: self.report_writing_log(),
             window_retention: self.defaults.window_retention,
             refresh: Some(std::time::Duration::from_secs(1)),
             batch: Some(TRIGGER_BATCH),
@@ -702,6 +755,14 @@ impl Registry {
             l.proxy.shutdown().await;
             self.insert(name, Entry::Retired(Box::new(last)));
         }
+        let writing = self
+            .report_tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for t in writing {
+            let _ = t.await;
+        }
         // The controllers' last notices are written: the channels get a moment to send them.
         self.outbox.notify_one();
         self.rounds.send_modify(|r| *r += 1);
@@ -755,6 +816,32 @@ impl Rollouts for Registry {
         };
         status.channels = self.channel_views(name);
         Some(status)
+    }
+
+    async fn report(
+        &self,
+        name: &str,
+        kind: v1::ReportDoc,
+        format: v1::ReportFormat,
+    ) -> Result<String, ControlError> {
+        use crate::reports::{self, ReportError};
+        let now = self
+            .status(name)
+            .map(|s| s.now)
+            .ok_or_else(|| ControlError::NotFound(name.to_string()))?;
+        reports::render(
+            self.store.as_ref(),
+            name,
+            reports::kind(kind),
+            reports::format(format),
+            now,
+        )
+        .await
+        .map_err(|e| match e {
+            ReportError::NotFound(n) => ControlError::NotFound(n),
+            ReportError::NotYet(why) => ControlError::Conflict(why),
+            other => ControlError::Unavailable(other.to_string()),
+        })
     }
 
     async fn notices(

@@ -62,6 +62,14 @@ pub struct DemoOptions {
     pub users: u32,
     /// Redraw a live view in place (a terminal) or print plain progress lines (logs, CI).
     pub live: bool,
+    /// Where the final report and the incident review are written.
+    pub reports: std::path::PathBuf,
+    /// Notices also go to this webhook (signed when `RAMP_WEBHOOK_SECRET` is set).
+    pub webhook: Option<String>,
+    /// Notices also go by e-mail through this SMTP server (`host:port`, no TLS: a local relay).
+    pub smtp: Option<String>,
+    /// The e-mail's recipients.
+    pub mail_to: Vec<String>,
 }
 
 /// How the demo ended.
@@ -99,7 +107,42 @@ pub enum DemoError {
 }
 
 /// The seed plan with the demo backends as its upstreams, probed every half second.
-fn plan_for_demo(stable: std::net::SocketAddr, canary: std::net::SocketAddr) -> String {
+fn plan_for_demo(
+    stable: std::net::SocketAddr,
+    canary: std::net::SocketAddr,
+    opts: &DemoOptions,
+) -> String {
+    let mut plan = seed_plan_at(stable, canary);
+    let mut channels = Vec::new();
+    if let Some(url) = &opts.webhook {
+        channels.push("webhook");
+        plan.push_str(&format!(
+            "\n[notify.channel.webhook]\nkind = \"webhook\"\nurl = {url:?}\n"
+        ));
+        if std::env::var_os("RAMP_WEBHOOK_SECRET").is_some() {
+            plan.push_str("secret = { env = \"RAMP_WEBHOOK_SECRET\" }\n");
+        }
+    }
+    if let Some(smtp) = &opts.smtp {
+        channels.push("email");
+        let to = if opts.mail_to.is_empty() {
+            vec!["release-managers@example.com".to_string()]
+        } else {
+            opts.mail_to.clone()
+        };
+        plan.push_str(&format!(
+            "\n[notify.channel.email]\nkind = \"email\"\nsmtp = \"smtp://{smtp}\"\ntls = \"none\"\nfrom = \"ramp demo <ramp-demo@example.com>\"\nto = {to:?}\n"
+        ));
+    }
+    if !channels.is_empty() {
+        plan.push_str(&format!(
+            "\n[notify.group.release-managers]\nchannels = {channels:?}\nreceives = [\"critical\", \"security\", \"phase\", \"status\", \"daily\", \"final\", \"incident\"]\n"
+        ));
+    }
+    plan
+}
+
+fn seed_plan_at(stable: std::net::SocketAddr, canary: std::net::SocketAddr) -> String {
     SEED_PLAN
         .replace(
             "stable = \"http://127.0.0.1:8081\"",
@@ -125,7 +168,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoOutcome, DemoError> {
     let canary_b = backend::Behaviour::new(0.0, 33.0, 100.0);
     let stable = backend::start("stable", stable_b.clone()).await?;
     let canary = backend::start("canary", canary_b.clone()).await?;
-    let plan_toml = plan_for_demo(stable.addr, canary.addr);
+    let plan_toml = plan_for_demo(stable.addr, canary.addr, &opts);
     let plan = ramp_core::plan::parse_plan(&plan_toml, "examples/payments-backend.toml")?;
     let planned = plan.planned_duration();
     let time_scale = planned as f64 / (opts.seconds * 1000.0);
@@ -147,7 +190,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoOutcome, DemoError> {
                     );
                 }
             }
-            LogEntry::Notice(_) => {}
+            LogEntry::Notice(_) | LogEntry::ReportWritten(..) => {}
             LogEntry::StoreError(e) => push(&sink, format!("           ! {e}")),
             LogEntry::Report(r) => push(
                 &sink,
@@ -403,6 +446,33 @@ pub async fn run(opts: DemoOptions) -> Result<DemoOutcome, DemoError> {
             None
         }
     };
+    let mut kinds = vec![ramp_report::Kind::Final];
+    if outcome == "rolled_back" {
+        kinds.insert(0, ramp_report::Kind::Incident);
+    }
+    for k in kinds {
+        match ramp_control::reports::write(store.as_ref(), &opts.reports, &name, k, snap.now).await
+        {
+            Ok(paths) => println!(
+                "{}: {}",
+                k.title(),
+                paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Err(e) => println!("{}: not written: {e}", k.title()),
+        }
+    }
+    if let Ok(counts) = store.delivery_counts(&name).await {
+        for (channel, c) in counts {
+            println!(
+                "notices on {channel}: {} delivered, {} failed, {} pending (ramp notices shows why)",
+                c.delivered, c.failed, c.pending
+            );
+        }
+    }
     Ok(DemoOutcome {
         outcome,
         status: snap,

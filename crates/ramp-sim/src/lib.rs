@@ -111,6 +111,9 @@ pub struct Run {
     pub canary_total: VariantStats,
     /// The seed used.
     pub seed: u64,
+    /// The evidence windows merged per analysis interval (as `ramp serve` journals them), for
+    /// reports; empty unless asked for ([`run_for_reports`]).
+    pub windows: Vec<(Millis, MetricWindow)>,
 }
 
 /// A variant's behaviour compiled for fast sampling.
@@ -332,6 +335,16 @@ impl Counters {
 
 /// Runs the plan against the scenario. Deterministic for a given seed.
 pub fn run(plan: &Plan, sc: &Scenario, seed: u64) -> Run {
+    run_inner(plan, sc, seed, false)
+}
+
+/// [`run`], also keeping the evidence windows (merged per analysis interval) that reports
+/// chart; costs memory, so only when reports are written.
+pub fn run_for_reports(plan: &Plan, sc: &Scenario, seed: u64) -> Run {
+    run_inner(plan, sc, seed, true)
+}
+
+fn run_inner(plan: &Plan, sc: &Scenario, seed: u64, collect: bool) -> Run {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     let salt = Salt::new(&plan.cohort.salt);
     let n_users = sc.users as usize;
@@ -357,6 +370,7 @@ pub fn run(plan: &Plan, sc: &Scenario, seed: u64) -> Run {
     let limit = sc.duration.unwrap_or(plan.max_duration() + 3_600_000);
     let mut state = State::new(plan);
     let mut timeline: Vec<TimelineEntry> = Vec::new();
+    let mut windows: Vec<(Millis, MetricWindow)> = Vec::new();
     let mut share = ShareBp::ZERO;
     let mut counters = [
         Counters::new(thresholds.len()),
@@ -400,7 +414,7 @@ pub fn run(plan: &Plan, sc: &Scenario, seed: u64) -> Run {
                 Effect::Notify(n) => timeline.push(TimelineEntry::Notify {
                     at: now,
                     kind: "notify",
-                    notification: v1::Notice::of(&plan.name, &n),
+                    notification: v1::Notice::at(plan, &state, &n),
                 }),
                 Effect::Report { report } => timeline.push(TimelineEntry::Report {
                     at: now,
@@ -529,6 +543,16 @@ pub fn run(plan: &Plan, sc: &Scenario, seed: u64) -> Run {
             };
             stable_total.merge(&w.stable);
             canary_total.merge(&w.canary);
+            if collect {
+                let slot = t.div_ceil(plan.analysis.interval) * plan.analysis.interval;
+                match windows.last_mut() {
+                    Some((at, last)) if *at == slot => {
+                        last.stable.merge(&w.stable);
+                        last.canary.merge(&w.canary);
+                    }
+                    _ => windows.push((slot, w.clone())),
+                }
+            }
             state = apply(state, Input::Window(w), t, &mut share, &mut timeline);
             next_window += interval;
         }
@@ -541,6 +565,7 @@ pub fn run(plan: &Plan, sc: &Scenario, seed: u64) -> Run {
     };
     timeline.sort_by_key(TimelineEntry::at);
     Run {
+        windows,
         ended_at: state.ended_at.unwrap_or(t),
         state,
         outcome,

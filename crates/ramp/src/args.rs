@@ -36,6 +36,11 @@ pub(crate) enum Command {
         /// Random seed (default: the scenario's `seed`).
         #[arg(long)]
         seed: Option<u64>,
+        /// Also write the reports of the simulated run to this directory (the final report,
+        /// and the incident review after a rollback, as Markdown and HTML): a rehearsal of the
+        /// communication plan.
+        #[arg(long, value_name = "DIR")]
+        report: Option<PathBuf>,
     },
     /// Run rollouts on real traffic: proxy, controller, journal and the HTTP API.
     Serve(Box<ServeArgs>),
@@ -305,6 +310,10 @@ pub(crate) struct ServeArgs {
     /// The journal (SQLite). Every decision, signal and window is written here first.
     #[arg(long, default_value = "ramp.db")]
     pub(crate) db: PathBuf,
+    /// Where incident reviews and final reports are written when a rollout rolls back or
+    /// completes (Markdown and HTML). Default: the --db path with `.reports` appended.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) reports: Option<PathBuf>,
     /// Where the control API listens.
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub(crate) api: std::net::SocketAddr,
@@ -396,4 +405,17 @@ pub(crate) struct DemoArgs {
     /// Print progress lines instead of redrawing a live view.
     #[arg(long)]
     pub(crate) plain: bool,
+    /// Where the final report and the incident review are written (Markdown and HTML).
+    #[arg(long, default_value = "ramp-demo-reports")]
+    pub(crate) reports: std::path::PathBuf,
+    /// Also send every notice to this webhook (signed when RAMP_WEBHOOK_SECRET is set).
+    #[arg(long, value_name = "URL")]
+    pub(crate) webhook: Option<String>,
+    /// Also e-mail every notice through this SMTP server (HOST:PORT, no TLS: a local relay
+    /// such as `python3 -m aiosmtpd -n -l 127.0.0.1:2525`).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) smtp: Option<String>,
+    /// The e-mail's recipients (repeat for more).
+    #[arg(long, value_name = "ADDRESS")]
+    pub(crate) mail_to: Vec<String>,
 }

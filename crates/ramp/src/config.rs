@@ -148,6 +148,11 @@ pub(crate) fn serve(a: ServeArgs) -> Result<Serve, Invalid> {
         },
     };
     let access_log = a.access_log || a.access_log_file.is_some();
+    let reports_dir = a.reports.clone().unwrap_or_else(|| {
+        let mut p = a.db.as_os_str().to_owned();
+        p.push(".reports");
+        PathBuf::from(p)
+    });
     Ok(Serve {
         tokens: tokens_path(&a.db, a.tokens),
         plans: a.plan,
@@ -189,6 +194,7 @@ pub(crate) fn serve(a: ServeArgs) -> Result<Serve, Invalid> {
             access_log_file: None,
             access_log_dropped: Default::default(),
             channels: Default::default(),
+            reports_dir: Some(reports_dir),
         },
     })
 }
@@ -235,6 +241,10 @@ pub(crate) fn demo(a: DemoArgs) -> Result<DemoOptions, Invalid> {
         rps: a.rps,
         users: a.users,
         live: !a.plain,
+        reports: a.reports,
+        webhook: a.webhook,
+        smtp: a.smtp,
+        mail_to: a.mail_to,
     })
 }
 

@@ -73,6 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), Invalid>> {
             scenario: sc_path,
             json,
             seed,
+            report,
         } => {
             let p = valid!(load_plan(&plan));
             let src = valid!(read(&sc_path));
@@ -84,8 +85,17 @@ fn run(cli: Cli) -> anyhow::Result<Result<(), Invalid>> {
             // Wall time of the run, reported to the user; the run's own time is virtual.
             #[allow(clippy::disallowed_methods)]
             let started = std::time::Instant::now();
-            let result = ramp_sim::run(&p, &sc, seed);
+            let result = if report.is_some() {
+                ramp_sim::run_for_reports(&p, &sc, seed)
+            } else {
+                ramp_sim::run(&p, &sc, seed)
+            };
             let wall = started.elapsed();
+            if let Some(dir) = &report {
+                for path in simulated_reports(&p, &result, dir).context("writing the reports")? {
+                    render::err_line(&format!("report written: {}", path.display()));
+                }
+            }
             if json {
                 let doc = ramp_sim::render::json(&p, &result);
                 render::line(&serde_json::to_string_pretty(&doc).context("encoding JSON")?);
@@ -412,4 +422,75 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The reports of a simulated run, as `ramp serve` writes them: the final report, and the
+/// incident review after a rollback.
+fn simulated_reports(
+    plan: &ramp_core::plan::Plan,
+    run: &ramp_sim::Run,
+    dir: &std::path::Path,
+) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    use ramp_sim::TimelineEntry;
+    let events: Vec<(u64, ramp_wire::v1::Event)> = run
+        .timeline
+        .iter()
+        .filter_map(|e| match e {
+            TimelineEntry::Journal(ev) => Some(ev.clone()),
+            _ => None,
+        })
+        .enumerate()
+        .map(|(i, ev)| (i as u64 + 1, ev))
+        .collect();
+    let notices: Vec<ramp_report::NoticeRow> = run
+        .timeline
+        .iter()
+        .filter_map(|e| match e {
+            TimelineEntry::Notify {
+                at, notification, ..
+            } => Some((*at, notification)),
+            _ => None,
+        })
+        .enumerate()
+        .map(|(i, (at, n))| ramp_report::NoticeRow {
+            id: i as u64 + 1,
+            at,
+            kind: format!("{:?}", n.kind).to_lowercase(),
+            about: n.about.clone(),
+            headline: n.headline.clone(),
+            groups: n.groups.clone(),
+            deliveries: n
+                .channels
+                .iter()
+                .map(|c| (c.clone(), "simulated".to_string(), 0, None))
+                .collect(),
+        })
+        .collect();
+    let input = ramp_report::Input {
+        plan,
+        state: &run.state,
+        events: &events,
+        windows: &run.windows,
+        notices: &notices,
+        now: run.ended_at,
+    };
+    let mut kinds = vec![ramp_report::Kind::Final];
+    if run.outcome == "rolled_back" {
+        kinds.insert(0, ramp_report::Kind::Incident);
+    }
+    std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    let mut written = Vec::new();
+    for k in kinds {
+        let doc = ramp_report::build(k, &input);
+        let paths = ramp_control::reports::files(dir, &plan.name, k);
+        for (path, f) in paths
+            .iter()
+            .zip([ramp_report::Format::Md, ramp_report::Format::Html])
+        {
+            std::fs::write(path, ramp_report::render(&doc, f))
+                .with_context(|| path.display().to_string())?;
+            written.push(path.clone());
+        }
+    }
+    Ok(written)
 }

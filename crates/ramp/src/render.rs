@@ -193,6 +193,11 @@ pub(crate) fn log_entry(rollout: &str, entry: &LogEntry<'_>, origin: Millis, jso
                 "seq": n.seq,
             }),
             LogEntry::Report(r) => serde_json::json!({"rollout": rollout, "report": r}),
+            LogEntry::ReportWritten(r, paths) => serde_json::json!({
+                "rollout": rollout,
+                "report": r,
+                "written": paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            }),
             LogEntry::StoreError(e) => {
                 tracing::error!(rollout, "{e}");
                 return;
@@ -230,6 +235,18 @@ pub(crate) fn log_entry(rollout: &str, entry: &LogEntry<'_>, origin: Millis, jso
                 v1::ReportKind::IncidentReview => "incident review",
                 v1::ReportKind::Final => "final",
             }
+        ),
+        LogEntry::ReportWritten(r, paths) => format!(
+            "           report written: {} ({})\n",
+            match r {
+                v1::ReportKind::IncidentReview => "incident review",
+                v1::ReportKind::Final => "final report",
+            },
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         LogEntry::StoreError(e) => {
             tracing::error!(rollout, "{e}");

@@ -272,10 +272,10 @@ pub struct Notify {
     pub final_report: bool,
     /// Whether critical events are notified at once.
     pub critical_immediately: bool,
-    /// The channels notices leave by (`[notify.channel.NAME]`), in plan order.
+    /// The channels notices leave by (`[notify.channel.NAME]`), in name order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<Channel>,
-    /// The stakeholder groups (`[notify.group.NAME]`), in plan order.
+    /// The stakeholder groups (`[notify.group.NAME]`), in name order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<Group>,
     /// The base URL of ramp's dashboard and reports, for links in notices (`link`).

@@ -200,9 +200,9 @@ pub struct Group {
 /// Who a notice goes to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Route {
-    /// The groups that receive it, in plan order.
+    /// The groups that receive it, in name order.
     pub groups: Vec<String>,
-    /// The channels that carry it, each once, in plan order.
+    /// The channels that carry it, each once, in name order.
     pub channels: Vec<String>,
 }
 
@@ -278,5 +278,74 @@ channels = ["hook"]
             ["support"],
             "the default"
         );
+    }
+
+    fn errors(notify: &str) -> String {
+        let src = format!(
+            "name = \"n\"\n[[phase]]\nname = \"a\"\ntraffic = \"5%\"\nduration = \"1h\"\n{notify}"
+        );
+        parse_plan(&src, "p.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_secret_written_into_the_plan_is_refused_with_its_position() {
+        let e = errors(
+            "[notify.channel.hook]\nkind = \"webhook\"\nurl = \"https://h.example/x\"\nsecret = \"hunter2\"\n",
+        );
+        assert!(e.contains("p.toml:10:10: error: notify.channel.hook.secret: a secret never goes in the plan itself"), "{e}");
+        assert!(e.contains("{ env = \"VARIABLE\" }"), "{e}");
+    }
+
+    #[test]
+    fn groups_name_channels_and_topics_that_exist() {
+        let e = errors(
+            "[notify.channel.ops-hook]\nkind = \"webhook\"\nurl = \"https://h.example/x\"\n[notify.group.ops]\nchannels = [\"ops-hok\"]\nreceives = [\"critcal\"]\n",
+        );
+        assert!(e.contains("no channel named \"ops-hok\""), "{e}");
+        assert!(e.contains("did you mean `ops-hook`?"), "{e}");
+        assert!(e.contains("unknown topic \"critcal\""), "{e}");
+        assert!(e.contains("did you mean `critical`?"), "{e}");
+    }
+
+    #[test]
+    fn channels_are_checked_kind_by_kind() {
+        let e = errors("[notify.channel.x]\nkind = \"sms\"\n");
+        assert!(e.contains("unknown channel kind \"sms\""), "{e}");
+        let e = errors("[notify.channel.s]\nkind = \"slack\"\ntoken = { env = \"T\" }\n");
+        assert!(e.contains("a bot `token` needs the `channel`"), "{e}");
+        let e = errors(
+            "[notify.channel.m]\nkind = \"email\"\nsmtp = \"imap://x\"\nfrom = \"a@b.c\"\nto = [\"not-an-address\"]\n",
+        );
+        assert!(e.contains("is not smtp://host[:port]"), "{e}");
+        assert!(
+            e.contains("\"not-an-address\" is not an e-mail address"),
+            "{e}"
+        );
+        let e = errors("[notify.channel.log]\nkind = \"webhook\"\nurl = \"https://h.example\"\n");
+        assert!(e.contains("`log` is the live log's"), "{e}");
+    }
+
+    #[test]
+    fn smtp_urls_give_host_port_and_protection() {
+        let p = plan(
+            "[notify.channel.m]\nkind = \"email\"\nsmtp = \"smtps://mail.example\"\nfrom = \"ramp <r@x.example>\"\nto = \"s@x.example\"\nusername = \"u\"\npassword = { file = \"/p\" }\n",
+        );
+        match &p.notify.channels[0].kind {
+            ChannelKind::Email {
+                host,
+                port,
+                tls,
+                to,
+                ..
+            } => {
+                assert_eq!(
+                    (host.as_str(), *port, *tls),
+                    ("mail.example", 465, SmtpTls::Tls)
+                );
+                assert_eq!(to, &["s@x.example"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.notify.channels[0].kind.secrets().len(), 1);
     }
 }

@@ -1213,3 +1213,72 @@ fn a_stop_is_blamed_only_on_the_verdicts_that_counted() {
     let names: Vec<String> = verdicts.iter().map(|v| v.criterion.clone()).collect();
     assert_eq!(names, vec!["error_rate < 0.1%".to_string()]);
 }
+
+#[test]
+fn a_backend_going_down_is_critical_once_and_coming_back_is_a_phase_notice() {
+    use ramp_core::evidence::BackendHealth as H;
+    use ramp_core::plan::Topic;
+    let plan = seed_plan();
+    let (s, _) = step(&plan, State::new(&plan), Input::Start, 0);
+    let health =
+        |s: State, stable, canary, at| step(&plan, s, Input::Health { stable, canary }, at);
+    let notices = |fx: &[Effect]| -> Vec<(NotifyKind, Topic, String)> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::Notify(n) => Some((n.kind, n.topic(), format!("{:?}", n.about))),
+                _ => None,
+            })
+            .collect()
+    };
+    let (s, fx) = health(s, H::Operational, H::Operational, 1_000);
+    assert!(
+        notices(&fx).is_empty(),
+        "operational from unknown is no news"
+    );
+    let (s, fx) = health(s, H::Operational, H::Down, 2_000);
+    let n = notices(&fx);
+    assert_eq!(n.len(), 1);
+    assert_eq!((n[0].0, n[0].1), (NotifyKind::Critical, Topic::Critical));
+    assert!(n[0].2.contains("BackendDown"), "{n:?}");
+    let (s, fx) = health(s, H::Degraded, H::Down, 3_000);
+    assert!(notices(&fx).is_empty(), "still down: said once");
+    let (_, fx) = health(s, H::Operational, H::Operational, 4_000);
+    let n = notices(&fx);
+    assert_eq!(n.len(), 1);
+    assert_eq!((n[0].0, n[0].1), (NotifyKind::Status, Topic::Phase));
+    assert!(n[0].2.contains("BackendRecovered"), "{n:?}");
+}
+
+#[test]
+fn every_pci_or_security_alert_is_a_security_notice_at_once_and_feedback_is_not() {
+    use ramp_core::plan::Topic;
+    let plan = seed_plan();
+    let (s, _) = step(&plan, State::new(&plan), Input::Start, 0);
+    let (s, fx) = step(
+        &plan,
+        s,
+        Input::Signal(Signal::SecurityAlert {
+            severity: Severity::Low,
+            note: String::new(),
+        }),
+        1_000,
+    );
+    let topics: Vec<Topic> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Notify(n) => Some(n.topic()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(topics, [Topic::Security]);
+    let (_, fx) = step(
+        &plan,
+        s,
+        Input::Signal(Signal::Feedback {
+            score: 0.1,
+            note: String::new(),
+        }),
+        2_000,
+    );
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Notify(_))));
+}

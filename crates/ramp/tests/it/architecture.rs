@@ -24,6 +24,7 @@ const CRATES: &[&str] = &[
     "ramp-store",
     "ramp-proxy",
     "ramp-notify",
+    "ramp-report",
     "ramp-api",
     "ramp-control",
     "ramp-sim",
@@ -59,9 +60,22 @@ fn each_kind_of_io_lives_in_one_crate() {
         ("rusqlite", &["ramp-store"], "only the store knows SQL"),
         (
             "serde_json",
-            &["ramp-store", "ramp-api", "ramp-sim", "ramp"],
-            "JSON is encoded only where it crosses a boundary: the journal, the API, simulate --json, the CLI",
+            &[
+                "ramp-store",
+                "ramp-api",
+                "ramp-sim",
+                "ramp-notify",
+                "ramp-report",
+                "ramp",
+            ],
+            "JSON is encoded only where it crosses a boundary: the journal, the API, simulate --json, notices as they leave, reports as JSON, the CLI",
         ),
+        (
+            "lettre",
+            &["ramp-notify"],
+            "only the e-mail channel speaks SMTP",
+        ),
+        ("maud", &["ramp-report"], "only reports write HTML"),
         ("axum", &["ramp-api"], "only the API routes HTTP requests"),
         (
             "utoipa",
@@ -132,6 +146,17 @@ fn the_layers_point_one_way() {
             ],
         ),
         ("ramp-control", &["axum", "rusqlite", "hyper"]),
+        (
+            "ramp-report",
+            &[
+                "ramp-store",
+                "ramp-proxy",
+                "ramp-api",
+                "ramp-control",
+                "ramp-notify",
+                "tokio",
+            ],
+        ),
     ];
     for (krate, forbidden) in never {
         let d = deps(krate);

@@ -6,8 +6,15 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn demo(args: &[&str]) -> String {
+    demo_in(&ramp_harness::fresh_dir("demo-reports"), args)
+}
+
+/// `ramp demo` writing its reports to `reports`.
+fn demo_in(reports: &std::path::Path, args: &[&str]) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ramp"))
         .arg("demo")
+        .arg("--reports")
+        .arg(reports)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -51,26 +58,36 @@ fn the_healthy_demo_completes_all_three_phases() {
 
 #[test]
 fn the_failing_demo_rolls_back_and_reports_the_blast_radius() {
-    let out = demo(&[
-        "--plain",
-        "--seconds",
-        "40",
-        "--rps",
-        "5000",
-        "--canary-fails-at",
-        "50%",
-        "--canary-error-rate",
-        "10%",
-    ]);
+    let dir = ramp_harness::fresh_dir("demo-failing");
+    let out = demo_in(
+        &dir,
+        &[
+            "--plain",
+            "--seconds",
+            "40",
+            "--rps",
+            "5000",
+            "--canary-fails-at",
+            "50%",
+            "--canary-error-rate",
+            "10%",
+        ],
+    );
     for want in [
         "demo: the canary backend degrades now",
         "trigger error_rate > 1% FIRED",
         "ROLLED BACK (rollback trigger)",
         "outcome: rolled back",
         "blast radius (from the canary's degradation",
+        "incident review: ",
+        "final report: ",
     ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
+    // The demo says where its reports are, and they are there.
+    let review = std::fs::read_to_string(dir.join("payments-backend-incident-review.md")).unwrap();
+    assert!(review.contains("error_rate > 1%"), "{review}");
+    assert!(dir.join("payments-backend-final-report.html").exists());
 }
 
 #[test]

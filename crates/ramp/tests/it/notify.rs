@@ -284,6 +284,35 @@ receives = ["critical", "security", "phase"]
         "{text}"
     );
     assert!(!text.contains("s3cret-key"));
+    // Reports from the API: now, as Markdown and HTML; no incident review before a rollback.
+    let (code, md) = cli(&server, &token, &["report", "ctl"]);
+    assert_eq!(code, 0, "{md}");
+    assert!(md.starts_with("# ctl — status report"), "{md}");
+    assert!(md.contains("PCI compliance alert"), "{md}");
+    let out = dir.join("ctl.html");
+    let (code, said) = cli(
+        &server,
+        &token,
+        &[
+            "report",
+            "ctl",
+            "--kind",
+            "daily",
+            "--format",
+            "html",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{said}");
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        html.contains("<svg") && html.contains("@media print"),
+        "{html}"
+    );
+    let (code, said) = cli(&server, &token, &["report", "ctl", "--kind", "incident"]);
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("has not rolled back"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,6 +395,10 @@ receives = ["critical", "security", "phase"]
     assert_eq!(code, 0, "{out}");
     wait_for(&got, 20, "the alert in the same thread", |g| {
         delivered_replies(g) >= 2
+    })
+    .await;
+    wait_for(&got, 5, "the card updated again", |g| {
+        g.iter().filter(|g| g.path == "/api/chat.update").count() >= 2
     })
     .await;
     let got = got.lock().unwrap().clone();
@@ -567,6 +600,27 @@ receives = ["critical", "security"]
     assert!(mail.contains("X-Priority: 1"), "{mail}");
     let (_, out) = cli(&server, &token, &["notices", "ctl"]);
     assert!(out.contains("security-mail    delivered"), "{out}");
+    // A second PCI alert fires the trigger: the rollback's incident review and the final
+    // report are written beside the journal.
+    let (code, out) = cli(
+        &server,
+        &token,
+        &["signal", "ctl", "pci_alert", "--note", "again"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let review = dir.join("ramp.db.reports").join("ctl-incident-review.md");
+    for _ in 0..200 {
+        if review.exists() && dir.join("ramp.db.reports/ctl-final-report.html").exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = std::fs::read_to_string(&review).expect("the incident review is written");
+    assert!(text.contains("pci_alerts >= 2"), "{text}");
+    assert!(
+        text.contains("security-mail"),
+        "the notices sent, with their deliveries: {text}"
+    );
     // The phase start is not for the security group: it went to the live log only.
     assert!(
         !out.contains(
@@ -639,5 +693,144 @@ fn a_plan_whose_channel_secret_is_missing_is_refused_naming_the_variable_never_a
     assert!(
         out.contains("RAMP_TEST_UNSET_PD_KEY is not set here"),
         "{out}"
+    );
+}
+
+const SEED: &str = include_str!("../../../../examples/payments-backend.toml");
+const WITH_AUDIENCE: &str = include_str!("../../../../examples/payments-backend-notify.toml");
+
+#[test]
+fn the_communication_example_is_the_seed_plan_plus_its_audience() {
+    // Everything but the header comment is the seed plan, then the audience.
+    let body = |s: &str| -> String {
+        s.lines()
+            .skip_while(|l| l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        body(WITH_AUDIENCE).starts_with(&body(SEED)),
+        "examples/payments-backend-notify.toml drifted from examples/payments-backend.toml"
+    );
+}
+
+fn scenario(name: &str) -> ramp_sim::scenario::Scenario {
+    let path = format!(
+        "{}/../../examples/scenarios/{name}.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let src = std::fs::read_to_string(&path).unwrap();
+    ramp_sim::scenario::parse_scenario(&src, &path).unwrap()
+}
+
+/// What each group hears in a simulated run of the seed plan with its audience.
+fn heard(sc: &str) -> (ramp_sim::Run, Vec<ramp_wire::v1::Notice>) {
+    let plan = ramp_core::plan::parse_plan(WITH_AUDIENCE, "notify.toml").unwrap();
+    let sc = scenario(sc);
+    let run = ramp_sim::run(&plan, &sc, sc.seed);
+    let notices = run
+        .timeline
+        .iter()
+        .filter_map(|e| match e {
+            ramp_sim::TimelineEntry::Notify { notification, .. } => Some(notification.clone()),
+            _ => None,
+        })
+        .collect();
+    (run, notices)
+}
+
+#[test]
+fn the_seed_plans_healthy_run_sends_17_status_updates_2_daily_summaries_and_1_final_report() {
+    let (run, notices) = heard("healthy");
+    assert_eq!(run.outcome, "completed");
+    let topic = |t: &str| {
+        notices
+            .iter()
+            .filter(|n| n.topic.as_deref() == Some(t))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(topic("status").len(), 17);
+    assert_eq!(topic("daily").len(), 2);
+    assert_eq!(topic("final").len(), 1);
+    assert!(topic("incident").is_empty());
+    // Status updates go to the monitoring group only; daily summaries to support and
+    // monitoring; the final report to everyone who asked for it.
+    assert!(topic("status").iter().all(|n| n.groups == ["monitoring"]));
+    assert!(
+        topic("daily")
+            .iter()
+            .all(|n| n.groups == ["monitoring", "support"])
+    );
+    assert_eq!(
+        topic("final")[0].groups,
+        ["monitoring", "security", "support"]
+    );
+    assert_eq!(
+        topic("final")[0].channels,
+        ["ops-webhook", "release-slack", "security-mail"]
+    );
+    // Every notice carries the numbers and the dashboard link.
+    for n in &notices {
+        assert!(n.numbers.is_some(), "{n:?}");
+        assert_eq!(
+            n.link.as_deref(),
+            Some("https://ramp.payments.example.com/rollouts/payments-backend")
+        );
+    }
+}
+
+#[test]
+fn a_failing_run_sends_one_rollback_notice_to_every_group_and_begins_an_incident_review() {
+    let (run, notices) = heard("error-spike");
+    assert_eq!(run.outcome, "rolled_back");
+    let rollbacks: Vec<_> = notices
+        .iter()
+        .filter(|n| n.about == "rolled_back")
+        .collect();
+    assert_eq!(rollbacks.len(), 1);
+    assert_eq!(
+        rollbacks[0].groups,
+        ["backend", "monitoring", "security", "support"],
+        "critical goes to everyone"
+    );
+    let numbers = rollbacks[0].numbers.as_ref().unwrap();
+    let blast = numbers.blast_radius.as_ref().unwrap();
+    assert_eq!(blast.canary_requests, run.state.totals.canary.requests);
+    assert!(blast.failed_requests > 0 && blast.exposure_ms > 0);
+    let incident: Vec<_> = notices
+        .iter()
+        .filter(|n| n.topic.as_deref() == Some("incident"))
+        .collect();
+    assert_eq!(incident.len(), 1);
+    assert_eq!(incident[0].groups, ["backend", "monitoring", "security"]);
+}
+
+#[test]
+fn simulate_writes_the_reports_of_a_rehearsal() {
+    let dir = fresh_dir("sim-report");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ramp"))
+        .args(["simulate"])
+        .arg(format!(
+            "{}/../../examples/payments-backend-notify.toml",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg("--scenario")
+        .arg(format!(
+            "{}/../../examples/scenarios/error-spike.toml",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg("--report")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let review = std::fs::read_to_string(dir.join("payments-backend-incident-review.md")).unwrap();
+    assert!(review.contains("## Blast radius"), "{review}");
+    assert!(review.contains("## Follow-ups"), "{review}");
+    let html = std::fs::read_to_string(dir.join("payments-backend-final-report.html")).unwrap();
+    assert!(html.contains("<svg"), "charts");
+    assert!(
+        !html.contains("https://") && !html.contains("<script"),
+        "self-contained"
     );
 }
