@@ -364,7 +364,11 @@ pub(crate) async fn list_notices<R: Rollouts>(
         ("format" = Option<String>, Query, description = "md (default), html or json.", pattern = "^(md|html|json)$"),
     ),
     responses(
-        (status = 200, description = "The report: text/markdown, text/html or application/json as `format` asks.", body = String, content_type = "text/markdown"),
+        (status = 200, description = "The report, in the media type `format` asks for.", content(
+            (String = "text/markdown"),
+            (String = "text/html"),
+            (Object = "application/json"),
+        )),
         (status = 400, description = "Unknown `kind` or `format`.", body = ErrorBody),
         (status = 401, description = "Missing or unknown token.", body = ErrorBody),
         (status = 403, description = "The token's role may not read (ingest).", body = ErrorBody),

@@ -446,10 +446,12 @@ pub async fn run(opts: DemoOptions) -> Result<DemoOutcome, DemoError> {
             None
         }
     };
-    let mut kinds = vec![ramp_report::Kind::Final];
-    if outcome == "rolled_back" {
-        kinds.insert(0, ramp_report::Kind::Incident);
-    }
+    // A rollout that holds has not ended: its report is a status report, not a final one.
+    let kinds = match outcome {
+        "rolled_back" => vec![ramp_report::Kind::Incident, ramp_report::Kind::Final],
+        "completed" => vec![ramp_report::Kind::Final],
+        _ => vec![ramp_report::Kind::Status],
+    };
     for k in kinds {
         match ramp_control::reports::write(store.as_ref(), &opts.reports, &name, k, snap.now).await
         {

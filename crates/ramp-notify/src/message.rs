@@ -78,8 +78,12 @@ pub fn verdict_line(v: &Verdict) -> String {
         v.criterion,
         v.explanation
     );
-    if let (Outcome::Inconclusive, Some(n)) = (v.outcome, v.needed) {
-        s.push_str(&format!(" (about {} more requests needed)", count(n)));
+    // The explanation says how much more evidence an inconclusive verdict needs, in the
+    // verdict's own unit (requests, feedback); only when it does not is the count added.
+    if let (Outcome::Inconclusive, Some(n)) = (v.outcome, v.needed)
+        && !v.explanation.contains("more ")
+    {
+        s.push_str(&format!(" (about {} more samples needed)", count(n)));
     }
     if v.scope.is_some() {
         s.push_str(" [whole rollout]");
@@ -370,4 +374,74 @@ pub fn slack_card(e: &OutboxEntry) -> Value {
     }
     blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("updated {}", utc(e.at))}]}));
     Value::Array(blocks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ramp_core::plan::parse_plan;
+    use ramp_core::rollout::{Effect, Input, State, step};
+
+    fn entry() -> OutboxEntry {
+        let plan = parse_plan(
+            "name = \"payments\"\n[[phase]]\nname = \"canary\"\ntraffic = \"5%\"\nduration = \"24h\"\nsuccess = [\"error_rate < 0.1%\"]\n",
+            "p.toml",
+        )
+        .unwrap();
+        let (state, fx) = step(&plan, State::new(&plan), Input::Start, 1_000);
+        let n = fx
+            .iter()
+            .find_map(|e| match e {
+                Effect::Notify(n) => Some(n.clone()),
+                _ => None,
+            })
+            .unwrap();
+        OutboxEntry {
+            id: 7,
+            rollout: plan.name.clone(),
+            seq: 2,
+            at: 1_000,
+            notice: ramp_wire::v1::Notice::at(&plan, &state, &n),
+            delivered_at: None,
+            deliveries: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn every_rendering_carries_the_numbers_and_the_key() {
+        let e = entry();
+        let t = text(&e);
+        for want in [
+            "phase canary",
+            "stable",
+            "canary",
+            "error rate",
+            "gates:",
+            "error_rate < 0.1%",
+            "ramp-payments-7",
+        ] {
+            assert!(t.contains(want), "{want:?} in {t}");
+        }
+        let h = html(&e);
+        assert!(h.contains("<table") && h.contains("<b>payments</b>"), "{h}");
+        assert!(
+            h.contains("<code>error_rate &lt; 0.1%</code>"),
+            "escaped: {h}"
+        );
+        assert_eq!(
+            escape("<b>\"x\" & 'y'</b>"),
+            "&lt;b&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/b&gt;"
+        );
+        let blocks = slack_blocks(&e);
+        let blocks = blocks.as_array().unwrap();
+        assert!(blocks.iter().all(|b| b["type"].is_string()));
+        assert!(
+            blocks
+                .iter()
+                .any(|b| b["fields"].as_array().is_some_and(|f| f.len() == 2))
+        );
+        let card = slack_card(&e);
+        assert_eq!(card[0]["type"], "header");
+        assert!(subject(&e).starts_with("[ramp] status payments: phase canary started"));
+    }
 }

@@ -103,6 +103,20 @@ pub(crate) fn status(s: &v1::RolloutStatus) -> String {
     if let Some(r) = &s.reason {
         out += &format!("  reason: {r}\n");
     }
+    for c in &s.channels {
+        out += &format!(
+            "  notices {:<16} {} delivered, {} pending, {} failed, {} retried{}\n",
+            c.channel,
+            c.delivered,
+            c.pending,
+            c.failed,
+            c.retries,
+            c.error
+                .as_ref()
+                .map(|e| format!("  ! {}", e.escape_debug()))
+                .unwrap_or_default()
+        );
+    }
     out
 }
 
@@ -161,7 +175,7 @@ pub(crate) fn notices(page: &v1::NoticePage, full: bool) -> String {
             }
         }
     }
-    out.join("\n")
+    out.join("\n") + "\n"
 }
 
 pub(crate) fn events(page: &v1::EventPage) -> String {
