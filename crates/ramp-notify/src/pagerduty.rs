@@ -84,3 +84,61 @@ impl Notifier for PagerDuty {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ramp_core::rollout::{About, Notice, NotifyKind as K, StopReason};
+    use ramp_store::OutboxEntry;
+
+    fn entry(kind: K, about: About) -> OutboxEntry {
+        OutboxEntry {
+            id: 3,
+            rollout: "pay".into(),
+            seq: 1,
+            at: 0,
+            notice: ramp_wire::v1::Notice::of("pay", &Notice { kind, about }),
+            delivered_at: None,
+            deliveries: Vec::new(),
+        }
+    }
+
+    fn action(e: &OutboxEntry) -> Option<String> {
+        let a = Attempt {
+            entry: e,
+            number: 1,
+            thread: None,
+        };
+        event(&a, "rk").map(|ev| {
+            assert_eq!(ev["routing_key"], "rk");
+            assert_eq!(ev["dedup_key"], "ramp-pay", "one incident per rollout");
+            ev["event_action"].as_str().unwrap().to_string()
+        })
+    }
+
+    #[test]
+    fn critical_notices_trigger_completion_resolves_and_the_rest_is_not_paged() {
+        let rolled_back = entry(
+            K::Critical,
+            About::RolledBack {
+                reason: StopReason::Operator {
+                    by: "ana".into(),
+                    note: "n".into(),
+                },
+                share_before: ramp_core::cohort::ShareBp::new(500).unwrap(),
+            },
+        );
+        assert_eq!(action(&rolled_back).as_deref(), Some("trigger"));
+        let done = entry(K::Status, About::Completed { forced: false });
+        assert_eq!(action(&done).as_deref(), Some("resolve"));
+        let started = entry(
+            K::Status,
+            About::PhaseStarted {
+                phase: "a".into(),
+                share: ramp_core::cohort::ShareBp::new(500).unwrap(),
+                duration: 1,
+            },
+        );
+        assert_eq!(action(&started), None);
+    }
+}

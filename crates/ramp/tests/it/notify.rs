@@ -790,7 +790,13 @@ fn a_failing_run_sends_one_rollback_notice_to_every_group_and_begins_an_incident
     assert_eq!(rollbacks.len(), 1);
     assert_eq!(
         rollbacks[0].groups,
-        ["backend", "monitoring", "security", "support"],
+        [
+            "backend",
+            "backend-oncall",
+            "monitoring",
+            "security",
+            "support"
+        ],
         "critical goes to everyone"
     );
     let numbers = rollbacks[0].numbers.as_ref().unwrap();
@@ -833,4 +839,47 @@ fn simulate_writes_the_reports_of_a_rehearsal() {
         !html.contains("https://") && !html.contains("<script"),
         "self-contained"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_the_receiver_refuses_is_failed_at_once_and_the_next_one_goes_on() {
+    let dir = fresh_dir("notify-refused");
+    let (stable, canary) = (
+        upstream(Arc::new(AtomicBool::new(false))).await,
+        upstream(Arc::new(AtomicBool::new(false))).await,
+    );
+    // The first notice is refused for good (400); everything after is taken.
+    let answer: Answer = Arc::new(|seen, _| {
+        if seen.is_empty() {
+            (400, json!({"error": "unknown schema"}), None)
+        } else {
+            (200, json!({}), None)
+        }
+    });
+    let (hook, got) = receiver(any_port(), answer).await;
+    let channels = format!(
+        "[notify.channel.hook]\nkind = \"webhook\"\nurl = \"http://{hook}/\"\n[notify.group.ops]\nchannels = [\"hook\"]\nreceives = [\"critical\", \"security\", \"phase\"]\n"
+    );
+    let p = plan(&dir, stable, canary, "", &channels);
+    let server = start_with(&dir, Some(&p), 1, &[]);
+    let token = server.token.clone().unwrap();
+    let (code, out) = cli(&server, &token, &["signal", "ctl", "pci_alert"]);
+    assert_eq!(code, 0, "{out}");
+    wait_for(&got, 20, "the alert after the refused notice", |g| {
+        g.iter().any(|g| g.answered == 200)
+    })
+    .await;
+    assert_eq!(
+        got.lock().unwrap().len(),
+        2,
+        "the refused notice is not retried"
+    );
+    let (_, out) = cli(&server, &token, &["notices", "ctl"]);
+    assert!(
+        out.contains("hook             failed    1 attempt")
+            && out.contains("HTTP 400: {\"error\":\"unknown schema\"}"),
+        "{out}"
+    );
+    let status = crate::control::status(&server, &token);
+    assert_eq!(status["channels"][0]["failed"], 1);
 }
