@@ -165,6 +165,28 @@ pub fn backoff(next: u32, seed: u64) -> Duration {
     cap / 2 + cap / 2 * (spread as u32) / 1_000
 }
 
+/// After a delivery was marked: `true` to go on. A mark the store could not take would leave
+/// the notice pending and send it again at once, so the worker waits (doubling, at most
+/// [`MAX_BACKOFF`]) before it looks again; `false` when told to stop meanwhile.
+async fn marked_or_wait(
+    marked: Result<(), ramp_store::StoreError>,
+    rollout: &str,
+    channel: &str,
+    backoff: &mut Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let Err(e) = marked else {
+        return true;
+    };
+    tracing::warn!(rollout = %rollout, channel = %channel, error = %e, retry_in = ?backoff, "a delivery could not be recorded; waiting before sending more");
+    let stopping = tokio::select! {
+        _ = tokio::time::sleep(*backoff) => false,
+        _ = stop.wait_for(|s| *s) => true,
+    };
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    !stopping
+}
+
 /// What one channel worker has done since the server started, for `/metrics` and status.
 #[derive(Debug, Default)]
 pub struct ChannelStats {
@@ -342,7 +364,7 @@ async fn run_channel(
                 }
                 match outcome {
                     Ok(_) => {
-                        let _ = p
+                        let marked = p
                             .store
                             .attempted(
                                 entry.id,
@@ -355,6 +377,11 @@ async fn run_channel(
                             .await;
                         stats.delivered.fetch_add(1, Relaxed);
                         stats.set_error(None);
+                        let (rollout, ch) = (&p.rollout, &channel);
+                        if !marked_or_wait(marked, rollout, ch, &mut store_backoff, &mut stop).await
+                        {
+                            return;
+                        }
                         break;
                     }
                     Err(e) => {
@@ -367,7 +394,7 @@ async fn run_channel(
                                 format!("{} (gave up after {} attempts)", e.error, number)
                             };
                             tracing::error!(rollout = %p.rollout, channel = %channel, notice = entry.id, attempts = number, error = %why, "notice not delivered: marked failed");
-                            let _ = p
+                            let marked = p
                                 .store
                                 .attempted(
                                     entry.id,
@@ -380,11 +407,20 @@ async fn run_channel(
                                 .await;
                             stats.failed.fetch_add(1, Relaxed);
                             stats.set_error(Some(why));
+                            let (rollout, ch) = (&p.rollout, &channel);
+                            if !marked_or_wait(marked, rollout, ch, &mut store_backoff, &mut stop)
+                                .await
+                            {
+                                return;
+                            }
                             break;
                         }
+                        // A receiver's `Retry-After` is honoured, but never below the backoff: an
+                        // answer of 0 must not make the worker spin.
+                        let own = backoff(number + 1, entry.id ^ u64::from(number) ^ unix_now());
                         let wait = match e.retry {
-                            Retry::After(d) => d,
-                            _ => backoff(number + 1, entry.id ^ u64::from(number) ^ unix_now()),
+                            Retry::After(d) => d.max(own),
+                            _ => own,
                         };
                         tracing::warn!(rollout = %p.rollout, channel = %channel, notice = entry.id, attempt = number, retry_in = ?wait, error = %e.error, "notice not delivered; retrying");
                         let _ = p

@@ -411,6 +411,22 @@ impl Registry {
             .check(&plan)
             .map_err(|e| format!("its journal does not fit its plan: {e}"))?;
         let remembered = r.listen.as_deref().and_then(|l| l.parse().ok());
+        // Notices still pending go out, also for a rollout retired since they were written.
+        let notifiers = plan
+            .notify
+            .channels
+            .iter()
+            .map(|c| {
+                (self.defaults.channels.0)(c).unwrap_or_else(|why| {
+                    tracing::error!(rollout = %r.name, channel = %c.name, "channel not available; its notices wait: {why}");
+                    Arc::new(Broken {
+                        name: c.name.clone(),
+                        why,
+                    }) as Arc<dyn Notifier>
+                })
+            })
+            .collect();
+        self.start_channels(&plan, notifiers, r.state.now);
         if let Some(at) = r.retired_at {
             let plan = Arc::new(plan);
             let listen = r.listen.clone().unwrap_or_default();
@@ -447,21 +463,6 @@ impl Registry {
             .proxy(&plan, listen, share)
             .await
             .map_err(|e| e.to_string())?;
-        let notifiers = plan
-            .notify
-            .channels
-            .iter()
-            .map(|c| {
-                (self.defaults.channels.0)(c).unwrap_or_else(|why| {
-                    tracing::error!(rollout = %r.name, channel = %c.name, "channel not available; its notices wait: {why}");
-                    Arc::new(Broken {
-                        name: c.name.clone(),
-                        why,
-                    }) as Arc<dyn Notifier>
-                })
-            })
-            .collect();
-        self.start_channels(&plan, notifiers, r.state.now);
         let bound = proxy.local_addr;
         if remembered != Some(bound) {
             // Only a hint for the next start: the rollout runs whether or not it is written.

@@ -1097,9 +1097,13 @@ impl Machine<'_> {
         self.fx.push(Effect::Journal(e));
     }
 
-    fn notify(&mut self, kind: NotifyKind, about: About) {
+    fn notify(&mut self, mut kind: NotifyKind, about: About) {
         if kind == NotifyKind::Critical && !self.plan.notify.critical_immediately {
-            return;
+            // With immediate critical notices off, an approval still has to be asked for.
+            if !matches!(about, About::AwaitingApproval { .. }) {
+                return;
+            }
+            kind = NotifyKind::Status;
         }
         self.fx.push(Effect::Notify(Notice { kind, about }));
     }
@@ -1193,7 +1197,9 @@ impl Machine<'_> {
         ] {
             if now == BackendHealth::Down && was != BackendHealth::Down {
                 self.notify(NotifyKind::Critical, About::BackendDown { variant });
-            } else if was == BackendHealth::Down && now == BackendHealth::Operational {
+            } else if was == BackendHealth::Down
+                && matches!(now, BackendHealth::Operational | BackendHealth::Degraded)
+            {
                 self.notify(NotifyKind::Status, About::BackendRecovered { variant });
             }
         }
@@ -1620,11 +1626,21 @@ impl Machine<'_> {
         }
         self.s.evidence.signals.add(&sig);
         self.s.totals.signals.add(&sig);
-        if matches!(sig, Signal::PciAlert { .. } | Signal::SecurityAlert { .. }) {
+        // Every alert goes to the groups that receive `security` at once; PCI alerts and high
+        // or critical security alerts are critical (they page), a low or medium finding is not.
+        let urgency = match &sig {
+            Signal::PciAlert { .. } => Some(NotifyKind::Critical),
+            Signal::SecurityAlert { severity, .. } if *severity >= crate::plan::Severity::High => {
+                Some(NotifyKind::Critical)
+            }
+            Signal::SecurityAlert { .. } => Some(NotifyKind::Status),
+            _ => None,
+        };
+        if let Some(kind) = urgency {
             let about = About::Alert {
                 signal: sig.clone(),
             };
-            self.notify(NotifyKind::Critical, about);
+            self.notify(kind, about);
         }
         // Count triggers over the whole rollout.
         for i in 0..self.plan.triggers.len() {

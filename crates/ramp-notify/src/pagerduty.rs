@@ -1,6 +1,6 @@
 //! PagerDuty Events API v2: a critical notice triggers (or adds to) one incident per rollout,
-//! deduplicated by `ramp-<rollout>`; the rollout completing, or the backend that was down
-//! answering again, resolves it. A rollback's incident stays open: it is for people to close
+//! deduplicated by `ramp-<rollout>`; the rollout completing resolves it (a backend coming back
+//! does not: the other may still be down, or a hold may still wait). A rollback's incident stays open: it is for people to close
 //! after the incident review. Other notices routed here are accepted and not sent.
 
 use crate::{Attempt, Notifier, NotifyError, Sent};
@@ -39,7 +39,7 @@ pub fn event(attempt: &Attempt<'_>, routing_key: &str) -> Option<serde_json::Val
     let n = &e.notice;
     let action = match (n.kind, n.about.as_str()) {
         (NotifyKind::Critical, _) => "trigger",
-        (_, "completed" | "backend_recovered") => "resolve",
+        (_, "completed") => "resolve",
         _ => return None,
     };
     let mut ev = serde_json::json!({

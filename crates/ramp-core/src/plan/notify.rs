@@ -292,7 +292,7 @@ channels = ["hook"]
         let e = errors(
             "[notify.channel.hook]\nkind = \"webhook\"\nurl = \"https://h.example/x\"\nsecret = \"hunter2\"\n",
         );
-        assert!(e.contains("p.toml:10:10: error: notify.channel.hook.secret: a secret never goes in the plan itself"), "{e}");
+        assert!(e.contains("p.toml:9:10: error: notify.channel.hook.secret: a secret never goes in the plan itself"), "{e}");
         assert!(e.contains("{ env = \"VARIABLE\" }"), "{e}");
     }
 
@@ -317,10 +317,17 @@ channels = ["hook"]
             "[notify.channel.m]\nkind = \"email\"\nsmtp = \"imap://x\"\nfrom = \"a@b.c\"\nto = [\"not-an-address\"]\n",
         );
         assert!(e.contains("is not smtp://host[:port]"), "{e}");
+        let e = errors(
+            "[notify.channel.m]\nkind = \"email\"\nsmtp = \"smtp://x.example\"\nfrom = \"a@b.c\"\nto = [\"not-an-address\"]\n",
+        );
         assert!(
             e.contains("\"not-an-address\" is not an e-mail address"),
             "{e}"
         );
+        let e = errors(
+            "[notify.channel.m]\nkind = \"email\"\nsmtp = \"smtp://mail.example\"\ntls = \"none\"\nfrom = \"a@b.c\"\nto = [\"s@b.c\"]\nusername = \"u\"\npassword = { env = \"P\" }\n",
+        );
+        assert!(e.contains("would send the password in the clear"), "{e}");
         let e = errors("[notify.channel.log]\nkind = \"webhook\"\nurl = \"https://h.example\"\n");
         assert!(e.contains("`log` is the live log's"), "{e}");
     }

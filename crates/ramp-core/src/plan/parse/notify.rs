@@ -435,6 +435,17 @@ fn channel(cx: &mut Ctx, name: &str, v: &Val) -> Option<ChannelKind> {
                 Some(p) => Some(secret(cx, p, &key("password"))?),
                 None => None,
             };
+            let local = matches!(host.as_str(), "localhost" | "127.0.0.1" | "::1");
+            if tls == SmtpTls::None && password.is_some() && !local {
+                cx.err(
+                    v.span().start,
+                    format!(
+                        "{what}: tls = \"none\" would send the password in the clear to {host}; use STARTTLS or TLS, or a relay on localhost"
+                    ),
+                    None,
+                );
+                return None;
+            }
             if username.is_some() != password.is_some() {
                 cx.err(
                     v.span().start,
